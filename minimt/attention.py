@@ -1,0 +1,147 @@
+"""Attention from the formula: softmax(Q K^T / sqrt(d_k)) V (Vaswani et al. 2017, arXiv 1706.03762).
+
+Tensors are shaped (batch, heads, seq, head_dim). Boolean masks follow torch's convention: True
+where attention is allowed. `MultiHeadAttention` uses torch's fused kernel on its fast path and
+the formula here when asked for the attention weights (for plots) or when `fused=False`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+
+def scaled_dot_product_attention(q, k, v, mask=None, causal=False, dropout_p=0.0,
+                                 return_weights=False):
+    """softmax(q k^T / sqrt(d_k) + mask) v, equal to torch's fused kernel.
+
+    q: (B, H, Tq, D); k, v: (B, H, Tk, D); mask: bool, broadcastable to (B, H, Tq, Tk), True =
+    may attend. `causal` lets query i see keys j <= i + (Tk - Tq) (the queries are the last Tq
+    positions). A query that may attend to nothing gets a zero output, as in torch.
+    Returns the output (B, H, Tq, D) and, if `return_weights`, the weights (B, H, Tq, Tk).
+    """
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be 4-D (batch, heads, seq, head_dim); got shapes "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"q and k need the same head_dim and k and v the same seq length; got "
+                         f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])            # (B, H, Tq, Tk)
+    allowed = combine_masks(mask, causal, q.shape[-2], k.shape[-2], q.device)
+    if allowed is not None:
+        if allowed.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool tensor (True = attend), got {allowed.dtype}")
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)                               # (B, H, Tq, Tk)
+    if allowed is not None:  # rows with no allowed key are NaN after softmax; torch gives zeros
+        weights = weights.masked_fill(~allowed, 0.0)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    out = weights @ v                                                     # (B, H, Tq, D)
+    return (out, weights) if return_weights else out
+
+
+def causal_mask(seq_len, kv_len=None, device=None):
+    """(Tq, Tk) bool: query i (absolute position Tk - Tq + i) may see keys at positions <= its own."""
+    kv_len = seq_len if kv_len is None else kv_len
+    q_pos = torch.arange(kv_len - seq_len, kv_len, device=device)[:, None]  # (Tq, 1)
+    k_pos = torch.arange(kv_len, device=device)[None, :]                     # (1, Tk)
+    return k_pos <= q_pos
+
+
+def local_mask(seq_len, window, device=None):
+    """(T, T) bool causal sliding window: query i sees keys i-window+1 .. i (simplest sparse attention)."""
+    if window < 1:
+        raise ValueError(f"window={window} must be at least 1 (a token always sees itself)")
+    pos = torch.arange(seq_len, device=device)
+    distance = pos[:, None] - pos[None, :]                                   # (T, T): i - j
+    return (distance >= 0) & (distance < window)
+
+
+def combine_masks(mask, causal, seq_len, kv_len, device):
+    """The boolean mask that `mask` and `causal` allow together, or None when nothing is masked."""
+    if not causal:
+        return mask
+    causal_part = causal_mask(seq_len, kv_len, device=device)
+    return causal_part if mask is None else mask & causal_part
+
+
+def sinusoidal_positions(seq_len, dim):
+    """(T, C) fixed encodings: PE[p, 2i] = sin(p / 10000^(2i/C)), PE[p, 2i+1] = cos(same)."""
+    if dim % 2:
+        raise ValueError(f"dim={dim} must be even for sinusoidal positions (sin/cos pairs)")
+    position = torch.arange(seq_len, dtype=torch.float32)[:, None]           # (T, 1)
+    inv_freq = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2) / dim)  # (C/2,)
+    angles = position * inv_freq                                              # (T, C/2)
+    return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(1)       # (T, C)
+
+
+class KVCache:
+    """Keys and values of the tokens already seen by one attention layer, for fast decoding."""
+
+    def __init__(self):
+        self.k = None  # (B, H, T_past, D)
+        self.v = None
+
+    def __len__(self):
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def append(self, k, v):
+        """Add the new tokens' k, v (B, H, T_new, D); return all keys and values so far."""
+        if self.k is None:
+            self.k, self.v = k, v
+        else:
+            self.k = torch.cat((self.k, k), dim=-2)
+            self.v = torch.cat((self.v, v), dim=-2)
+        return self.k, self.v
+
+    def reorder(self, index):
+        """Keep the batch rows in `index` (beam search reorders its hypotheses every step)."""
+        if self.k is not None:
+            self.k, self.v = self.k[index], self.v[index]
+
+
+class MultiHeadAttention(nn.Module):
+    """Concat(head_1..head_h) W^O with head_i = Attention(X W_i^Q, X W_i^K, X W_i^V).
+
+    Q, K and V come from one fused projection `c_attn` (C -> 3C, GPT-2's layout [Q | K | V], heads
+    contiguous inside each). The number of heads is read from the projection's width, so a
+    tensor-parallel copy whose `c_attn` holds only some heads runs this same code.
+    """
+
+    def __init__(self, n_embd, n_head, bias=False, dropout=0.0, causal=True, fused=True):
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"n_embd={n_embd} is not divisible by n_head={n_head}")
+        self.head_dim = n_embd // n_head
+        self.causal = causal
+        self.fused = fused
+        self.dropout = dropout
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)   # W^Q, W^K, W^V side by side
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)       # W^O
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x, mask=None, kv_cache=None, need_weights=False):
+        """x: (B, T, C) -> (B, T, C); with `need_weights` also the weights (B, H, T, T_kv)."""
+        qkv = self.c_attn(x)                                                      # (B, T, 3*H*D)
+        q, k, v = rearrange(qkv, "b t (three h d) -> three b h t d", three=3, d=self.head_dim)
+        if kv_cache is not None:
+            k, v = kv_cache.append(k, v)                                          # (B, H, Tk, D)
+        dropout_p = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights or not self.fused:
+            y, weights = scaled_dot_product_attention(q, k, v, mask, self.causal, dropout_p,
+                                                      return_weights=True)
+        elif mask is None and (q.shape[-2] == k.shape[-2] or q.shape[-2] == 1 or not self.causal):
+            # fast path: torch's fused kernel; one new query needs no mask (it sees the whole cache)
+            is_causal = self.causal and q.shape[-2] == k.shape[-2] and q.shape[-2] > 1
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)
+        else:
+            allowed = combine_masks(mask, self.causal, q.shape[-2], k.shape[-2], x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
+        y = rearrange(y, "b h t d -> b t (h d)")                                  # (B, T, H*D)
+        y = self.resid_dropout(self.c_proj(y))                                    # (B, T, C)
+        return (y, weights) if need_weights else y
