@@ -1,0 +1,49 @@
+"""`python -m minimt <demo> [--tp N] [--pp N] [--dp N] [demo options]`: run a demo on every rank.
+
+Under torchrun each process is one rank, e.g.
+    torchrun --standalone --nproc-per-node 4 -m minimt allreduce --tp 4
+Run directly (`python -m minimt allreduce --tp 2`), minimt forks the ranks itself with `launch`.
+Sizes left out: pp=dp=1 and tp fills the rest (torchrun's WORLD_SIZE, or 2 without torchrun).
+Demos live in minimt/demos.py (see there to add one).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .demos import DEMOS
+from .parallel import LaunchTimeout, RankError, launch
+
+
+def main(argv: list[str] | None = None) -> int:
+    listing = "\n".join(f"  {name:<12}{(fn.__doc__ or '').strip().splitlines()[0]}"
+                        for name, fn in sorted(DEMOS.items()))
+    parser = argparse.ArgumentParser(prog="python -m minimt", epilog=f"demos:\n{listing}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description="Run a minimt demo on every rank.")
+    parser.add_argument("demo", choices=sorted(DEMOS), help="which demo to run")
+    parser.add_argument("--tp", type=int, default=None, help="tensor-parallel size")
+    parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel size")
+    parser.add_argument("--dp", type=int, default=1, help="data-parallel size")
+    parser.add_argument("--backend", choices=("gloo", "nccl"), default=None,
+                        help="default: nccl with one GPU per rank, else gloo")
+    parser.add_argument("--timeout-s", type=float, default=60.0,
+                        help="how long a rank may wait on its peers")
+    parser.add_argument("--seed", type=int, default=0)
+    args, rest = parser.parse_known_args(argv)
+    tp = args.tp
+    if tp is None:
+        world_size = int(os.environ.get("WORLD_SIZE", 2 * args.pp * args.dp))
+        tp = max(1, world_size // (args.pp * args.dp))
+    try:
+        launch(DEMOS[args.demo], rest, tp=tp, pp=args.pp, dp=args.dp, backend=args.backend,
+               timeout_s=args.timeout_s, seed=args.seed)
+    except (RankError, LaunchTimeout) as error:
+        print(f"minimt {args.demo} failed: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""minimt.parallel: processes and process groups (launch, ParallelContext), the communication
+primitives (comm), Megatron's tensor-parallel layers (tensor, cross_entropy) and pipeline
+schedules with their runtime (pipeline, pipeline_runtime)."""
+from .comm import (
+    CommCounter,
+    CommRecord,
+    all_gather,
+    all_reduce,
+    copy_to_tensor_model_parallel_region,
+    gather_from_tensor_model_parallel_region,
+    isend,
+    recv,
+    recv_backward,
+    recv_forward,
+    reduce_from_tensor_model_parallel_region,
+    scatter_to_tensor_model_parallel_region,
+    send,
+    send_backward,
+    send_backward_recv_forward,
+    send_forward,
+    send_forward_recv_backward,
+)
+from .context import ParallelContext, divide, ensure_divisibility, mesh_ranks, rank_coords
+from .launch import LaunchTimeout, RankError, launch
+from .pipeline import (SCHEDULES, Action, ScheduleDeadlockError, ScheduleError, Timeline,
+                       bubble_fraction, bubble_time_ratio, num_warmup_microbatches,
+                       peak_in_flight, pipeline_schedule, simulate, validate_schedule)
+from .pipeline_runtime import (ActionCost, GPTStage, StepRecord, build_stages, pipeline_step,
+                               stage_parameters,
+                               pipeline_train_step, stage_layers, sync_tied_grads,
+                               timeline_from_records)
+from .cross_entropy import vocab_parallel_cross_entropy
+from .tensor import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
+                     VocabParallelLMHead, apply_tensor_parallel, gather_vocab_parallel_logits)

@@ -1,0 +1,291 @@
+"""Communication for model parallelism, all counted.
+
+- Megatron-LM's four autograd primitives for tensor parallelism (Shoeybi et al. 2019,
+  arXiv 1909.08053, section 3): `copy_to_...` is their f (identity forward, all-reduce backward),
+  `reduce_from_...` is g (all-reduce forward, identity backward), plus gather/scatter along the
+  last dimension. Each takes the ParallelContext and is the identity when tp_size == 1.
+- Plain collectives (`all_reduce`, `all_gather`) for code outside autograd (gradient sync,
+  the max of a vocab-parallel cross entropy).
+- Point-to-point ops between pipeline stages (`send_forward`, `recv_forward`, ...).
+- `CommCounter`: every op above that communicates is recorded in every active counter of this
+  process (kind, group, elements, bytes, forward/backward), so tests can assert e.g. "a
+  transformer layer's forward does exactly 2 all-reduces of B*T*C elements".
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .context import ParallelContext, divide
+
+
+# ---------------------------------------------------------------------------- the counter
+@dataclass(frozen=True)
+class CommRecord:
+    """One communication op as seen by this rank."""
+    kind: str          # "all_reduce", "all_gather", "send" or "recv"
+    group: str         # "tp", "pp", "dp" or "world"
+    numel: int         # elements of the whole tensor: the reduced one, the gathered result, the message
+    bytes: int         # numel * element size
+    phase: str | None  # "forward", "backward", or None when the caller did not say
+
+
+_ACTIVE_COUNTERS: list["CommCounter"] = []  # per process; a forked rank starts with its own copy
+
+
+class CommCounter:
+    """Records the communication issued through this module while it is active.
+
+    with CommCounter() as counter:
+        loss = model(x).sum(); loss.backward()
+    counter.count(kind="all_reduce", group="tp", phase="forward")  # -> 2
+    print(counter.summary())
+    Filters are optional and combine: kind, group, phase. Ops on a group of size 1 are not
+    communication, so they are not recorded.
+    """
+
+    def __init__(self):
+        self.records: list[CommRecord] = []
+
+    def __enter__(self) -> "CommCounter":
+        _ACTIVE_COUNTERS.append(self)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        _ACTIVE_COUNTERS.remove(self)
+
+    def select(self, kind: str | None = None, group: str | None = None,
+               phase: str | None = None) -> list[CommRecord]:
+        """The records matching every filter given."""
+        return [r for r in self.records if (kind is None or r.kind == kind)
+                and (group is None or r.group == group) and (phase is None or r.phase == phase)]
+
+    def count(self, kind=None, group=None, phase=None) -> int:
+        """Number of ops matching the filters."""
+        return len(self.select(kind, group, phase))
+
+    def numel(self, kind=None, group=None, phase=None) -> int:
+        """Total elements of the ops matching the filters."""
+        return sum(r.numel for r in self.select(kind, group, phase))
+
+    def bytes(self, kind=None, group=None, phase=None) -> int:
+        """Total bytes of the ops matching the filters."""
+        return sum(r.bytes for r in self.select(kind, group, phase))
+
+    def reset(self) -> None:
+        self.records.clear()
+
+    def summary(self) -> str:
+        """A table: one line per (group, kind, phase) with calls, elements and bytes."""
+        calls, elements, nbytes = Counter(), Counter(), Counter()
+        for r in self.records:
+            key = (r.group, r.kind, r.phase or "-")
+            calls[key] += 1
+            elements[key] += r.numel
+            nbytes[key] += r.bytes
+        lines = [f"{'group':<6}{'kind':<12}{'phase':<10}{'calls':>7}{'elements':>12}{'bytes':>13}"]
+        for key in sorted(calls):
+            lines.append(f"{key[0]:<6}{key[1]:<12}{key[2]:<10}{calls[key]:>7}"
+                         f"{elements[key]:>12}{nbytes[key]:>13}")
+        return "\n".join(lines)
+
+
+def _record(kind: str, group: str, tensor: torch.Tensor, phase: str | None,
+            numel: int | None = None) -> None:
+    numel = tensor.numel() if numel is None else numel
+    for counter in _ACTIVE_COUNTERS:
+        counter.records.append(CommRecord(kind, group, numel, numel * tensor.element_size(), phase))
+
+
+# ---------------------------------------------------------------------------- plain collectives
+def all_reduce(tensor: torch.Tensor, ctx: ParallelContext, group: str,
+               op=dist.ReduceOp.SUM, phase: str | None = None) -> torch.Tensor:
+    """In-place all-reduce over the named group ("tp", "pp", "dp", "world"), like
+    torch.distributed.all_reduce; returns `tensor`. Nothing happens on a group of size 1."""
+    if ctx.size(group) == 1:
+        return tensor
+    _record("all_reduce", group, tensor, phase)
+    dist.all_reduce(tensor, op=op, group=ctx.group(group))
+    return tensor
+
+
+def all_gather(tensor: torch.Tensor, ctx: ParallelContext, group: str, dim: int = -1,
+               phase: str | None = None) -> torch.Tensor:
+    """Concatenate every rank's `tensor` along `dim`, in group-rank order (a new tensor)."""
+    size = ctx.size(group)
+    if size == 1:
+        return tensor
+    tensor = tensor.contiguous()
+    parts = [torch.empty_like(tensor) for _ in range(size)]
+    _record("all_gather", group, tensor, phase, numel=tensor.numel() * size)
+    dist.all_gather(parts, tensor, group=ctx.group(group))
+    return torch.cat(parts, dim=dim)  # (..., size * n) for dim=-1
+
+
+def _fresh(x: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy: collectives work in place and need dense memory."""
+    return x.clone(memory_format=torch.contiguous_format)
+
+
+def _split_last_dim(x: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:
+    """This tp rank's slice of the last dimension (no communication)."""
+    width = divide(x.size(-1), ctx.tp_size, "last dimension", "tensor-parallel size")
+    return _fresh(x.narrow(-1, ctx.tp_rank * width, width))  # (..., n / tp)
+
+
+# ---------------------------------------------------------------------------- autograd primitives
+# `ctx` is autograd's context object inside the Functions; `pctx` is the ParallelContext.
+class _CopyToTensorModelParallelRegion(torch.autograd.Function):
+    """f: identity forward, all-reduce of the gradient backward."""
+
+    @staticmethod
+    def forward(ctx, x, pctx):
+        ctx.pctx = pctx
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return all_reduce(_fresh(grad), ctx.pctx, "tp", phase="backward"), None
+
+
+class _ReduceFromTensorModelParallelRegion(torch.autograd.Function):
+    """g: all-reduce forward, identity backward."""
+
+    @staticmethod
+    def forward(ctx, x, pctx):
+        return all_reduce(_fresh(x), pctx, "tp", phase="forward")
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class _GatherFromTensorModelParallelRegion(torch.autograd.Function):
+    """All-gather along the last dimension forward, keep this rank's slice backward."""
+
+    @staticmethod
+    def forward(ctx, x, pctx):
+        ctx.pctx = pctx
+        return all_gather(x, pctx, "tp", dim=-1, phase="forward")
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _split_last_dim(grad, ctx.pctx), None
+
+
+class _ScatterToTensorModelParallelRegion(torch.autograd.Function):
+    """Keep this rank's slice of the last dimension forward, all-gather backward."""
+
+    @staticmethod
+    def forward(ctx, x, pctx):
+        ctx.pctx = pctx
+        return _split_last_dim(x, pctx)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return all_gather(grad, ctx.pctx, "tp", dim=-1, phase="backward"), None
+
+
+def copy_to_tensor_model_parallel_region(x: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:
+    """f: y = x; dL/dx = sum over tp ranks of dL/dy. Put before a column-parallel layer."""
+    return x if ctx.tp_size == 1 else _CopyToTensorModelParallelRegion.apply(x, ctx)
+
+
+def reduce_from_tensor_model_parallel_region(x: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:
+    """g: y = sum over tp ranks of x; dL/dx = dL/dy. Put after a row-parallel layer."""
+    return x if ctx.tp_size == 1 else _ReduceFromTensorModelParallelRegion.apply(x, ctx)
+
+
+def gather_from_tensor_model_parallel_region(x: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:
+    """(..., n/tp) -> (..., n): concatenate the tp shards; backward keeps this rank's slice."""
+    return x if ctx.tp_size == 1 else _GatherFromTensorModelParallelRegion.apply(x, ctx)
+
+
+def scatter_to_tensor_model_parallel_region(x: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:
+    """(..., n) -> (..., n/tp): this rank's slice; backward all-gathers the gradient."""
+    return x if ctx.tp_size == 1 else _ScatterToTensorModelParallelRegion.apply(x, ctx)
+
+
+# ---------------------------------------------------------------------------- point to point
+# Messages between pipeline stages use global ranks (ctx.next_rank / ctx.prev_rank) and are
+# recorded with group "pp". A blocking send waits for the matching recv, so two neighbours that
+# both send first deadlock: use isend, or the paired ops below, when a stage sends and receives.
+def send(tensor: torch.Tensor, dst: int, ctx: ParallelContext, phase: str | None = None,
+         tag: int = 0) -> None:
+    """Blocking send of `tensor` to global rank `dst` (returns once `dst` received it)."""
+    tensor = tensor.detach().contiguous()
+    _record("send", "pp", tensor, phase)
+    dist.send(tensor, dst, tag=tag)
+
+
+def isend(tensor: torch.Tensor, dst: int, ctx: ParallelContext, phase: str | None = None,
+          tag: int = 0):
+    """Non-blocking send; returns the work handle: call .wait() before reusing `tensor`'s memory."""
+    tensor = tensor.detach().contiguous()
+    _record("send", "pp", tensor, phase)
+    return dist.isend(tensor, dst, tag=tag)
+
+
+def recv(shape, dtype: torch.dtype, src: int, ctx: ParallelContext, phase: str | None = None,
+         tag: int = 0) -> torch.Tensor:
+    """Blocking receive of a tensor of known shape and dtype from global rank `src`.
+    A message matches a receive by (source, tag)."""
+    buffer = torch.empty(shape, dtype=dtype, device=ctx.device)
+    _record("recv", "pp", buffer, phase)
+    dist.recv(buffer, src, tag=tag)
+    return buffer
+
+
+def send_forward(output: torch.Tensor, ctx: ParallelContext) -> None:
+    """Send activations to the next stage; nothing on the last stage."""
+    if ctx.next_rank is not None:
+        send(output, ctx.next_rank, ctx, phase="forward")
+
+
+def recv_forward(shape, ctx: ParallelContext, dtype=torch.float32) -> torch.Tensor | None:
+    """Receive activations from the previous stage; None on the first stage.
+    The result does not require grad: the pipeline sets requires_grad_() on it."""
+    return None if ctx.prev_rank is None else recv(shape, dtype, ctx.prev_rank, ctx, "forward")
+
+
+def send_backward(grad: torch.Tensor, ctx: ParallelContext) -> None:
+    """Send the gradient of this stage's input to the previous stage; nothing on the first."""
+    if ctx.prev_rank is not None:
+        send(grad, ctx.prev_rank, ctx, phase="backward")
+
+
+def recv_backward(shape, ctx: ParallelContext, dtype=torch.float32) -> torch.Tensor | None:
+    """Receive the gradient of this stage's output from the next stage; None on the last."""
+    return None if ctx.next_rank is None else recv(shape, dtype, ctx.next_rank, ctx, "backward")
+
+
+def _send_and_recv(tensor: torch.Tensor, peer: int, shape, dtype, ctx: ParallelContext,
+                   send_phase: str, recv_phase: str) -> torch.Tensor:
+    """Post a send and a receive with the same peer together, then wait for both."""
+    tensor = tensor.detach().contiguous()
+    buffer = torch.empty(shape, dtype=dtype, device=ctx.device)
+    _record("send", "pp", tensor, send_phase)
+    _record("recv", "pp", buffer, recv_phase)
+    ops = [dist.P2POp(dist.isend, tensor, peer), dist.P2POp(dist.irecv, buffer, peer)]
+    for work in dist.batch_isend_irecv(ops):
+        work.wait()
+    return buffer
+
+
+def send_forward_recv_backward(output: torch.Tensor, shape, ctx: ParallelContext,
+                               dtype=torch.float32) -> torch.Tensor | None:
+    """1F1B steady state: send activations to the next stage while receiving its gradient."""
+    if ctx.next_rank is None:
+        return None
+    return _send_and_recv(output, ctx.next_rank, shape, dtype, ctx, "forward", "backward")
+
+
+def send_backward_recv_forward(grad: torch.Tensor, shape, ctx: ParallelContext,
+                               dtype=torch.float32) -> torch.Tensor | None:
+    """1F1B steady state: send a gradient to the previous stage while receiving activations."""
+    if ctx.prev_rank is None:
+        return None
+    return _send_and_recv(grad, ctx.prev_rank, shape, dtype, ctx, "backward", "forward")
