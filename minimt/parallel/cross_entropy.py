@@ -1,0 +1,71 @@
+"""Cross entropy over vocabulary-parallel logits (Shoeybi et al. 2019, arXiv 1909.08053, sec. 3).
+
+Each tensor-parallel rank holds the logits of its slice of the vocabulary, (B, T, V/tp). The loss
+needs only three all-reduces of (B, T) numbers: the max, the logit of the target token and the
+sum of exponentials. The full (B, T, V) logits never exist on any rank.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from .comm import all_reduce
+from .context import ParallelContext
+
+IGNORE_INDEX = -100  # as minimt.model: targets equal to this are left out of the mean
+
+
+class _VocabParallelCrossEntropy(torch.autograd.Function):
+    """Per-token loss log(sum_j exp z_j) - z_target from sharded logits z, in named steps."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, pctx):
+        vocab_per_rank = logits.shape[-1]
+        start = pctx.tp_rank * vocab_per_rank                      # first global id of my slice
+
+        # 1. max over the whole vocabulary, for a numerically safe exp
+        logits_max = logits.detach().amax(dim=-1)                  # (B, T)
+        all_reduce(logits_max, pctx, "tp", op=dist.ReduceOp.MAX, phase="forward")
+        shifted = logits.detach() - logits_max.unsqueeze(-1)       # (B, T, V/tp)
+
+        # 2. the target's logit: the rank whose slice holds it contributes it, the others 0
+        local_target = targets - start                             # (B, T)
+        mine = (local_target >= 0) & (local_target < vocab_per_rank)
+        index = local_target.clamp(0, vocab_per_rank - 1).unsqueeze(-1)
+        predicted_logit = shifted.gather(-1, index).squeeze(-1) * mine  # (B, T)
+        all_reduce(predicted_logit, pctx, "tp", phase="forward")
+
+        # 3. sum of exponentials over the whole vocabulary
+        exp_logits = shifted.exp()                                 # (B, T, V/tp)
+        sum_exp = exp_logits.sum(dim=-1)                           # (B, T)
+        all_reduce(sum_exp, pctx, "tp", phase="forward")
+
+        # 4. the loss per token
+        loss = sum_exp.log() - predicted_logit                     # (B, T)
+
+        # 5. keep softmax and the target's position for the gradient
+        ctx.save_for_backward(exp_logits / sum_exp.unsqueeze(-1), index, mine)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):                                  # (B, T)
+        # dloss/dz_j = softmax_j - [j == target]: local, no communication
+        softmax, index, mine = ctx.saved_tensors
+        grad = softmax.clone()                                     # (B, T, V/tp)
+        grad.scatter_add_(-1, index, -mine.to(grad.dtype).unsqueeze(-1))
+        return grad * grad_loss.unsqueeze(-1), None, None
+
+
+def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
+                                 ctx: ParallelContext) -> torch.Tensor:
+    """Mean next-token loss from this rank's vocabulary slice of the logits.
+
+    logits: (B, T, V/tp), this rank's slice (rank r holds ids r*V/tp .. (r+1)*V/tp - 1; padding
+    ids carry -inf); targets: (B, T) global ids, IGNORE_INDEX to leave a token out.
+    """
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must "
+                         f"agree on (batch, seq)")
+    keep = targets != IGNORE_INDEX
+    per_token = _VocabParallelCrossEntropy.apply(logits, targets.where(keep, 0), ctx)  # (B, T)
+    return (per_token * keep).sum() / keep.sum().clamp(min=1)

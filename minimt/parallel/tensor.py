@@ -1,0 +1,156 @@
+"""Megatron-LM's tensor-parallel layers (Shoeybi et al. 2019, arXiv 1909.08053) and
+`apply_tensor_parallel`, which turns a serial GPT into one rank's share of it.
+
+A Linear y = x W^T + b splits two ways:
+- by columns of the output (ColumnParallelLinear): rank r holds rows r of W (out/tp of them) and
+  computes its slice of y; the input enters through f (identity forward, all-reduce backward);
+- by rows of the input (RowParallelLinear): rank r holds its in/tp columns of W, gets its slice
+  of x and computes a partial y; g (all-reduce forward) sums the partials.
+The MLP is column then row, attention splits by heads the same way: 2 all-reduces per layer
+forward (the two g's) and 2 backward (the two f's). Sharded parameters carry Megatron's
+attribute `tensor_model_parallel = True`; the others are replicated on every tp rank.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .comm import (copy_to_tensor_model_parallel_region, gather_from_tensor_model_parallel_region,
+                   reduce_from_tensor_model_parallel_region, scatter_to_tensor_model_parallel_region)
+from .context import ParallelContext, divide
+from .cross_entropy import vocab_parallel_cross_entropy
+
+
+def _shard(weight: torch.Tensor, dim: int, ctx: ParallelContext) -> nn.Parameter:
+    """This rank's contiguous 1/tp slice of a serial tensor along `dim`, as a new Parameter."""
+    size = divide(weight.shape[dim], ctx.tp_size, f"dimension {dim} ({weight.shape[dim]})",
+                  "tensor-parallel size")
+    param = nn.Parameter(weight.detach().narrow(dim, ctx.tp_rank * size, size).clone())
+    param.tensor_model_parallel = True
+    param.partition_dim = dim
+    return param
+
+
+class ColumnParallelLinear(nn.Module):
+    """y = x A^T with A split by output rows: rank r computes y[..., r*out/tp:(r+1)*out/tp].
+
+    gather_output=True all-gathers the slices into the full y; False leaves y split, ready for a
+    RowParallelLinear(input_is_parallel=True).
+    """
+
+    def __init__(self, serial: nn.Linear, ctx: ParallelContext, gather_output: bool = True):
+        super().__init__()
+        self.ctx, self.gather_output = ctx, gather_output
+        self.weight = _shard(serial.weight, 0, ctx)                   # (out/tp, in)
+        self.bias = None if serial.bias is None else _shard(serial.bias, 0, ctx)  # (out/tp,)
+
+    def forward(self, x):                                             # (B, T, in)
+        x = copy_to_tensor_model_parallel_region(x, self.ctx)         # f
+        y = F.linear(x, self.weight, self.bias)                       # (B, T, out/tp)
+        return gather_from_tensor_model_parallel_region(y, self.ctx) if self.gather_output else y
+
+
+class RowParallelLinear(nn.Module):
+    """y = x A^T + b with A split by input columns: partial products summed by g (all-reduce).
+
+    input_is_parallel=True takes x already split (the output of a ColumnParallelLinear);
+    False scatters a full x first. The bias is replicated and added once, after the sum.
+    """
+
+    def __init__(self, serial: nn.Linear, ctx: ParallelContext, input_is_parallel: bool = False):
+        super().__init__()
+        self.ctx, self.input_is_parallel = ctx, input_is_parallel
+        self.weight = _shard(serial.weight, 1, ctx)                   # (out, in/tp)
+        self.bias = None if serial.bias is None else nn.Parameter(serial.bias.detach().clone())
+
+    def forward(self, x):                                             # (B, T, in/tp) or (B, T, in)
+        if not self.input_is_parallel:
+            x = scatter_to_tensor_model_parallel_region(x, self.ctx)  # (B, T, in/tp)
+        y = reduce_from_tensor_model_parallel_region(F.linear(x, self.weight), self.ctx)  # g
+        return y if self.bias is None else y + self.bias              # (B, T, out)
+
+
+class VocabParallelEmbedding(nn.Module):
+    """Embedding table split by vocabulary rows; tokens outside a rank's rows give zeros there,
+    and an all-reduce (g) assembles every token's row. The vocabulary is padded to a multiple of tp."""
+
+    def __init__(self, serial: nn.Embedding, ctx: ParallelContext):
+        super().__init__()
+        self.ctx = ctx
+        self.vocab_size = serial.num_embeddings
+        padded = -(-self.vocab_size // ctx.tp_size) * ctx.tp_size     # round up to a multiple of tp
+        table = F.pad(serial.weight.detach(), (0, 0, 0, padded - self.vocab_size))  # (V_pad, C)
+        self.weight = _shard(table, 0, ctx)                           # (V_pad/tp, C)
+        self.vocab_start = ctx.tp_rank * self.weight.shape[0]
+        self.vocab_end = self.vocab_start + self.weight.shape[0]
+
+    def forward(self, idx):                                           # (B, T) global ids
+        outside = (idx < self.vocab_start) | (idx >= self.vocab_end)
+        local = (idx - self.vocab_start).masked_fill(outside, 0)
+        rows = F.embedding(local, self.weight).masked_fill(outside.unsqueeze(-1), 0.0)  # (B, T, C)
+        return reduce_from_tensor_model_parallel_region(rows, self.ctx)
+
+
+class VocabParallelLMHead(nn.Module):
+    """The output layer tied to a VocabParallelEmbedding: this rank's vocabulary slice of the
+    logits, (B, T, V_pad/tp), with padding ids set to -inf so they never win or count."""
+
+    def __init__(self, embedding: VocabParallelEmbedding):
+        super().__init__()
+        self.embedding = embedding                                    # shares its weight
+        ids = torch.arange(embedding.vocab_start, embedding.vocab_end)
+        self.register_buffer("is_padding", ids >= embedding.vocab_size, persistent=False)
+
+    def forward(self, x):                                             # (B, T, C)
+        x = copy_to_tensor_model_parallel_region(x, self.embedding.ctx)  # f
+        logits = F.linear(x, self.embedding.weight)                   # (B, T, V_pad/tp)
+        return logits.masked_fill(self.is_padding, float("-inf"))
+
+
+def gather_vocab_parallel_logits(logits: torch.Tensor, ctx: ParallelContext,
+                                 vocab_size: int) -> torch.Tensor:
+    """(B, T, V_pad/tp) slices -> full (B, T, V) logits on every rank (for decoding, not training)."""
+    return gather_from_tensor_model_parallel_region(logits, ctx)[..., :vocab_size]
+
+
+def _split_qkv(c_attn: nn.Linear, ctx: ParallelContext) -> nn.Linear:
+    """Reorder the fused [Q | K | V] projection so a plain column split gives each rank its heads
+    of Q, then K, then V: [Q_0 K_0 V_0 | Q_1 K_1 V_1 | ...] for ranks 0, 1, ..."""
+    def regroup(t):                                                   # (3C, ...) -> (3C, ...)
+        q, k, v = (part.chunk(ctx.tp_size, dim=0) for part in t.chunk(3, dim=0))
+        return torch.cat([torch.cat(ranks) for ranks in zip(q, k, v)])
+    regrouped = nn.Linear(c_attn.in_features, c_attn.out_features, bias=c_attn.bias is not None,
+                          device=c_attn.weight.device, dtype=c_attn.weight.dtype)
+    with torch.no_grad():
+        regrouped.weight.copy_(regroup(c_attn.weight))
+        if c_attn.bias is not None:
+            regrouped.bias.copy_(regroup(c_attn.bias))
+    return regrouped
+
+
+def apply_tensor_parallel(model, ctx: ParallelContext):
+    """Turn a serial GPT (built identically on every rank) into this rank's tensor-parallel share,
+    in place, by slicing its weights. Returns the model; call it as before:
+    model(idx, targets) -> (logits (B, T, V_pad/tp): this rank's vocabulary slice, loss)."""
+    config = model.config
+    tp = ctx.tp_size
+    divide(config.n_head, tp, "n_head", "tensor-parallel size")
+    divide(config.mlp_ratio * config.n_embd, tp, "MLP hidden size", "tensor-parallel size")
+    if config.dropout > 0 and tp > 1:
+        raise ValueError(f"dropout={config.dropout}: tensor-parallel dropout needs Megatron's "
+                         f"per-rank RNG tracker, which minimt does not build; use dropout=0")
+    embedding = VocabParallelEmbedding(model.transformer.wte, ctx)
+    model.transformer.wte = embedding
+    model.lm_head = VocabParallelLMHead(embedding)
+    model.loss_fn = functools.partial(vocab_parallel_cross_entropy, ctx=ctx)
+    for block in model.transformer.h:
+        block.attn.c_attn = ColumnParallelLinear(_split_qkv(block.attn.c_attn, ctx), ctx,
+                                                 gather_output=False)
+        block.attn.c_proj = RowParallelLinear(block.attn.c_proj, ctx, input_is_parallel=True)
+        block.mlp.c_fc = ColumnParallelLinear(block.mlp.c_fc, ctx, gather_output=False)
+        block.mlp.c_proj = RowParallelLinear(block.mlp.c_proj, ctx, input_is_parallel=True)
+    model.tp_ctx = ctx
+    return model
