@@ -1,0 +1,300 @@
+"""Training loop: AdamW, warm-up + cosine learning rate, gradient clipping and accumulation,
+periodic evaluation, a loss history for plots, and atomic checkpoints (nanoGPT's train.py, as a class).
+
+`Trainer(model, data, TrainConfig(...)).train()` runs it; `data` is a `TokenDataset` or any callable
+`get_batch(split, batch_size, block_size, generator) -> (x, y)`, so other data sources plug in.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+AUTOCAST_DTYPES = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def lr_at(it: int, learning_rate: float, warmup_iters: int, lr_decay_iters: int,
+          min_lr: float) -> float:
+    """Learning rate of step `it`: linear warm-up, then cosine decay to `min_lr` (nanoGPT's get_lr).
+
+    lr = learning_rate * (it + 1) / (warmup_iters + 1)            for it < warmup_iters
+    lr = min_lr + (learning_rate - min_lr) * (1 + cos(pi * r)) / 2, r = (it - warmup) / (decay - warmup)
+    lr = min_lr                                                     for it > lr_decay_iters
+    (cosine schedule: Loshchilov & Hutter 2017, arXiv 1608.03983)
+    """
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    decay_ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # 1 -> 0
+    return min_lr + coeff * (learning_rate - min_lr)
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a run. Defaults are nanoGPT's shakespeare_char CPU recipe."""
+
+    max_iters: int = 2000                # optimizer steps
+    batch_size: int = 12                 # sequences per micro-batch
+    block_size: int | None = None        # tokens per sequence; None = the model's block_size
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    learning_rate: float = 1e-3          # peak learning rate
+    min_lr: float = 1e-4                 # learning rate at the end of the cosine decay
+    warmup_iters: int = 100
+    lr_decay_iters: int | None = None    # None = max_iters
+    decay_lr: bool = True                # False: constant learning_rate
+    weight_decay: float = 0.1            # applied to >= 2-D weights only (matmuls, embeddings)
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0               # max global gradient norm; 0 = no clipping
+    eval_interval: int = 250             # evaluate every this many steps (and at the end)
+    eval_iters: int = 20                 # batches per split in one evaluation
+    log_interval: int = 10               # steps between progress-bar updates
+    seed: int = 1337                     # seeds the batch sampler
+    autocast_dtype: str | None = None    # None (fp32), "bfloat16" or "float16": torch.autocast
+    fused_adamw: bool = True             # one fused AdamW kernel (CPU and CUDA)
+    progress: bool = True                # show a tqdm progress bar
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if isinstance(self.autocast_dtype, torch.dtype):  # accept torch.bfloat16 as well as "bfloat16"
+            self.autocast_dtype = str(self.autocast_dtype).removeprefix("torch.")
+        positive = ("max_iters", "batch_size", "gradient_accumulation_steps", "eval_interval",
+                    "eval_iters", "log_interval")
+        for name in positive + ("block_size", "lr_decay_iters"):
+            value = getattr(self, name)
+            if value is None and name in ("block_size", "lr_decay_iters"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainConfig.{name}={value!r} must be a positive integer")
+        if isinstance(self.warmup_iters, bool) or not isinstance(self.warmup_iters, int) \
+                or self.warmup_iters < 0:
+            raise ValueError(f"TrainConfig.warmup_iters={self.warmup_iters!r} must be an integer >= 0")
+        if not self.learning_rate > 0:
+            raise ValueError(f"TrainConfig.learning_rate={self.learning_rate!r} must be positive")
+        if not 0 <= self.min_lr <= self.learning_rate:
+            raise ValueError(f"TrainConfig.min_lr={self.min_lr!r} must be in [0, learning_rate="
+                             f"{self.learning_rate}]")
+        if self.decay_lr and self.warmup_iters > self.decay_iters:
+            raise ValueError(f"warmup_iters={self.warmup_iters} is longer than the decay "
+                             f"(lr_decay_iters={self.decay_iters}); shorten the warm-up or set "
+                             f"lr_decay_iters >= warmup_iters")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} must be in [0, 1)")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError(f"weight_decay={self.weight_decay!r} and grad_clip={self.grad_clip!r} "
+                             f"must be >= 0 (grad_clip=0 turns clipping off)")
+        if self.autocast_dtype not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast_dtype={self.autocast_dtype!r}: choose one of "
+                             f"{list(AUTOCAST_DTYPES)} (None = full fp32)")
+
+    @property
+    def decay_iters(self) -> int:
+        return self.max_iters if self.lr_decay_iters is None else self.lr_decay_iters
+
+    def lr(self, it: int) -> float:
+        """The learning rate of step `it` under this config."""
+        if not self.decay_lr:
+            return self.learning_rate
+        return lr_at(it, self.learning_rate, self.warmup_iters, self.decay_iters, self.min_lr)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def configure_adamw(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on >= 2-D tensors only (matmul weights, embeddings), not on
+    LayerNorm gains or biases (as nanoGPT); tied weights appear once (named_parameters dedups)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    kind = {"fused": True} if config.fused_adamw else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2),
+                             **kind)
+
+
+def autocast_context(device: str, dtype_name: str | None):
+    """torch.autocast for `dtype_name` ("bfloat16"/"float16"), or a no-op for None (fp32)."""
+    if dtype_name is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=AUTOCAST_DTYPES[dtype_name])
+
+
+@torch.no_grad()
+def batch_losses(model: nn.Module, get_batch: Callable, split: str, n_batches: int,
+                 batch_size: int, block_size: int, generator: torch.Generator,
+                 autocast_dtype: str | None = None, device: str = "cpu") -> torch.Tensor:
+    """(n_batches,) mean loss of each of n_batches random batches of `split`, in eval mode."""
+    was_training = model.training
+    model.eval()
+    losses = torch.empty(n_batches)
+    for k in range(n_batches):
+        x, y = get_batch(split, batch_size, block_size, generator)  # (B, T), (B, T)
+        with autocast_context(device, autocast_dtype):
+            _, loss = model(x.to(device), y.to(device))
+        losses[k] = loss.float().item()
+    model.train(was_training)
+    return losses
+
+
+class Trainer:
+    """Runs `config.max_iters` AdamW steps on `model` with batches from `data`.
+
+    History: `self.history["train"]` holds (iter, loss) per step (the mean over the accumulated
+    micro-batches), `self.history["val"]` and `["train_eval"]` (iter, mean loss over eval_iters
+    batches). Batches come from a torch.Generator seeded with `config.seed`, so the same seed and
+    the same initial model give the same history. Dropout draws from torch's global RNG (seed it
+    with torch.manual_seed); checkpoints save both.
+    """
+
+    def __init__(self, model: nn.Module, data, config: TrainConfig | None = None):
+        self.config = config or TrainConfig()
+        if callable(getattr(data, "get_batch", None)):
+            self.get_batch = data.get_batch
+        elif callable(data):
+            self.get_batch = data
+        else:
+            raise TypeError(f"data must be a dataset with .get_batch(split, batch_size, block_size, "
+                            f"generator) or such a callable; got {type(data).__name__}")
+        self.model = model.to(self.config.device)
+        model_block = getattr(getattr(model, "config", None), "block_size", None)
+        self.block_size = self.config.block_size or model_block
+        if self.block_size is None:
+            raise ValueError("TrainConfig.block_size is None and the model has no config.block_size; "
+                             "set TrainConfig(block_size=...)")
+        if model_block is not None and self.block_size > model_block:
+            raise ValueError(f"TrainConfig.block_size={self.block_size} exceeds the model's "
+                             f"block_size={model_block}; use block_size <= {model_block}")
+        self.optimizer = configure_adamw(self.model, self.config)
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.iter_num = 0
+        self.history = {"train": [], "val": [], "train_eval": []}
+        self.last_grad_norm = None  # global gradient norm before clipping, of the last step
+
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step over gradient_accumulation_steps micro-batches; returns the mean
+        micro-batch loss as a 0-d tensor (no .item(): no device sync each step)."""
+        cfg = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr(self.iter_num)
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=cfg.device)
+        for _ in range(cfg.gradient_accumulation_steps):
+            x, y = self.get_batch("train", cfg.batch_size, self.block_size, self.generator)
+            with autocast_context(cfg.device, cfg.autocast_dtype):
+                _, loss = self.model(x.to(cfg.device), y.to(cfg.device))
+            # mean of k equal micro-batch means = mean over the whole k*B batch
+            (loss / cfg.gradient_accumulation_steps).backward()
+            total += loss.detach().float()
+        if cfg.grad_clip > 0:
+            self.last_grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip,
+                                                           foreach=True)
+        self.optimizer.step()
+        self.iter_num += 1
+        return total / cfg.gradient_accumulation_steps
+
+    def evaluate(self, eval_iters: int | None = None) -> dict[str, float]:
+        """Mean loss over eval_iters batches of each split. The batches come from a generator
+        re-seeded every call, so every evaluation sees the same batches (a smoother curve)."""
+        cfg = self.config
+        n = eval_iters or cfg.eval_iters
+        out = {}
+        for k, split in enumerate(("train", "val")):
+            gen = torch.Generator().manual_seed(cfg.seed + 1 + k)
+            out[split] = batch_losses(self.model, self.get_batch, split, n, cfg.batch_size,
+                                      self.block_size, gen, cfg.autocast_dtype,
+                                      cfg.device).mean().item()
+        return out
+
+    def _record_eval(self):
+        losses = self.evaluate()
+        self.history["val"].append((self.iter_num, losses["val"]))
+        self.history["train_eval"].append((self.iter_num, losses["train"]))
+        return losses
+
+    def train(self, num_iters: int | None = None, evaluate: bool = True) -> dict:
+        """Run until iteration config.max_iters (or `num_iters` more steps); return the history.
+        Evaluates every eval_interval steps and after the last step (unless `evaluate=False`), so
+        a run split into pieces has the same history as one run."""
+        cfg = self.config
+        stop = cfg.max_iters if num_iters is None else min(cfg.max_iters, self.iter_num + num_iters)
+        self.model.train()
+        pending = []  # (iter, 0-d loss tensor) not yet turned into floats
+        bar = tqdm(total=stop - self.iter_num, disable=not cfg.progress, desc="train")
+        while self.iter_num < stop:
+            if evaluate and self.iter_num % cfg.eval_interval == 0:
+                if not self.history["val"] or self.history["val"][-1][0] != self.iter_num:
+                    self._record_eval()
+            it = self.iter_num
+            pending.append((it, self.train_step()))
+            bar.update(1)
+            if len(pending) >= cfg.log_interval or self.iter_num == stop:
+                values = torch.stack([loss for _, loss in pending]).tolist()  # one sync
+                self.history["train"].extend(zip([i for i, _ in pending], values))
+                pending.clear()
+                postfix = {"loss": f"{values[-1]:.3f}", "lr": f"{cfg.lr(it):.2e}"}
+                if self.history["val"]:
+                    postfix["val"] = f"{self.history['val'][-1][1]:.3f}"
+                bar.set_postfix(postfix, refresh=False)
+        bar.close()
+        evaluated_now = bool(self.history["val"]) and self.history["val"][-1][0] == self.iter_num
+        if evaluate and self.iter_num == cfg.max_iters and not evaluated_now:
+            self._record_eval()
+        return self.history
+
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        """Write model, optimizer, iteration, configs, history and RNG states to `path`
+        atomically (a temp file in the same folder, then os.replace): a crash leaves the old file."""
+        model_config = getattr(self.model, "config", None)
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "iter_num": self.iter_num,
+            "train_config": self.config.to_dict(),
+            "model_config": asdict(model_config) if model_config is not None else None,
+            "history": {k: list(v) for k, v in self.history.items()},
+            "rng": {"batch": self.generator.get_state(), "torch": torch.get_rng_state()},
+        }
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def load_checkpoint(self, path: str | os.PathLike) -> dict:
+        """Restore a checkpoint written by save_checkpoint into this trainer (same model shape);
+        training then continues exactly as if never stopped. Returns the raw checkpoint dict."""
+        state = load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iter_num = state["iter_num"]
+        self.history = {k: [tuple(p) for p in v] for k, v in state["history"].items()}
+        self.generator.set_state(state["rng"]["batch"])
+        torch.set_rng_state(state["rng"]["torch"])
+        return state
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint dict, read with weights_only=True (plain tensors and containers, no pickled code)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
