@@ -117,6 +117,24 @@ class GPT(nn.Module):
         loss = None if targets is None else self.loss_fn(logits, targets)
         return logits, loss
 
+    def generate(self, input_ids, max_new_tokens, **kwargs):
+        """Continue input_ids (B, T) by up to max_new_tokens tokens; Hugging Face generate's
+        keywords (do_sample, temperature, top_k, top_p, num_beams, ...): see minimt.generate."""
+        from .generate import generate  # lazy: the model does not depend on the decoding code
+        return generate(self, input_ids, max_new_tokens, **kwargs)
+
+    @classmethod
+    def from_hf_gpt2(cls, source, config=None, **overrides):
+        """A GPT with a Hugging Face GPT-2's weights: a transformers model, a local directory
+        (config.json + weights) or a state dict with `config`; see minimt.hf_gpt2."""
+        from .hf_gpt2 import from_hf_gpt2
+        return from_hf_gpt2(source, config=config, model_class=cls, **overrides)
+
+    def to_hf_gpt2_state_dict(self):
+        """This model's weights under transformers' GPT2LMHeadModel names and Conv1D layout."""
+        from .hf_gpt2 import to_hf_gpt2_state_dict
+        return to_hf_gpt2_state_dict(self)
+
     def num_params(self, exclude_positions=False):
         """Number of parameters (the tied embedding counted once)."""
         n = sum(p.numel() for p in self.parameters())

@@ -1,0 +1,127 @@
+"""GPT-2 conversion: a random transformers GPT2LMHeadModel (nothing downloaded) and its minimt twin
+give equal logits and equal greedy / beam-search output; the conversion round-trips."""
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+
+from minimt import GPT, GPTConfig  # noqa: E402
+from minimt.generate import left_pad  # noqa: E402
+from minimt.hf_gpt2 import config_from_hf_gpt2, hf_gpt2_config_dict  # noqa: E402
+
+VOCAB = 97
+
+
+def random_hf_gpt2(seed=0, **changes):
+    """A small random GPT-2 in eval mode (the ids for BOS/EOS inside the vocabulary)."""
+    torch.manual_seed(seed)
+    fields = dict(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    fields.update(changes)
+    model = GPT2LMHeadModel(GPT2Config(**fields)).eval()
+    with torch.no_grad():  # spread the next-token distribution so argmax ties cannot happen
+        model.transformer.wte.weight.mul_(20.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def pair():
+    hf = random_hf_gpt2()
+    return hf, GPT.from_hf_gpt2(hf).eval()
+
+
+def test_logits_match_transformers(pair):
+    hf, ours = pair
+    ids, mask = left_pad([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]], pad_token_id=0)
+    with torch.no_grad():
+        assert torch.allclose(ours(ids)[0], hf(ids).logits, atol=1e-5, rtol=0)
+        ours_padded = ours.generate(ids, 1, attention_mask=mask, return_dict_in_generate=True)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # counted from each row's first real token
+        hf_padded = hf(ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+    assert torch.allclose(ours_padded.logits[0], hf_padded, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(repetition_penalty=1.5),
+                                    dict(eos_token_id="frequent")])
+def test_greedy_output_matches_transformers(pair, kwargs):
+    hf, ours = pair
+    ids, mask = left_pad([[5, 6, 7, 8, 9], [12, 13]], pad_token_id=0)
+    if kwargs.get("eos_token_id") == "frequent":  # a token greedy decoding does produce
+        kwargs = dict(eos_token_id=int(ours.generate(ids, 4, attention_mask=mask)[1, -1]))
+    expected = hf.generate(ids, attention_mask=mask, max_new_tokens=25, do_sample=False,
+                           pad_token_id=0, **kwargs)
+    got = ours.generate(ids, 25, attention_mask=mask, pad_token_id=0, **kwargs)
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("length_penalty, early_stopping", [(1.0, False), (0.5, True), (2.0, False)])
+def test_beam_search_matches_transformers(pair, length_penalty, early_stopping):
+    hf, ours = pair
+    ids, mask = left_pad([[5, 6, 7, 8, 9], [12, 13]], pad_token_id=0)
+    eos = int(ours.generate(ids, 3, attention_mask=mask)[0, -1])  # makes some beams finish early
+    # pad_token_id=3, not 0: transformers' beam search fills with EOS when pad_token_id is 0 (falsy)
+    settings = dict(max_new_tokens=10, num_beams=4, num_return_sequences=3, eos_token_id=eos,
+                    pad_token_id=3, length_penalty=length_penalty, early_stopping=early_stopping)
+    expected = hf.generate(ids, attention_mask=mask, do_sample=False, output_scores=True,
+                           return_dict_in_generate=True, **settings)
+    got = ours.generate(ids, attention_mask=mask, return_dict_in_generate=True, **settings)
+    assert (got.sequences[:, ids.shape[1]:] == eos).any(), "no beam finished: the test is too weak"
+    assert torch.equal(got.sequences, expected.sequences)
+    assert torch.allclose(got.sequences_scores, expected.sequences_scores, atol=1e-5)
+
+
+def test_round_trip_through_the_hf_state_dict(pair):
+    hf, ours = pair
+    exported = ours.to_hf_gpt2_state_dict()
+    original = hf.state_dict()
+    assert set(exported) == set(original)
+    for name, tensor in original.items():
+        assert torch.equal(exported[name], tensor), name
+    fresh = GPT2LMHeadModel(GPT2Config(**hf_gpt2_config_dict(ours.config), bos_token_id=1,
+                                       eos_token_id=2)).eval()
+    fresh.load_state_dict(exported, strict=True)
+    ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(fresh(ids).logits, ours(ids)[0], atol=1e-5, rtol=0)
+
+
+def test_load_from_a_saved_directory_and_a_state_dict(pair, tmp_path):
+    hf, ours = pair
+    hf.save_pretrained(tmp_path)
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    with torch.no_grad():
+        assert torch.allclose(GPT.from_hf_gpt2(tmp_path)(ids)[0], ours(ids)[0], atol=1e-6, rtol=0)
+        for state_dict in (hf.state_dict(), hf.transformer.state_dict()):  # with/without LM head
+            from_sd = GPT.from_hf_gpt2(state_dict, config=ours.config)
+            assert torch.allclose(from_sd(ids)[0], ours(ids)[0], atol=1e-6, rtol=0)
+
+
+def test_config_mapping_matches_the_gpt2_preset():
+    assert config_from_hf_gpt2(GPT2Config()) == GPTConfig.from_preset("gpt2-124m")
+    assert config_from_hf_gpt2(hf_gpt2_config_dict(GPTConfig.from_preset("gpt2-124m"))) \
+        == GPTConfig.from_preset("gpt2-124m")
+    assert config_from_hf_gpt2(GPT2Config(activation_function="gelu")).gelu_approximate == "none"
+
+
+@pytest.mark.parametrize("source, message", [
+    (dict(activation_function="relu"), "activation_function='relu' has no minimt equivalent"),
+    (dict(scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx=True is not"),
+    (dict(n_inner=50), "n_inner=50 is not a multiple of n_embd=32"),
+])
+def test_unsupported_gpt2_configs_are_refused(source, message):
+    with pytest.raises(ValueError, match=message):
+        config_from_hf_gpt2(dict(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                 **source))
+
+
+def test_bad_sources_are_refused(pair, tmp_path):
+    hf, _ = pair
+    with pytest.raises(ValueError, match="does not say n_head"):
+        GPT.from_hf_gpt2(hf.state_dict())
+    with pytest.raises(ValueError, match="no config.json"):
+        GPT.from_hf_gpt2(tmp_path)
+    untied = dict(hf.state_dict())
+    untied["lm_head.weight"] = untied["lm_head.weight"] + 1.0
+    with pytest.raises(ValueError, match="lm_head.weight differs from wte.weight"):
+        GPT.from_hf_gpt2(untied, config=hf.config)
