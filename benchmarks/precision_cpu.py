@@ -4,8 +4,8 @@
 Usage: python benchmarks/precision_cpu.py [--iters 20] [--warmup 3] [--threads N]
 Prints a table and a final JSON line. One step = forward + backward + optimizer step (AdamW).
 The modes are timed round-robin (one step of each in turn) so that load from other processes
-hits them alike. On a CPU with AMX, bf16 matmuls are fast; without it there is no gain, and fp16
-matmuls on CPU are usually slower than fp32. This is a measurement, never an assertion.
+hits them alike. On a CPU with bf16 matrix instructions (Intel AMX, AVX-512 BF16) bf16 matmuls
+are fast; without them there is no gain, and fp16 matmuls on CPU are usually slower than fp32. This is a measurement, never an assertion.
 """
 from __future__ import annotations
 

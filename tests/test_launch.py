@@ -64,7 +64,7 @@ def test_output_reaches_a_stdout_without_fileno(monkeypatch):
 
 
 def test_ranks_run_after_the_caller_used_many_threads():
-    """Fork after OpenMP hangs unless each rank uses one thread (MEASURED.md)."""
+    """Fork after OpenMP hangs unless each rank uses one thread."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
