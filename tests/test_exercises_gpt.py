@@ -3,7 +3,6 @@ with a hint (so a check can never be a no-op)."""
 import math
 
 import pytest
-import torch
 import torch.nn.functional as F
 
 from minimt.exercises import ExerciseError, check_lm_loss, check_lr_schedule, check_param_count

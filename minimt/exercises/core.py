@@ -1,0 +1,79 @@
+"""The exercise mechanism: compare a learner's result with the reference and say what differs."""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+
+
+class ExerciseError(AssertionError):
+    """Raised when a learner's function disagrees with the reference; the message explains how."""
+
+
+def compare(name: str, got, expected, atol: float = 1e-6, rtol: float = 1e-5) -> None:
+    """Compare one result with the reference and raise an ExerciseError that names the problem."""
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(got, torch.Tensor):
+            raise ExerciseError(f"{name}: expected a torch.Tensor, got {type(got).__name__}")
+        if got.shape != expected.shape:
+            raise ExerciseError(f"{name}: shape {tuple(got.shape)}, expected {tuple(expected.shape)}")
+        if got.dtype == torch.bool or expected.dtype == torch.bool:
+            if not torch.equal(got.bool(), expected.bool()):
+                wrong = (got.bool() != expected.bool()).nonzero()[0].tolist()
+                raise ExerciseError(f"{name}: wrong value at index {wrong}")
+            return
+        if not torch.allclose(got.to(expected.dtype), expected, atol=atol, rtol=rtol):
+            diff = (got.to(expected.dtype) - expected).abs()
+            where = tuple(torch.nonzero(diff == diff.max())[0].tolist())
+            raise ExerciseError(
+                f"{name}: values differ; largest error {diff.max().item():.3g} at index {where} "
+                f"(got {got.flatten()[diff.argmax()].item():.6g}, "
+                f"expected {expected.flatten()[diff.argmax()].item():.6g})")
+        return
+    if isinstance(expected, float):
+        if not isinstance(got, (int, float)) or abs(got - expected) > atol + rtol * abs(expected):
+            raise ExerciseError(f"{name}: got {got!r}, expected {expected!r}")
+        return
+    if got != expected:
+        raise ExerciseError(f"{name}: got {got!r}, expected {expected!r}")
+
+
+def run_cases(exercise: str, fn: Callable, reference: Callable, cases: Iterable[tuple],
+              **tolerances) -> None:
+    """Call `fn` and `reference` on every case (a tuple of arguments); print a pass line or raise."""
+    cases = list(cases)
+    for i, args in enumerate(cases):
+        try:
+            got = fn(*args)
+        except NotImplementedError:
+            raise ExerciseError(f"{exercise}: not implemented yet (the stub still raises)") from None
+        compare(f"{exercise}, case {i + 1} of {len(cases)}", got, reference(*args), **tolerances)
+    print(f"{exercise}: all {len(cases)} cases pass")
+
+
+def run_cases_with_hints(exercise: str, fn: Callable, reference: Callable, cases: Iterable[tuple],
+                         hint: Callable, **tolerances) -> None:
+    """Like run_cases, but on a mismatch `hint(got, *args)` may add a sentence naming the likely bug."""
+    cases = list(cases)
+    for i, args in enumerate(cases):
+        try:
+            got = fn(*args)
+        except NotImplementedError:
+            raise ExerciseError(f"{exercise}: not implemented yet (the stub still raises)") from None
+        try:
+            compare(f"{exercise}, case {i + 1} of {len(cases)}", got, reference(*args), **tolerances)
+        except ExerciseError as err:
+            advice = hint(got, *args) if isinstance(got, torch.Tensor) else None
+            raise ExerciseError(f"{err}. Hint: {advice}" if advice else str(err)) from None
+    print(f"{exercise}: all {len(cases)} cases pass")
+
+
+def _same(got, expected):
+    """True when `got` equals `expected` (a known wrong answer) in shape, dtype and values."""
+    return (got.shape == expected.shape and got.dtype == expected.dtype
+            and torch.allclose(got, expected, atol=1e-6, rtol=1e-5))
+
+
+def _close(got, expected):
+    return isinstance(got, torch.Tensor) and got.shape == expected.shape and torch.allclose(
+        got, expected, atol=1e-6, rtol=1e-5)

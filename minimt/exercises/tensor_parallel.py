@@ -1,0 +1,185 @@
+"""Checkers for 03_tensor_parallel: the column-parallel forward, where f and g go,
+bytes per layer. They run the learner's code on real gloo processes."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .core import ExerciseError, compare
+
+
+def _column_parallel_rank(ctx, fn, gather_output):
+    """On one rank: the learner's column-parallel forward on its shard, against nn.Linear."""
+    torch.manual_seed(0)
+    serial = torch.nn.Linear(8, 12)                                    # A: (out, in) = (12, 8)
+    x = torch.randn(2, 3, 8)                                           # (B, T, in)
+    weights = torch.randn(2, 3, 12)                  # dL/dy of the loss L = sum(y * weights)
+    rows = slice(ctx.tp_rank * 12 // ctx.tp_size, (ctx.tp_rank + 1) * 12 // ctx.tp_size)
+    x_ref = x.clone().requires_grad_()
+    y_ref = serial(x_ref)                                              # (B, T, out)
+    (y_ref * weights).sum().backward()
+    shard_w = serial.weight.detach()[rows].clone().requires_grad_()   # (out/tp, in)
+    shard_b = serial.bias.detach()[rows].clone().requires_grad_()     # (out/tp,)
+    x_mine = x.clone().requires_grad_()
+    y = fn(x_mine, shard_w, shard_b, ctx, gather_output)
+    (y * (weights if gather_output else weights[..., rows])).sum().backward()
+    expected = y_ref if gather_output else y_ref[..., rows]            # (B, T, out or out/tp)
+    return {"output": y.detach(), "expected output": expected.detach(),
+            "input grad": x_mine.grad, "expected input grad": x_ref.grad,
+            "weight grad": shard_w.grad, "expected weight grad": serial.weight.grad[rows],
+            "bias grad": shard_b.grad, "expected bias grad": serial.bias.grad[rows]}
+
+
+def _missing_grad(name: str, rank: int, result: dict) -> None:
+    if result[name] is None:
+        raise ExerciseError(f"rank {rank}: no {name}: the output is not connected to the input "
+                            f"or the shard by autograd (use F.linear and the comm primitives)")
+
+
+def check_column_parallel_forward(fn: Callable) -> None:
+    """fn(x (B, T, in), weight (out/tp, in), bias (out/tp,), ctx, gather_output) -> y, run on 2
+    ranks: y must be this rank's slice of x A^T + b (or all of it when gather_output), and the
+    gradients of x, weight and bias must equal the serial layer's."""
+    from ..parallel import launch  # the exercise runs on real processes
+    for gather_output in (False, True):
+        try:
+            results = launch(_column_parallel_rank, fn, gather_output, tp=2, timeout_s=30)
+        except Exception as err:
+            if "NotImplementedError" in str(err):
+                raise ExerciseError("check_column_parallel_forward: not implemented yet (the stub "
+                                    "still raises)") from None
+            raise
+        for rank, r in enumerate(results):
+            where = f"check_column_parallel_forward(gather_output={gather_output}), rank {rank}"
+            compare(f"{where}: output", r["output"], r["expected output"])
+            for name in ("input grad", "weight grad", "bias grad"):
+                _missing_grad(name, rank, r)
+            try:
+                compare(f"{where}: input grad", r["input grad"], r["expected input grad"])
+            except ExerciseError as err:
+                partial = torch.allclose(sum(q["input grad"] for q in results),
+                                         r["expected input grad"], atol=1e-5)
+                raise ExerciseError(
+                    f"{err}. Hint: " + ("each rank's x.grad holds only its own columns' share; "
+                                        "the input must enter through f "
+                                        "(copy_to_tensor_model_parallel_region), whose backward "
+                                        "all-reduces it" if partial else
+                                        "check which primitive the input passes through")) from None
+            compare(f"{where}: weight grad", r["weight grad"], r["expected weight grad"])
+            compare(f"{where}: bias grad", r["bias grad"], r["expected bias grad"])
+    print("check_column_parallel_forward: outputs and gradients equal nn.Linear's on 2 ranks, "
+          "with gather_output False and True")
+
+
+def _tp_mlp_rank(ctx, fn):
+    """On one rank: the learner's tensor-parallel MLP (no biases) against the serial one."""
+    torch.manual_seed(0)
+    c_fc, c_proj = torch.nn.Linear(8, 32, bias=False), torch.nn.Linear(32, 8, bias=False)
+    x = torch.randn(2, 3, 8)                                           # (B, T, C)
+    weights = torch.randn(2, 3, 8)  # dL/dy of L = sum(y * weights)
+    cols = slice(ctx.tp_rank * 32 // ctx.tp_size, (ctx.tp_rank + 1) * 32 // ctx.tp_size)
+    x_ref = x.clone().requires_grad_()
+    y_ref = c_proj(torch.nn.functional.gelu(c_fc(x_ref)))             # (B, T, C)
+    (y_ref * weights).sum().backward()
+    fc = c_fc.weight.detach()[cols].clone().requires_grad_()          # (4C/tp, C)
+    proj = c_proj.weight.detach()[:, cols].clone().requires_grad_()   # (C, 4C/tp)
+    x_mine = x.clone().requires_grad_()
+    y = fn(x_mine, fc, proj, ctx)
+    (y * weights).sum().backward()
+    with torch.no_grad():  # this rank's outputs for the classic placements, to name the mistake
+        partial = (lambda z: torch.nn.functional.linear(torch.nn.functional.gelu(
+            torch.nn.functional.linear(z, fc)), proj))                 # (B, T, C), not summed
+        mistakes = {"swapped": partial(ctx.tp_size * x), "no g": partial(x),
+                    "g at entrance": c_proj(torch.nn.functional.gelu(c_fc(ctx.tp_size * x)))}
+    return {"output": y.detach(), "expected output": y_ref.detach(), "mistakes": mistakes,
+            "input grad": x_mine.grad, "expected input grad": x_ref.grad,
+            "fc grad": fc.grad, "expected fc grad": c_fc.weight.grad[cols],
+            "proj grad": proj.grad, "expected proj grad": c_proj.weight.grad[:, cols]}
+
+
+def _mlp_hint(what: str, results: list[dict], rank: int, tp: int) -> str | None:
+    got, expected = results[rank][what], results[rank][f"expected {what}"]
+    if what == "output":
+        mistakes = results[rank]["mistakes"]
+        if torch.allclose(got, mistakes["swapped"], atol=1e-5):
+            return ("f and g are swapped: g at the entrance all-reduces x, which is already the "
+                    f"same on every rank (so the layer sees {tp}*x), and f at the exit leaves the "
+                    "row-parallel partial sums un-added. Put f at the entrance, g at the exit")
+        if torch.allclose(got, mistakes["no g"], atol=1e-5):
+            return ("each rank holds only its partial sum: the row-parallel c_proj's output must "
+                    "be all-reduced in the forward (g, reduce_from_tensor_model_parallel_region)")
+        if torch.allclose(got, mistakes["g at entrance"], atol=1e-5):
+            return (f"the entrance all-reduces x, which is the same on every rank (the layer sees "
+                    f"{tp}*x): f (identity forward) goes there, not g")
+        return None
+    grads = [r[what] for r in results]
+    if torch.allclose(got, tp * expected, atol=1e-5):
+        return (f"the input gradient is {tp}x too large: the exit's op all-reduces in the backward "
+                f"a gradient that is already the same on every rank; g (identity backward) goes "
+                f"there")
+    if torch.allclose(sum(grads), expected, atol=1e-5):
+        return ("each rank holds only its part of the input gradient: it must be all-reduced in "
+                "the backward (f, copy_to_tensor_model_parallel_region) at the entrance")
+    return None
+
+
+def check_tp_mlp_operators(fn: Callable) -> None:
+    """fn(x (B, T, C), fc_weight (4C/tp, C), proj_weight (C, 4C/tp), ctx) -> y (B, T, C): Megatron's
+    MLP, column-parallel c_fc, GELU, row-parallel c_proj, with f and g where they belong. Run on 2
+    ranks; output, input gradient and both weight gradients must equal the serial MLP's."""
+    from ..parallel import launch
+    try:
+        results = launch(_tp_mlp_rank, fn, tp=2, timeout_s=30)
+    except Exception as err:
+        if "NotImplementedError" in str(err):
+            raise ExerciseError("check_tp_mlp_operators: not implemented yet (the stub still "
+                                "raises)") from None
+        raise
+    for what in ("output", "input grad", "fc grad", "proj grad"):
+        for rank, r in enumerate(results):
+            if r[what] is None:
+                raise ExerciseError(f"rank {rank}: no {what}: keep x and the weights in the graph")
+            try:
+                compare(f"check_tp_mlp_operators, rank {rank}: {what}", r[what],
+                        r[f"expected {what}"], atol=1e-5)
+            except ExerciseError as err:
+                hint = _mlp_hint(what, results, rank, 2) if what in ("output", "input grad") \
+                    else None
+                raise ExerciseError(f"{err}. Hint: {hint}" if hint else str(err)) from None
+    print("check_tp_mlp_operators: output and all gradients equal the serial MLP's on 2 ranks")
+
+
+def _bytes_per_layer(b: int, s: int, h: int, tp: int, bytes_per_element: int) -> tuple[int, int]:
+    """Reference: 2 all-reduces of (b, s, h) forward, 2 backward; none when tp == 1."""
+    per_all_reduce = b * s * h * bytes_per_element
+    return (0, 0) if tp == 1 else (2 * per_all_reduce, 2 * per_all_reduce)
+
+
+def check_bytes_per_layer(fn: Callable) -> None:
+    """fn(b, s, h, tp, bytes_per_element) -> (forward_bytes, backward_bytes): the data one rank
+    all-reduces for one transformer layer (attention + MLP) in one training step."""
+    cases = [(4, 64, 128, 4, 4), (8, 128, 256, 2, 4), (1, 2048, 20480, 8, 2), (2, 16, 32, 1, 4),
+             (3, 5, 7, 2, 4)]
+    for i, case in enumerate(cases):
+        try:
+            got = fn(*case)
+        except NotImplementedError:
+            raise ExerciseError("check_bytes_per_layer: not implemented yet (the stub still "
+                                "raises)") from None
+        expected = _bytes_per_layer(*case)
+        if tuple(got) == expected:
+            continue
+        b, s, h, tp, nbytes = case
+        one = b * s * h * nbytes
+        forward = tuple(got)[0]
+        hint = ("with tp = 1 there is nobody to reduce with: no communication" if tp == 1 else
+                "count both g's: one after attention, one after the MLP" if forward == one else
+                "an all-reduce's tensor is the whole (b, s, h) activation on every rank; it does "
+                "not shrink with tp" if forward in (2 * one // tp, one // tp) else
+                f"multiply elements by bytes_per_element={nbytes}" if forward == 2 * b * s * h
+                else None)
+        message = (f"check_bytes_per_layer, case {i + 1} of {len(cases)} (b={b}, s={s}, h={h}, "
+                   f"tp={tp}, {nbytes} bytes per element): got {tuple(got)}, expected {expected}")
+        raise ExerciseError(f"{message}. Hint: {hint}" if hint else message)
+    print(f"check_bytes_per_layer: all {len(cases)} cases pass")
