@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from .core import ExerciseError, run_cases_with_hints, _same
+from .core import ExerciseError, matches, run_cases
 
 
 def _attention_variant(q, k, v, mask, scale, softmax_dim=-1):
@@ -36,7 +36,7 @@ def _attention_hint(got, q, k, v, mask):
              "'may attend', so fill the scores where the mask is False"),
         ]
     for wrong, advice in variants:
-        if _same(got, wrong):
+        if matches(got, wrong):
             return advice
     return None
 
@@ -66,8 +66,8 @@ def check_attention(fn: Callable) -> None:
     def reference(q, k, v, mask):
         return scaled_dot_product_attention(q, k, v, mask)
 
-    run_cases_with_hints("check_attention", fn, reference, _attention_cases(), _attention_hint,
-                         atol=1e-8, rtol=1e-6)
+    run_cases("check_attention", fn, reference, _attention_cases(), _attention_hint,
+              atol=1e-8, rtol=1e-6)
 
 
 def _bool_mask(exercise: str, fn: Callable) -> Callable:
@@ -105,8 +105,7 @@ def check_causal_mask(fn: Callable) -> None:
         ])
 
     cases = [(1,), (2,), (5,), (9,)]
-    run_cases_with_hints("check_causal_mask", _bool_mask("check_causal_mask", fn), causal_mask,
-                         cases, hint)
+    run_cases("check_causal_mask", _bool_mask("check_causal_mask", fn), causal_mask, cases, hint)
 
 
 def check_local_mask(fn: Callable) -> None:
@@ -123,5 +122,4 @@ def check_local_mask(fn: Callable) -> None:
         return _mask_hint(got, mistakes)
 
     cases = [(1, 1), (5, 1), (6, 2), (8, 3), (4, 10)]
-    run_cases_with_hints("check_local_mask", _bool_mask("check_local_mask", fn), local_mask, cases,
-                         hint)
+    run_cases("check_local_mask", _bool_mask("check_local_mask", fn), local_mask, cases, hint)

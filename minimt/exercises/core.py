@@ -39,21 +39,9 @@ def compare(name: str, got, expected, atol: float = 1e-6, rtol: float = 1e-5) ->
 
 
 def run_cases(exercise: str, fn: Callable, reference: Callable, cases: Iterable[tuple],
-              **tolerances) -> None:
-    """Call `fn` and `reference` on every case (a tuple of arguments); print a pass line or raise."""
-    cases = list(cases)
-    for i, args in enumerate(cases):
-        try:
-            got = fn(*args)
-        except NotImplementedError:
-            raise ExerciseError(f"{exercise}: not implemented yet (the stub still raises)") from None
-        compare(f"{exercise}, case {i + 1} of {len(cases)}", got, reference(*args), **tolerances)
-    print(f"{exercise}: all {len(cases)} cases pass")
-
-
-def run_cases_with_hints(exercise: str, fn: Callable, reference: Callable, cases: Iterable[tuple],
-                         hint: Callable, **tolerances) -> None:
-    """Like run_cases, but on a mismatch `hint(got, *args)` may add a sentence naming the likely bug."""
+              hint: Callable | None = None, **tolerances) -> None:
+    """Call `fn` and `reference` on every case (a tuple of arguments); print a pass line or raise.
+    On a mismatch, `hint(got, *args)` may add a sentence naming the likely bug."""
     cases = list(cases)
     for i, args in enumerate(cases):
         try:
@@ -63,17 +51,12 @@ def run_cases_with_hints(exercise: str, fn: Callable, reference: Callable, cases
         try:
             compare(f"{exercise}, case {i + 1} of {len(cases)}", got, reference(*args), **tolerances)
         except ExerciseError as err:
-            advice = hint(got, *args) if isinstance(got, torch.Tensor) else None
+            advice = hint(got, *args) if hint and isinstance(got, torch.Tensor) else None
             raise ExerciseError(f"{err}. Hint: {advice}" if advice else str(err)) from None
     print(f"{exercise}: all {len(cases)} cases pass")
 
 
-def _same(got, expected):
-    """True when `got` equals `expected` (a known wrong answer) in shape, dtype and values."""
-    return (got.shape == expected.shape and got.dtype == expected.dtype
-            and torch.allclose(got, expected, atol=1e-6, rtol=1e-5))
-
-
-def _close(got, expected):
-    return isinstance(got, torch.Tensor) and got.shape == expected.shape and torch.allclose(
-        got, expected, atol=1e-6, rtol=1e-5)
+def matches(got, expected) -> bool:
+    """True when `got` is a tensor equal to `expected` (e.g. a known wrong answer) to 1e-6."""
+    return (isinstance(got, torch.Tensor) and got.shape == expected.shape
+            and torch.allclose(got.to(expected.dtype), expected, atol=1e-6, rtol=1e-5))

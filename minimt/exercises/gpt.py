@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from .core import ExerciseError, compare, run_cases, _close
+from .core import ExerciseError, compare, matches, run_cases
 
 
 def check_param_count(fn: Callable) -> None:
@@ -73,8 +73,8 @@ def check_lm_loss(fn: Callable) -> None:
             wrong_way = torch.nn.functional.cross_entropy(logits[:, 1:].flatten(0, 1),
                                                           idx[:, :-1].flatten())
             hint = ("this is the loss without the shift: logits[:, t] must predict idx[:, t+1]"
-                    if _close(got, unshifted) else
+                    if matches(got, unshifted) else
                     "shifted the wrong way: use logits[:, :-1] against idx[:, 1:]"
-                    if _close(got, wrong_way) else None)
+                    if matches(got, wrong_way) else None)
             raise ExerciseError(f"{err}. Hint: {hint}" if hint else str(err)) from None
     print(f"check_lm_loss: all {len(cases)} cases pass")
