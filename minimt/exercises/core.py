@@ -38,16 +38,21 @@ def compare(name: str, got, expected, atol: float = 1e-6, rtol: float = 1e-5) ->
         raise ExerciseError(f"{name}: got {got!r}, expected {expected!r}")
 
 
+def call(exercise: str, fn: Callable, *args):
+    """fn(*args); a learner's unfinished stub (NotImplementedError) becomes a clear ExerciseError."""
+    try:
+        return fn(*args)
+    except NotImplementedError:
+        raise ExerciseError(f"{exercise}: not implemented yet (the stub still raises)") from None
+
+
 def run_cases(exercise: str, fn: Callable, reference: Callable, cases: Iterable[tuple],
               hint: Callable | None = None, **tolerances) -> None:
     """Call `fn` and `reference` on every case (a tuple of arguments); print a pass line or raise.
     On a mismatch, `hint(got, *args)` may add a sentence naming the likely bug."""
     cases = list(cases)
     for i, args in enumerate(cases):
-        try:
-            got = fn(*args)
-        except NotImplementedError:
-            raise ExerciseError(f"{exercise}: not implemented yet (the stub still raises)") from None
+        got = call(exercise, fn, *args)
         try:
             compare(f"{exercise}, case {i + 1} of {len(cases)}", got, reference(*args), **tolerances)
         except ExerciseError as err:

@@ -73,6 +73,11 @@ class RowParallelLinear(nn.Module):
         return y if self.bias is None else y + self.bias              # (B, T, out)
 
 
+def padded_vocab_size(vocab_size: int, tp: int) -> int:
+    """The vocabulary rounded up to a multiple of tp, so every rank holds as many rows."""
+    return -(-vocab_size // tp) * tp
+
+
 class VocabParallelEmbedding(nn.Module):
     """Embedding table split by vocabulary rows; tokens outside a rank's rows give zeros there,
     and an all-reduce (g) assembles every token's row. The vocabulary is padded to a multiple of tp."""
@@ -81,7 +86,7 @@ class VocabParallelEmbedding(nn.Module):
         super().__init__()
         self.ctx = ctx
         self.vocab_size = serial.num_embeddings
-        padded = -(-self.vocab_size // ctx.tp_size) * ctx.tp_size     # round up to a multiple of tp
+        padded = padded_vocab_size(self.vocab_size, ctx.tp_size)
         table = F.pad(serial.weight.detach(), (0, 0, 0, padded - self.vocab_size))  # (V_pad, C)
         self.weight = _shard(table, 0, ctx)                           # (V_pad/tp, C)
         self.vocab_start = ctx.tp_rank * self.weight.shape[0]

@@ -17,7 +17,7 @@ from matplotlib.colors import ListedColormap
 from ..config import GPTConfig
 from ..model import GPT
 from .context import ParallelContext
-from .tensor import apply_tensor_parallel
+from .tensor import apply_tensor_parallel, padded_vocab_size
 
 REPLICATED = -1  # owner code of an element that every tp rank holds
 
@@ -29,11 +29,6 @@ LAYER_WEIGHTS = {
     "transformer.h.0.mlp.c_fc.weight": "MLP c_fc\ncolumn-parallel",
     "transformer.h.0.mlp.c_proj.weight": "MLP c_proj\nrow-parallel",
 }
-
-
-def padded_vocab(vocab_size: int, tp: int) -> int:
-    """The vocabulary rounded up to a multiple of tp, as VocabParallelEmbedding pads it."""
-    return -(-vocab_size // tp) * tp
 
 
 def comm_bytes_per_step(config: GPTConfig, batch_size: int, tp: int, seq_len: int | None = None,
@@ -60,7 +55,7 @@ def params_per_rank(config: GPTConfig, tp: int) -> int:
     LayerNorms and the row-parallel layers' biases (added once, after the all-reduce).
     """
     C, L, r, b = config.n_embd, config.n_layer, config.mlp_ratio, int(config.bias)
-    sharded = L * ((4 + 2 * r) * C * C + b * (3 + r) * C) + padded_vocab(config.vocab_size, tp) * C
+    sharded = L * ((4 + 2 * r) * C * C + b * (3 + r) * C) + padded_vocab_size(config.vocab_size, tp) * C
     replicated = config.block_size * C + L * (2 * C * (1 + b) + 2 * b * C) + C * (1 + b)
     return sharded // tp + replicated
 
