@@ -1,7 +1,10 @@
 """Exercise checkers: `check_<name>(fn)` runs a learner's function against the reference on
 several cases and says what is wrong (which case, shape or values) instead of a bare assert.
 One module per notebook; every checker is importable from here."""
-from .core import ExerciseError, compare, run_cases
+import importlib
+import pkgutil
+
+from .core import ExerciseError, Task, compare, run_cases
 from .attention import check_attention, check_causal_mask, check_local_mask
 from .gpt import check_param_count, check_lr_schedule, check_lm_loss
 from .tensor_parallel import (check_bytes_per_layer, check_column_parallel_forward,
@@ -9,3 +12,11 @@ from .tensor_parallel import (check_bytes_per_layer, check_column_parallel_forwa
 from .pipeline import check_warmup_count, check_gpipe_schedule, check_bubble_prediction
 from .precision import check_smallest_loss_scale, check_scaler_update, check_prune_half
 from .generation import check_top_p_filter, check_kv_cache_bytes, check_greedy_until_eos
+
+
+def all_tasks() -> list[Task]:
+    """Every task of the course in id order, collected from the `TASKS` list of each module here."""
+    modules = [importlib.import_module(f"{__name__}.{info.name}")
+               for info in pkgutil.iter_modules(__path__) if info.name != "core"]
+    tasks = [task for module in modules for task in getattr(module, "TASKS", [])]
+    return sorted(tasks, key=lambda task: tuple(int(part) for part in task.id.split(".")))

@@ -1,6 +1,7 @@
 """The exercise mechanism: compare a learner's result with the reference and say what differs."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -65,3 +66,15 @@ def matches(got, expected) -> bool:
     """True when `got` is a tensor equal to `expected` (e.g. a known wrong answer) to 1e-6."""
     return (isinstance(got, torch.Tensor) and got.shape == expected.shape
             and torch.allclose(got.to(expected.dtype), expected, atol=1e-6, rtol=1e-5))
+
+
+@dataclass(frozen=True)
+class Task:
+    """A piece of the package the learner writes: the body of `target` between
+    `### BEGIN SOLUTION` / `### END SOLUTION`, checked by `check()` against an independent oracle."""
+    id: str                   # "03.2": notebook 03, task 2
+    points: int
+    statement: str            # one line: what the learner writes, e.g. "write RowParallelLinear.forward"
+    target: str               # "minimt.parallel.tensor:RowParallelLinear.forward": holds the region
+    section: str              # where it is taught, e.g. "notebook 03, section 4"
+    check: Callable[[], None]  # imports the target itself; raises ExerciseError naming case and fix
