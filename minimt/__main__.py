@@ -12,8 +12,10 @@ import argparse
 import os
 import sys
 
-from .demos import DEMOS
+from .checks import cli_number
+from .demos import DEMO_OPTIONS, DEMOS
 from .parallel import LaunchTimeout, RankError, launch
+from .parallel.launch import TORCHRUN_VARIABLES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,15 +25,17 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Run a minimt demo on every rank.")
     parser.add_argument("demo", choices=sorted(DEMOS), help="which demo to run")
-    parser.add_argument("--tp", type=int, default=None, help="tensor-parallel size")
-    parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel size")
-    parser.add_argument("--dp", type=int, default=1, help="data-parallel size")
+    parser.add_argument("--tp", type=cli_number(int, 1), default=None, help="tensor-parallel size")
+    parser.add_argument("--pp", type=cli_number(int, 1), default=1, help="pipeline-parallel size")
+    parser.add_argument("--dp", type=cli_number(int, 1), default=1, help="data-parallel size")
     parser.add_argument("--backend", choices=("gloo", "nccl"), default=None,
                         help="default: nccl with one GPU per rank, else gloo")
-    parser.add_argument("--timeout-s", type=float, default=60.0,
+    parser.add_argument("--timeout-s", type=cli_number(float, 0, low_open=True), default=60.0,
                         help="how long a rank may wait on its peers")
     parser.add_argument("--seed", type=int, default=0)
     args, rest = parser.parse_known_args(argv)
+    if args.demo in DEMO_OPTIONS:  # a bad demo option is a usage error here, not one per rank
+        DEMO_OPTIONS[args.demo].parse_args(rest)
     tp = args.tp
     if tp is None:
         world_size = int(os.environ.get("WORLD_SIZE", 2 * args.pp * args.dp))
@@ -42,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     except (RankError, LaunchTimeout) as error:
         print(f"minimt {args.demo} failed: {error}", file=sys.stderr)
         return 1
+    except ValueError as error:  # forked ranks: launch refused the layout before starting any
+        if all(name in os.environ for name in TORCHRUN_VARIABLES):
+            raise  # under torchrun the demo itself ran here: its error is not a usage error
+        parser.error(str(error))
     return 0
 
 

@@ -23,12 +23,7 @@ def scaled_dot_product_attention(q, k, v, mask=None, causal=False, dropout_p=0.0
     positions). A query that may attend to nothing gets a zero output, as in torch.
     Returns the output (B, H, Tq, D) and, if `return_weights`, the weights (B, H, Tq, Tk).
     """
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be 4-D (batch, heads, seq, head_dim); got shapes "
-                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"q and k need the same head_dim and k and v the same seq length; got "
-                         f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    check_attention_shapes(q, k, v, mask)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])            # (B, H, Tq, Tk)
     allowed = combine_masks(mask, causal, q.shape[-2], k.shape[-2], q.device)
     if allowed is not None:
@@ -42,6 +37,40 @@ def scaled_dot_product_attention(q, k, v, mask=None, causal=False, dropout_p=0.0
         weights = F.dropout(weights, p=dropout_p)
     out = weights @ v                                                     # (B, H, Tq, D)
     return (out, weights) if return_weights else out
+
+
+def check_attention_shapes(q, k, v, mask=None):
+    """Refuse q, k, v (and a mask) whose shapes disagree, naming the dimension that does."""
+    shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be 4-D (batch, heads, seq, head_dim); got {shapes}")
+    for dim, what in ((0, "batch rows"), (1, "heads")):
+        sizes = {q.shape[dim], k.shape[dim], v.shape[dim]} - {1}
+        if len(sizes) > 1:
+            raise ValueError(f"q, k and v have {q.shape[dim]}, {k.shape[dim]} and {v.shape[dim]} "
+                             f"{what} (dimension {dim}): they must be equal; got {shapes}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k have head sizes {q.shape[-1]} and {k.shape[-1]} (last "
+                         f"dimension): q k^T needs them equal; got {shapes}")
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"k and v hold {k.shape[-2]} and {v.shape[-2]} positions (dimension 2): "
+                         f"every key needs its value; got {shapes}")
+    scores = (max(q.shape[0], k.shape[0]), max(q.shape[1], k.shape[1]), q.shape[2], k.shape[2])
+    check_mask_shape(mask, scores)
+
+
+def check_mask_shape(mask, scores_shape):
+    """A mask must broadcast to the scores' (batch, heads, q, k) without growing them."""
+    if mask is None:
+        return
+    try:
+        fits = torch.broadcast_shapes(mask.shape, scores_shape) == torch.Size(scores_shape)
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the scores' "
+                         f"(batch, heads, q, k) = {tuple(scores_shape)}: give it shape (q, k) = "
+                         f"{tuple(scores_shape[2:])} or (batch, 1, q, k)")
 
 
 def causal_mask(seq_len, kv_len=None, device=None):
@@ -126,6 +155,12 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x, mask=None, kv_cache=None, need_weights=False):
         """x: (B, T, C) -> (B, T, C); with `need_weights` also the weights (B, H, T, T_kv)."""
+        qkv_width, n_embd = self.c_attn.weight.shape  # (3*H*D, C); H: this rank's heads under tp
+        if x.dim() != 3 or x.shape[-1] != n_embd:
+            raise ValueError(f"x must be (batch, seq, n_embd={n_embd}), got shape {tuple(x.shape)}")
+        heads = qkv_width // (3 * self.head_dim)
+        past = len(kv_cache) if kv_cache is not None else 0
+        check_mask_shape(mask, (x.shape[0], heads, x.shape[1], past + x.shape[1]))
         qkv = self.c_attn(x)                                                      # (B, T, 3*H*D)
         q, k, v = rearrange(qkv, "b t (three h d) -> three b h t d", three=3, d=self.head_dim)
         if kv_cache is not None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from .checks import check_number
+
 GELU_APPROXIMATIONS = ("none", "tanh")
 
 
@@ -30,6 +32,8 @@ class GPTConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
+        for name in ("dropout", "layer_norm_eps"):
+            check_number(name, getattr(self, name))
         if self.n_embd % self.n_head != 0:
             lower = self.n_embd // self.n_head * self.n_head
             raise ValueError(

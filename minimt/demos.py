@@ -15,6 +15,7 @@ here) with its command name; its docstring's first line is its help text:
 """
 from __future__ import annotations
 
+import argparse
 import os
 from typing import Callable
 
@@ -23,14 +24,18 @@ import torch
 from .parallel import ParallelContext, all_reduce
 
 DEMOS: dict[str, Callable] = {}
+DEMO_OPTIONS: dict[str, argparse.ArgumentParser] = {}  # checked by the caller before launching
 
 
-def register(name: str) -> Callable:
-    """Decorator: make `fn(ctx, argv)` runnable as `python -m minimt <name>`."""
+def register(name: str, options: argparse.ArgumentParser | None = None) -> Callable:
+    """Decorator: make `fn(ctx, argv)` runnable as `python -m minimt <name>`; `options`, the
+    parser of its argv, lets the caller refuse a bad option before any rank starts."""
     def add(fn: Callable) -> Callable:
         if name in DEMOS:
             raise ValueError(f"a demo called {name!r} already exists ({DEMOS[name].__module__})")
         DEMOS[name] = fn
+        if options is not None:
+            DEMO_OPTIONS[name] = options
         return fn
     return add
 
@@ -63,6 +68,6 @@ def allreduce(ctx: ParallelContext, argv: list[str]) -> dict[str, float]:
     return sums
 
 
-from .parallel.tp_demo import tp_train  # noqa: E402 (defined there, beside its training loop)
+from .parallel.tp_demo import TP_TRAIN_OPTIONS, tp_train  # noqa: E402 (beside its training loop)
 
-register("tp-train")(tp_train)
+register("tp-train", TP_TRAIN_OPTIONS)(tp_train)

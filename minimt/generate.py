@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import KVCache
+from .checks import check_token_id, check_token_ids, warn_once
 from .sampling import (apply_repetition_penalty, apply_temperature, process_logits,
                        top_k_filter, top_p_filter)
 
@@ -215,22 +216,16 @@ def beam_search(model, input_ids, max_new_tokens, num_beams, eos=None, pad=0, le
 def _check_args(model, input_ids, max_new_tokens, do_sample, temperature, top_k, top_p,
                 num_beams, num_return_sequences, repetition_penalty, attention_mask):
     """Reject bad arguments with a sentence saying what to change."""
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 \
-            or input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
-        raise ValueError("input_ids must be an integer tensor of shape (batch, seq); for prompts of "
-                         "different lengths use minimt.generate.left_pad(prompts, pad_token_id)")
     vocab, block = model.config.vocab_size, model.config.block_size
-    if input_ids.numel() == 0 or input_ids.min() < 0 or input_ids.max() >= vocab:
-        raise ValueError(f"input_ids must be non-empty ids in [0, {vocab}) (vocab_size)")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.numel() == 0:
+        raise ValueError("input_ids must be a non-empty integer tensor of shape (batch, seq); for "
+                         "prompts of different lengths use minimt.generate.left_pad(prompts, "
+                         "pad_token_id)")
+    check_token_ids(input_ids, vocab, "input_ids")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive integer")
     if input_ids.shape[1] + max_new_tokens > block:
-        raise ValueError(
-            f"a prompt of {input_ids.shape[1]} tokens plus max_new_tokens={max_new_tokens} needs "
-            f"{input_ids.shape[1] + max_new_tokens} positions but block_size={block}; minimt refuses "
-            f"positions beyond block_size (no sliding window): use max_new_tokens <= "
-            f"{block - input_ids.shape[1]} or keep only the last prompt tokens, e.g. "
-            f"input_ids[:, -{max(block - max_new_tokens, 1)}:]")
+        raise ValueError(_too_long(input_ids.shape[1], max_new_tokens, block))
     if do_sample and not temperature > 0:
         raise ValueError(f"temperature={temperature!r} must be > 0 when sampling; for the most "
                          "likely token use do_sample=False (greedy)")
@@ -251,6 +246,7 @@ def _check_args(model, input_ids, max_new_tokens, do_sample, temperature, top_k,
         raise ValueError(f"num_return_sequences={num_return_sequences} is more than num_beams="
                          f"{num_beams}: without sampling only the num_beams best sequences exist; "
                          "raise num_beams or set do_sample=True")
+    _warn_unused_sampling_args(do_sample, num_beams, temperature, top_k, top_p)
     if attention_mask is not None:
         if attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids "
@@ -261,11 +257,49 @@ def _check_args(model, input_ids, max_new_tokens, do_sample, temperature, top_k,
                              "generation appends at the right; see minimt.generate.left_pad")
 
 
-def _as_eos(eos_token_id, device):
+def _too_long(prompt_len, max_new_tokens, block):
+    """What to cut when prompt + new tokens need more positions than block_size."""
+    need = (f"a prompt of {prompt_len} tokens plus max_new_tokens={max_new_tokens} needs "
+            f"{prompt_len + max_new_tokens} positions but block_size={block}; minimt refuses "
+            f"positions beyond block_size (no sliding window): ")
+    if max_new_tokens >= block:
+        return need + f"use max_new_tokens <= {block - 1} and a shorter prompt"
+    keep = f"input_ids[:, -{block - max_new_tokens}:]"
+    if prompt_len >= block:
+        return need + f"the prompt alone fills the context, so cut it, e.g. to {keep}"
+    return need + (f"use max_new_tokens <= {block - prompt_len} or keep only the last prompt "
+                   f"tokens, e.g. {keep}")
+
+
+def _warn_unused_sampling_args(do_sample, num_beams, temperature, top_k, top_p):
+    """Warn once that greedy decoding and beam search ignore the sampling filters, as
+    transformers' GenerationConfig.validate does."""
+    if do_sample:
+        return
+    mode = "beam search" if num_beams > 1 else "greedy decoding"
+    for name, value, off in (("temperature", temperature, (1.0,)), ("top_k", top_k, (None, 0)),
+                             ("top_p", top_p, (None, 1.0))):
+        if value not in off:
+            warn_once(f"{name}={value!r} is ignored: do_sample=False ({mode}) takes the most "
+                      f"likely tokens; set do_sample=True to sample with {name}, or leave "
+                      f"{name} out")
+
+
+def _as_eos(eos_token_id, vocab_size, device):
     if eos_token_id is None:
         return None
-    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    many = isinstance(eos_token_id, (list, tuple))
+    ids = list(eos_token_id) if many else [eos_token_id]
+    ids = [check_token_id(f"eos_token_id[{i}]" if many else "eos_token_id", t, vocab_size)
+           for i, t in enumerate(ids)]
     return torch.tensor(ids, dtype=torch.long, device=device)
+
+
+def _pad_id(pad_token_id, eos, vocab_size):
+    """pad_token_id, checked; default: the first EOS id, else 0."""
+    if pad_token_id is not None:
+        return check_token_id("pad_token_id", pad_token_id, vocab_size)
+    return int(eos[0]) if eos is not None else 0
 
 
 def _notify(streamer, tokens):
@@ -291,8 +325,8 @@ def generate(model, input_ids, max_new_tokens, do_sample=False, temperature=1.0,
     """
     _check_args(model, input_ids, max_new_tokens, do_sample, temperature, top_k, top_p, num_beams,
                 num_return_sequences, repetition_penalty, attention_mask)
-    eos = _as_eos(eos_token_id, input_ids.device)
-    pad = pad_token_id if pad_token_id is not None else (int(eos[0]) if eos is not None else 0)
+    eos = _as_eos(eos_token_id, model.config.vocab_size, input_ids.device)
+    pad = _pad_id(pad_token_id, eos, model.config.vocab_size)
     record = {"logits": [], "scores": []} if return_dict_in_generate else None
     sequences_scores = None
     if num_beams > 1:
@@ -328,8 +362,8 @@ def stream(model, input_ids, max_new_tokens, do_sample=False, temperature=1.0, t
     sampling, generate()'s meanings), e.g. to print text while it is being generated."""
     _check_args(model, input_ids, max_new_tokens, do_sample, temperature, top_k, top_p, 1,
                 num_return_sequences, repetition_penalty, attention_mask)
-    eos = _as_eos(eos_token_id, input_ids.device)
-    pad = pad_token_id if pad_token_id is not None else (int(eos[0]) if eos is not None else 0)
+    eos = _as_eos(eos_token_id, model.config.vocab_size, input_ids.device)
+    pad = _pad_id(pad_token_id, eos, model.config.vocab_size)
     if num_return_sequences > 1:    # sampling: every prompt is repeated, as in transformers
         input_ids = input_ids.repeat_interleave(num_return_sequences, 0)
         if attention_mask is not None:

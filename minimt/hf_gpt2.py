@@ -22,6 +22,15 @@ def config_from_hf_gpt2(hf_config, **overrides) -> GPTConfig:
     """GPTConfig from a transformers GPT2Config or its config.json dict. Dropout is a training
     setting and defaults to 0 here; pass dropout=... (or any field) to override."""
     get = hf_config.get if isinstance(hf_config, dict) else lambda k, d=None: getattr(hf_config, k, d)
+    if get("model_type", "gpt2") != "gpt2":
+        raise ValueError(f"this is a {get('model_type')!r} model, not GPT-2: minimt converts GPT-2 "
+                         f"checkpoints only (model_type 'gpt2', e.g. GPT2LMHeadModel or a folder "
+                         f"saved from one)")
+    sizes = ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd")
+    missing = [k for k in sizes if get(k) is None]
+    if missing:
+        raise ValueError(f"the GPT-2 config lacks {missing}: give a GPT2Config or its config.json "
+                         f"dict with vocab_size, n_positions, n_layer, n_head and n_embd")
     activation = get("activation_function", "gelu_new")
     if activation not in GELU_OF_ACTIVATION:
         raise ValueError(f"activation_function={activation!r} has no minimt equivalent; "
@@ -47,14 +56,40 @@ def config_from_hf_gpt2(hf_config, **overrides) -> GPTConfig:
 
 def hf_gpt2_config_dict(config: GPTConfig) -> dict:
     """The GPT2Config fields for a minimt config: `transformers.GPT2Config(**d)` builds the twin."""
-    if not config.bias:
-        raise ValueError("GPT-2 has biases in every Linear and LayerNorm; this config has bias=False")
+    _require_bias(config)
     activation = "gelu_new" if config.gelu_approximate == "tanh" else "gelu"
     return dict(vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
                 n_layer=config.n_layer, n_head=config.n_head,
                 n_inner=config.mlp_ratio * config.n_embd, activation_function=activation,
                 resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
                 layer_norm_epsilon=config.layer_norm_eps, tie_word_embeddings=True)
+
+
+def _require_bias(config: GPTConfig) -> None:
+    if not config.bias:
+        raise ValueError("GPT-2 has biases in every Linear and LayerNorm; this config has "
+                         "bias=False: use GPTConfig(..., bias=True)")
+
+
+def _check_fits(state_dict: dict, model) -> None:
+    """Name the weights that a converted state dict lacks, has in excess, or shapes otherwise."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    config = model.config
+    if unexpected and all(k.endswith(".bias") for k in unexpected) and not config.bias:
+        _require_bias(config)
+    wrong = [k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
+    problems = [f"{k} is {tuple(state_dict[k].shape)} but the config needs "
+                f"{tuple(expected[k].shape)}" for k in wrong[:1]]
+    problems += [f"{what} {names[:3]}{' ...' if len(names) > 3 else ''}"
+                 for what, names in (("missing", missing), ("unexpected", unexpected)) if names]
+    if problems:
+        raise ValueError(f"the GPT-2 weights do not fit GPTConfig(n_layer={config.n_layer}, "
+                         f"n_head={config.n_head}, n_embd={config.n_embd}, vocab_size="
+                         f"{config.vocab_size}, block_size={config.block_size}): "
+                         f"{'; '.join(problems)}; pass the config the weights were saved with, "
+                         f"or a complete state dict")
 
 
 def _load_dir(path: Path):
@@ -113,12 +148,15 @@ def from_hf_gpt2(source, config=None, model_class=None, **overrides):
     elif overrides:
         config = config.replace(**overrides)
     model = model_class(config)
-    model.load_state_dict(from_hf_state_dict(state_dict), strict=True)
+    converted = from_hf_state_dict(state_dict)
+    _check_fits(converted, model)
+    model.load_state_dict(converted, strict=True)
     return model
 
 
 def to_hf_gpt2_state_dict(model) -> dict:
     """minimt GPT -> the state dict of transformers' GPT2LMHeadModel (Conv1D layout, lm_head)."""
+    _require_bias(model.config)
     out = {}
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight":

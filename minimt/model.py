@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import MultiHeadAttention
+from .checks import check_token_ids
 from .config import GPTConfig
 
 IGNORE_INDEX = -100  # targets equal to this are left out of the loss (PyTorch's default)
@@ -22,6 +23,18 @@ MAX_BUILDABLE_PARAMS = 2_000_000_000
 def cross_entropy_loss(logits, targets):
     """Mean next-token cross entropy; logits (B, T, V), targets (B, T)."""
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def _check_targets(idx, targets, vocab_size):
+    """Targets must be ids shaped like idx (the next token of each position) and not empty."""
+    check_token_ids(targets, vocab_size, "targets", ignore_index=IGNORE_INDEX)
+    if targets.shape != idx.shape:
+        raise ValueError(f"targets have shape {tuple(targets.shape)} but idx {tuple(idx.shape)}: "
+                         f"targets[b, t] is the token that follows idx[b, t], so the shapes must "
+                         f"be equal (a transposed or flattened batch is not)")
+    if idx.numel() == 0:
+        raise ValueError(f"idx of shape {tuple(idx.shape)} has no tokens: a loss needs at least "
+                         f"one position; give each sequence at least one token")
 
 
 class MLP(nn.Module):
@@ -61,7 +74,8 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         if not isinstance(config, GPTConfig):
-            raise TypeError(f"GPT needs a GPTConfig, got {type(config).__name__}")
+            raise TypeError(f"GPT needs a GPTConfig, got {type(config).__name__}; build one, e.g. "
+                            f"GPT(GPTConfig(**fields)) or GPTConfig.from_preset(name)")
         n = param_count(config)
         if n > MAX_BUILDABLE_PARAMS:
             raise ValueError(
@@ -97,8 +111,11 @@ class GPT(nn.Module):
         kv_caches: one KVCache per block for incremental decoding; mask: bool (B, 1, T, T_kv),
         True = may attend (e.g. to skip left padding); position_ids: (B, T), default past..past+T-1.
         """
+        check_token_ids(idx, self.config.vocab_size, "idx")
         if idx.dim() != 2:
             raise ValueError(f"idx must be (batch, seq) token ids, got shape {tuple(idx.shape)}")
+        if targets is not None:
+            _check_targets(idx, targets, self.config.vocab_size)
         past = len(kv_caches[0]) if kv_caches else 0
         seq_len = idx.shape[1]
         if past + seq_len > self.config.block_size:

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import torch
 
+from .checks import check_number
 from .clip_grads import clip_grad_norm, found_inf
 
 FP32_MAX = torch.finfo(torch.float32).max  # the loss is scaled in fp32
+_SCALE_HINT = (": it multiplies the loss in fp32 (0 erases the gradients, inf overflows every "
+               "step); start at 2**16, GradScaler's default")
 
 
 class StaticLossScaler:
     """A constant loss scale; a step with inf/NaN gradients is still skipped, the scale stays."""
 
     def __init__(self, scale: float = 2.0 ** 16):
-        if not scale > 0:
-            raise ValueError(f"scale={scale} must be positive")
+        check_number("scale", scale, 0, low_open=True, hint=_SCALE_HINT)
         self.scale = float(scale)
 
     def update(self, found_inf: bool) -> None:
@@ -33,10 +35,8 @@ class DynamicLossScaler:
 
     def __init__(self, init_scale: float = 2.0 ** 16, growth_factor: float = 2.0,
                  backoff_factor: float = 0.5, growth_interval: int = 2000):
-        if not init_scale > 0:
-            raise ValueError(f"init_scale={init_scale} must be positive")
-        if not growth_factor > 1.0:
-            raise ValueError(f"growth_factor={growth_factor} must be > 1")
+        check_number("init_scale", init_scale, 0, low_open=True, hint=_SCALE_HINT)
+        check_number("growth_factor", growth_factor, 1.0, low_open=True)
         if not 0.0 < backoff_factor < 1.0:
             raise ValueError(f"backoff_factor={backoff_factor} must be in (0, 1)")
         if not (isinstance(growth_interval, int) and growth_interval >= 1):

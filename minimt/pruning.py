@@ -14,9 +14,16 @@ import copy
 import torch
 import torch.nn as nn
 
+from .checks import check_number
 from .train import Trainer, TrainConfig, batch_losses
 
 SCOPES = ("global", "layer", "2:4")
+
+
+def check_sparsity(sparsity, name: str = "sparsity") -> float:
+    """The fraction of weights to zero: a number in [0, 1) (1 would remove every weight)."""
+    return check_number(name, sparsity, 0.0, 1.0, high_open=True,
+                        hint=": the fraction of weights set to zero, e.g. 0.5 for half")
 
 
 def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -56,8 +63,7 @@ def magnitude_masks(model: nn.Module, sparsity: float, scope: str = "global") ->
     """
     if scope not in SCOPES:
         raise ValueError(f"scope={scope!r}: choose one of {SCOPES}")
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity={sparsity} must be in [0, 1)")
+    check_sparsity(sparsity)
     weights = prunable_weights(model)
     if scope == "2:4":
         if sparsity != 0.5:
@@ -102,6 +108,8 @@ def val_loss(model: nn.Module, data, batch_size: int, block_size: int, n_batches
 def sparsity_sweep(model: nn.Module, data, sparsities, scope: str = "global",
                    batch_size: int = 12, n_batches: int = 10) -> list[tuple[float, float]]:
     """(sparsity, validation loss) of a pruned copy of `model` for each sparsity; model untouched."""
+    for i, s in enumerate(sparsities):
+        check_sparsity(s, f"sparsities[{i}]")
     block = model.config.block_size
     results = []
     for s in sparsities:
@@ -114,6 +122,7 @@ def sparsity_sweep(model: nn.Module, data, sparsities, scope: str = "global",
 def layer_sensitivity(model: nn.Module, data, sparsity: float = 0.5, batch_size: int = 12,
                       n_batches: int = 10) -> dict[str, float]:
     """Validation loss after pruning one weight matrix alone to `sparsity`: which layer hurts most."""
+    check_sparsity(sparsity)
     out = {}
     for name, weight in prunable_weights(model).items():
         pruned = copy.deepcopy(model)

@@ -12,6 +12,8 @@ from typing import Iterable, Protocol, runtime_checkable
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from .checks import check_int
+
 N_BYTES = 256  # every UTF-8 byte value gets a token, so no text is ever out of vocabulary
 
 
@@ -38,6 +40,25 @@ def _as_id_list(ids: Iterable[int], vocab_size: int) -> list[int]:
     return ids
 
 
+def _check_text(where: str, text, allow_list: bool) -> None:
+    """Training text is a str (or, where allowed, a list of str); bytes and lists get a fix."""
+    if isinstance(text, str) or (allow_list and isinstance(text, (list, tuple))
+                                 and all(isinstance(t, str) for t in text)):
+        return
+    kind = "a str or a list of str" if allow_list else "one str"
+    if isinstance(text, (list, tuple)):
+        bad = next((t for t in text if not isinstance(t, str)), None)
+        got = f"a {type(text).__name__} of {type(bad).__name__ if allow_list else 'lines'}"
+        fix = ("decode each item: [t.decode('utf-8') for t in items]" if isinstance(bad, bytes)
+               else "make every item a str" if allow_list
+               else "join the lines first: ''.join(lines) (each keeps its '\\n')")
+    else:
+        got = type(text).__name__
+        fix = "decode it first: text.decode('utf-8')" if isinstance(text, bytes) \
+            else "pass the corpus as text, e.g. open(path, encoding='utf-8').read()"
+    raise TypeError(f"{where} needs {kind}, got {got}; {fix}")
+
+
 def _short_hash(data: str) -> str:
     return hashlib.sha256(data.encode("utf-8")).hexdigest()[:16]
 
@@ -54,6 +75,7 @@ class CharTokenizer:
     """
 
     def __init__(self, text: str, byte_fallback: bool = True):
+        _check_text("CharTokenizer(text)", text, allow_list=False)
         self.chars = sorted(set(text))
         self.byte_fallback = byte_fallback
         self.stoi = {c: i for i, c in enumerate(self.chars)}
@@ -130,9 +152,9 @@ def train_bpe(text: str | list[str], vocab_size: int) -> BPETokenizer:
     """Learn a byte-level BPE with at most `vocab_size` tokens from `text` (a string or a list of
     strings, e.g. one per corpus). The 256 byte tokens come first, so any UTF-8 text encodes; fewer
     than `vocab_size` tokens result when the text runs out of pairs to merge."""
-    if vocab_size < N_BYTES:
-        raise ValueError(f"vocab_size={vocab_size} is below {N_BYTES}: a byte-level BPE needs one "
-                         f"token per byte value; use vocab_size >= {N_BYTES}")
+    _check_text("train_bpe(text)", text, allow_list=True)
+    check_int("vocab_size", vocab_size, N_BYTES, f": a byte-level BPE needs one token per byte "
+              f"value; use vocab_size >= {N_BYTES}")
     texts = [text] if isinstance(text, str) else list(text)
     hf = tokenizers.Tokenizer(models.BPE())
     # add_prefix_space=False: no space is invented in front of the text, so the round trip is exact.

@@ -9,13 +9,18 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
+
+from .checkpoint_file import atomic_save, check_same_model_config, load_checkpoint
+from .checks import check_number
+
+__all__ = ["Trainer", "TrainConfig", "lr_at", "configure_adamw", "batch_losses",
+           "autocast_context", "load_checkpoint"]
 
 AUTOCAST_DTYPES = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -78,6 +83,8 @@ class TrainConfig:
         if isinstance(self.warmup_iters, bool) or not isinstance(self.warmup_iters, int) \
                 or self.warmup_iters < 0:
             raise ValueError(f"TrainConfig.warmup_iters={self.warmup_iters!r} must be an integer >= 0")
+        for name in ("learning_rate", "min_lr", "beta1", "beta2", "weight_decay", "grad_clip"):
+            check_number(f"TrainConfig.{name}", getattr(self, name))
         if not self.learning_rate > 0:
             raise ValueError(f"TrainConfig.learning_rate={self.learning_rate!r} must be positive")
         if not 0 <= self.min_lr <= self.learning_rate:
@@ -114,6 +121,21 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _check_device(device: str) -> None:
+    """A device this machine has: say so, and what to use instead, before any tensor moves."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ValueError(f"TrainConfig.device={device!r} is not a torch device; use 'cpu', 'cuda' "
+                         f"or 'cuda:0'") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"TrainConfig.device={device!r} but this machine has no usable CUDA GPU "
+                         f"(torch.cuda.is_available() is False); use device='cpu'")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"TrainConfig.device={device!r} but Apple's MPS is not available here; "
+                         f"use device='cpu'")
 
 
 def configure_adamw(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
@@ -164,7 +186,11 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, data, config: TrainConfig | None = None):
+        if config is not None and not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}; for a "
+                            f"dict of settings use TrainConfig(**settings)")
         self.config = config or TrainConfig()
+        _check_device(self.config.device)
         if callable(getattr(data, "get_batch", None)):
             self.get_batch = data.get_batch
         elif callable(data):
@@ -271,21 +297,13 @@ class Trainer:
             "history": {k: list(v) for k, v in self.history.items()},
             "rng": {"batch": self.generator.get_state(), "torch": torch.get_rng_state()},
         }
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_save(state, path)
 
     def load_checkpoint(self, path: str | os.PathLike) -> dict:
         """Restore a checkpoint written by save_checkpoint into this trainer (same model shape);
         training then continues exactly as if never stopped. Returns the raw checkpoint dict."""
         state = load_checkpoint(path)
+        check_same_model_config(path, state["model_config"], getattr(self.model, "config", None))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.iter_num = state["iter_num"]
@@ -293,8 +311,3 @@ class Trainer:
         self.generator.set_state(state["rng"]["batch"])
         torch.set_rng_state(state["rng"]["torch"])
         return state
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """A checkpoint dict, read with weights_only=True (plain tensors and containers, no pickled code)."""
-    return torch.load(path, map_location="cpu", weights_only=True)

@@ -19,7 +19,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..model import GPT
+from ..checks import check_token_ids
+from ..model import GPT, IGNORE_INDEX
 from .pipeline import Action, Timeline, schedule_shape, validate_schedule
 
 
@@ -56,10 +57,15 @@ class GPTStage(nn.Module):
             self.loss_fn = model.loss_fn
         self.transformer = nn.ModuleDict(parts)
         self.num_layers, self.n_embd = len(layers), model.config.n_embd
+        self.vocab_size = model.config.vocab_size
 
     def forward(self, x, targets=None):
         """First stage: idx (B, T) -> hidden; middle: hidden (B, T, C) -> hidden; last: -> the
         loss, or the logits (B, T, V) without targets (as torch.distributed.pipelining wants)."""
+        if self.is_first:
+            check_token_ids(x, self.vocab_size, "idx")
+        if self.is_last and targets is not None:
+            check_token_ids(targets, self.vocab_size, "targets", ignore_index=IGNORE_INDEX)
         if self.is_first:
             pos = torch.arange(x.shape[1], device=x.device)[None]                  # (1, T)
             x = self.transformer.wte(x) + self.transformer.wpe(pos)                # (B, T, C)

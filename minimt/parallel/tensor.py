@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..model import GPT
 from .comm import (copy_to_tensor_model_parallel_region, gather_from_tensor_model_parallel_region,
                    reduce_from_tensor_model_parallel_region, scatter_to_tensor_model_parallel_region)
 from .context import ParallelContext, divide
@@ -140,6 +141,15 @@ def apply_tensor_parallel(model, ctx: ParallelContext):
     """Turn a serial GPT (built identically on every rank) into this rank's tensor-parallel share,
     in place, by slicing its weights. Returns the model; call it as before:
     model(idx, targets) -> (logits (B, T, V_pad/tp): this rank's vocabulary slice, loss)."""
+    if not isinstance(model, GPT):
+        raise TypeError(f"apply_tensor_parallel needs a minimt GPT, got {type(model).__name__}; "
+                        f"for single layers use ColumnParallelLinear / RowParallelLinear")
+    if not isinstance(ctx, ParallelContext):
+        raise TypeError(f"ctx must be the ParallelContext that launch passes to fn(ctx, ...), got "
+                        f"{type(ctx).__name__}; ParallelContext() is the one-process context")
+    if getattr(model, "tp_ctx", None) is not None:
+        raise ValueError("this model is already tensor parallel (apply_tensor_parallel was called "
+                         "on it): call it once, on a freshly built serial GPT(config)")
     config = model.config
     tp = ctx.tp_size
     divide(config.n_head, tp, "n_head", "tensor-parallel size")

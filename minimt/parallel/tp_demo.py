@@ -13,6 +13,7 @@ import argparse
 
 import torch
 
+from ..checks import cli_number
 from ..config import GPTConfig
 from ..data import char_dataset
 from ..model import GPT
@@ -57,15 +58,17 @@ def train_steps(ctx: ParallelContext | None, config: GPTConfig = DEMO_CONFIG, st
     return losses
 
 
+TP_TRAIN_OPTIONS = argparse.ArgumentParser(prog="python -m minimt tp-train")
+TP_TRAIN_OPTIONS.add_argument("--steps", type=cli_number(int, 1), default=10)
+TP_TRAIN_OPTIONS.add_argument("--batch-size", type=cli_number(int, 1), default=8)
+TP_TRAIN_OPTIONS.add_argument("--lr", type=cli_number(float, 0, low_open=True), default=1e-3)
+TP_TRAIN_OPTIONS.add_argument("--tolerance", type=cli_number(float, 0), default=1e-4,
+                              help="largest allowed |tensor-parallel loss - serial loss|")
+
+
 def tp_train(ctx: ParallelContext, argv: list[str]) -> list[float]:
     """Train a tensor-parallel GPT a few steps, print the loss per step, check it against serial."""
-    options = argparse.ArgumentParser(prog="python -m minimt tp-train")
-    options.add_argument("--steps", type=int, default=10)
-    options.add_argument("--batch-size", type=int, default=8)
-    options.add_argument("--lr", type=float, default=1e-3)
-    options.add_argument("--tolerance", type=float, default=1e-4,
-                         help="largest allowed |tensor-parallel loss - serial loss|")
-    args = options.parse_args(argv)
+    args = TP_TRAIN_OPTIONS.parse_args(argv)
     if ctx.pp_size != 1 or ctx.dp_size != 1:
         raise ValueError(f"tp-train runs tensor parallelism only, got pp={ctx.pp_size} "
                          f"dp={ctx.dp_size}; use --pp 1 --dp 1")
