@@ -4,14 +4,16 @@ and return their results in rank order.
 Ranks are forked, so `fn` may be defined in a notebook cell or inside a test, and a whole launch
 of 2-4 ranks takes ~0.1 s (spawn would re-import torch in every child: ~1 s per rank). Each
 rank prints through a pipe that the caller reads, so `[rank 1] ...` lines appear where the caller
-prints (a notebook cell, pytest's capture). A failure anywhere ends the whole launch:
+prints (a notebook cell, pytest's capture); a tqdm bar is redrawn as it moves (give it to one rank:
+`tqdm(..., disable=ctx.rank != 0)`). A failure anywhere ends the whole launch:
 - an exception on a rank -> RankError naming the rank, with that rank's traceback;
 - a rank that dies without one (os._exit, a signal) -> RankError with its exit code;
 - a collective that some rank never joins -> gloo's own timeout error after `timeout_s`, or, if
   the stuck rank is not in a collective, LaunchTimeout `timeout_s` (+5 s) after the first rank
   finished, with the stuck ranks' Python stacks.
-Afterwards no rank process, pipe or port is left, even after a failure; if the caller itself
-dies (a restarted kernel), Linux kills its ranks.
+Afterwards no rank process, pipe or port is left, even after a failure, nor any process that fn
+started (each rank leads a process group, ended whole); if the caller itself dies (a restarted
+kernel), Linux kills its ranks.
 Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR set) nothing is spawned: `fn` runs
 on this process's rank only and the list holds only its result.
 """

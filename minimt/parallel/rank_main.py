@@ -47,6 +47,7 @@ def seed_everything(seed: int) -> None:
 def rank_main(rank: int, fn, args, spec: RankSpec, conn, out_fd: int, err_fd: int,
                inherited: list, caller_pid: int) -> None:
     """Body of a forked rank: wire up output, join the group, run fn, send back its result."""
+    os.setpgid(0, 0)  # lead a process group, so the caller can end what fn starts with the rank
     _die_with_caller(caller_pid)
     for obj in inherited:  # the parent's ends of other ranks' pipes: keep EOFs working
         obj.close() if hasattr(obj, "close") else os.close(obj)

@@ -1,9 +1,8 @@
 """The caller's side of a launch: one RankProcess per forked rank, and `supervise`, which forwards
-the ranks' output line by line, collects their results, and turns the first failure or a hang into
-RankError / LaunchTimeout, leaving no process or pipe behind."""
+the ranks' output (see rank_output), collects their results, and turns the first failure or a hang
+into RankError / LaunchTimeout, leaving no process (nor one a rank started) or pipe behind."""
 from __future__ import annotations
 
-import codecs
 import multiprocessing
 import os
 import pickle
@@ -13,6 +12,7 @@ import time
 from multiprocessing.connection import wait
 
 from .rank_main import RankSpec, rank_main
+from .rank_output import RankOutput
 
 WATCHDOG_MARGIN_S = 5.0  # LaunchTimeout fires this long after gloo's own timeout would have
 
@@ -48,35 +48,43 @@ class RankProcess:
             target=rank_main, name=f"minimt-rank-{rank}",
             args=(rank, fn, args, spec, child_conn, out_w, err_w, inherited, os.getpid()))
         self.process.start()
+        self.pid = self.process.pid
+        try:  # the rank leads its own process group (it also asks): its children die with it
+            os.setpgid(self.pid, self.pid)
+        except OSError:  # it already did, or already exited
+            pass
         child_conn.close()
         os.close(out_w)
         os.close(err_w)
         self.streams = {out_r: "stdout", err_r: "stderr"}  # fd -> which stream of the caller
-        self.decoders = {fd: codecs.getincrementaldecoder("utf-8")("replace") for fd in self.streams}
-        self.partial = {fd: "" for fd in self.streams}
+        self.outputs = {fd: RankOutput(f"[rank {rank}] ") for fd in self.streams}
         self.captured: list[str] | None = None  # stderr lines kept while the watchdog listens
 
     def forward(self, fd: int) -> bool:
-        """Copy what the rank wrote on `fd` to the caller's stream, line by line, prefixed.
+        """Copy what the rank wrote on `fd` to the caller's stream, prefixed (see RankOutput).
         Returns False at end of file."""
         data = os.read(fd, 65536)
-        text = self.partial[fd] + self.decoders[fd].decode(data, final=not data)
-        lines = text.split("\n")
-        self.partial[fd] = lines.pop() if data else ""
-        if data == b"" and lines and lines[-1] == "":
-            lines.pop()
-        stream = getattr(sys, self.streams[fd])
-        for line in lines:
-            stream.write(f"[rank {self.rank}] {line}\n")
+        text, lines = self.outputs[fd].feed(data)
+        if text:
+            stream = getattr(sys, self.streams[fd])
+            stream.write(text)
+            stream.flush()
         if self.captured is not None and self.streams[fd] == "stderr":
             self.captured += lines
-        stream.flush()
         return bool(data)
 
-    def close(self) -> None:
-        """Kill the rank if it is still alive and close every pipe end we hold."""
-        if self.process.is_alive():
+    def kill(self) -> None:
+        """SIGKILL the rank's whole process group: the rank and any process its fn started."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):  # the group is gone already
+            pass
+        if self.process.is_alive():  # killed before it made its own group
             self.process.kill()
+
+    def close(self) -> None:
+        """Kill the rank and whatever it started, and close every pipe end we hold."""
+        self.kill()
         self.process.join()
         self.process.close()
         self.conn.close()
@@ -146,10 +154,9 @@ def _stop_and_drain(ranks, outputs: dict, grace_s: float = 0.0) -> None:
     deadline = time.monotonic() + grace_s
     for r in ranks:
         r.process.join(max(0.0, deadline - time.monotonic()))
-        if r.process.is_alive():
-            r.process.kill()
-            r.process.join()
-    _drain(outputs, 2.0)  # every writer is gone: the pipes end soon (unless fn left children)
+        r.kill()  # also the processes its fn started, which may hold its pipes
+        r.process.join()
+    _drain(outputs, 2.0)  # every writer is gone: the pipes end soon
 
 
 def _drain(outputs: dict, seconds: float) -> None:
