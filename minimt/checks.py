@@ -16,14 +16,16 @@ _INTERNAL = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(torch._
 _WARNED: set[str] = set()  # messages already shown by warn_once
 
 
-def check_token_ids(ids, vocab_size: int, name: str = "idx", ignore_index: int | None = None) -> None:
-    """Refuse anything but an integer tensor of ids in [0, vocab_size) (plus `ignore_index`)."""
+def check_token_ids(ids, vocab_size: int, name: str = "idx", ignore_index: int | None = None,
+                    dtypes: tuple = (torch.long, torch.int)) -> None:
+    """Refuse anything but a tensor of `dtypes` holding ids in [0, vocab_size) (or ignore_index)."""
     if not isinstance(ids, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(ids).__name__}; "
                         f"convert it with torch.as_tensor({name}, dtype=torch.long)")
-    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-        raise TypeError(f"{name} has dtype {ids.dtype}, but token ids are integers; pass "
-                        f"{name}.long() (ids made by a tokenizer, not embeddings or probabilities)")
+    if ids.dtype not in dtypes:
+        raise TypeError(f"{name} has dtype {ids.dtype}, but token ids are "
+                        f"{' or '.join(map(str, dtypes))} here; pass {name}.long() (ids made by a "
+                        f"tokenizer, not embeddings or probabilities)")
     if ids.numel() == 0:
         return
     low, high = (int(v) for v in torch.aminmax(ids))

@@ -27,7 +27,7 @@ def cross_entropy_loss(logits, targets):
 
 def _check_targets(idx, targets, vocab_size):
     """Targets must be ids shaped like idx (the next token of each position) and not empty."""
-    check_token_ids(targets, vocab_size, "targets", ignore_index=IGNORE_INDEX)
+    check_token_ids(targets, vocab_size, "targets", IGNORE_INDEX, dtypes=(torch.long,))
     if targets.shape != idx.shape:
         raise ValueError(f"targets have shape {tuple(targets.shape)} but idx {tuple(idx.shape)}: "
                          f"targets[b, t] is the token that follows idx[b, t], so the shapes must "

@@ -65,7 +65,7 @@ class GPTStage(nn.Module):
         if self.is_first:
             check_token_ids(x, self.vocab_size, "idx")
         if self.is_last and targets is not None:
-            check_token_ids(targets, self.vocab_size, "targets", ignore_index=IGNORE_INDEX)
+            check_token_ids(targets, self.vocab_size, "targets", IGNORE_INDEX, dtypes=(torch.long,))
         if self.is_first:
             pos = torch.arange(x.shape[1], device=x.device)[None]                  # (1, T)
             x = self.transformer.wte(x) + self.transformer.wpe(pos)                # (B, T, C)
