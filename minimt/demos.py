@@ -48,7 +48,8 @@ def rank_print(ctx: ParallelContext, *values) -> None:
         print(*values, flush=True)
 
 
-@register("allreduce")
+@register("allreduce", argparse.ArgumentParser(prog="python -m minimt allreduce",
+                                               description="takes no options"))
 def allreduce(ctx: ParallelContext, argv: list[str]) -> dict[str, float]:
     """Each rank all-reduces its rank over the world and its tp, pp and dp groups; checks sums."""
     if argv:

@@ -345,6 +345,7 @@ def test_transformers_warns_for_the_same_sampling_arguments():
     (["allreduce", "--dp", "two"], "argument --dp: 'two' is not an integer >= 1"),
     (["allreduce", "--timeout-s", "0"], "argument --timeout-s: '0' is not a number > 0"),
     (["allreduce", "--timeout-s", "inf"], "argument --timeout-s: 'inf' is not a number > 0"),
+    (["allreduce", "--tpp", "2"], "unrecognized arguments: --tpp 2"),
     (["tp-train", "--steps", "0"], "argument --steps: '0' is not an integer >= 1"),
     (["tp-train", "--batch-size", "0"], "argument --batch-size: '0' is not an integer >= 1"),
     (["tp-train", "--lr", "0"], "argument --lr: '0' is not a number > 0"),
