@@ -53,14 +53,13 @@ def num_warmup_microbatches(kind: str, num_stages: int, rank: int, num_microbatc
     """Forwards a rank runs before its first backward in 1F1B (Megatron's num_warmup_microbatches).
 
     1F1B: p - rank - 1 (the later stages must fill up first). Interleaved: 2(p - rank - 1) +
-    (v - 1) p, or everything when m == p (Megatron's all_warmup_microbatches). Capped at the total.
+    (v - 1) p, also when m == p (Megatron-LM since late 2024 and torch's ScheduleInterleaved1F1B;
+    older Megatron ran every forward first then, holding more activations). Capped at the total.
     """
     total = num_microbatches * num_chunks
     if kind == "1f1b":
         return min(num_stages - rank - 1, total)
     if kind == "interleaved":
-        if num_microbatches == num_stages:
-            return total
         return min(2 * (num_stages - rank - 1) + (num_chunks - 1) * num_stages, total)
     raise ValueError(f"warm-up is defined for '1f1b' and 'interleaved', not {kind!r}")
 
