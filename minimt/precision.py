@@ -8,11 +8,18 @@ A dynamic scaler halves S and skips the step when a gradient overflows, and doub
 """
 from __future__ import annotations
 
+import math
+import warnings
+
 import torch
 
 from .clip_grads import clip_grad_norm, found_inf
 
-FP32_MAX = torch.finfo(torch.float32).max  # the loss is scaled in fp32
+
+def to_fp32(x: float) -> float:
+    """x rounded to the nearest fp32 value (inf beyond fp32's max, 0 below its smallest
+    subnormal 2^-149): torch.amp.GradScaler keeps its scale as an fp32 tensor."""
+    return torch.tensor(x, dtype=torch.float64).float().item()
 
 
 class StaticLossScaler:
@@ -41,22 +48,30 @@ class DynamicLossScaler:
             raise ValueError(f"backoff_factor={backoff_factor} must be in (0, 1)")
         if not (isinstance(growth_interval, int) and growth_interval >= 1):
             raise ValueError(f"growth_interval={growth_interval!r} must be a positive integer")
-        self.scale = float(init_scale)
+        self.scale = to_fp32(init_scale)
         self.growth_factor = float(growth_factor)
         self.backoff_factor = float(backoff_factor)
         self.growth_interval = growth_interval
         self.growth_tracker = 0  # consecutive finite steps since the last change
 
     def update(self, found_inf: bool) -> None:
-        """Adapt the scale after a step; found_inf says whether the gradients overflowed."""
+        """Adapt the scale after a step; found_inf says whether the gradients overflowed.
+
+        The scale is rounded to fp32 after every change, as in GradScaler: enough back-offs take it
+        to exactly 0, after which every step overflows (0 * inf) and is skipped."""
         if found_inf:
-            self.scale *= self.backoff_factor
+            before, self.scale = self.scale, to_fp32(self.scale * self.backoff_factor)
             self.growth_tracker = 0
+            if self.scale == 0.0 < before:
+                warnings.warn("the loss scale underflowed to 0 (fp32) after repeated overflows: "
+                              "every later step will be skipped, as with torch.amp.GradScaler. "
+                              "Find what makes the gradients inf/NaN (learning rate, data, fp16 "
+                              "range) or use bf16", RuntimeWarning, stacklevel=2)
             return
         self.growth_tracker += 1
         if self.growth_tracker == self.growth_interval:
-            grown = self.scale * self.growth_factor
-            if grown <= FP32_MAX:  # as GradScaler: a scale that would overflow fp32 is not taken
+            grown = to_fp32(self.scale * self.growth_factor)
+            if math.isfinite(grown):  # as GradScaler: a scale that would overflow fp32 is not taken
                 self.scale = grown
             self.growth_tracker = 0
 
@@ -115,7 +130,7 @@ class MixedPrecisionOptimizer:
 
     def step(self) -> bool:
         """One update; returns False (and leaves the weights alone) when the step was skipped."""
-        inv_scale = 1.0 / self.scale
+        inv_scale = to_fp32(1.0 / self.scale) if self.scale else math.inf  # fp32, as GradScaler
         for p, master in zip(self.model_params, self.master_params):
             if master is p:
                 if p.grad is not None:

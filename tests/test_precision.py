@@ -68,15 +68,17 @@ def gradscaler_decisions(pattern, **kwargs):
     p = torch.nn.Parameter(torch.ones(1))
     opt = torch.optim.SGD([p], lr=0.1)
     scaler = torch.amp.GradScaler("cpu", **kwargs)
+    steps = []
+    opt.register_step_post_hook(lambda *_: steps.append(1))  # GradScaler calls step() or skips it
     scales, skipped = [], []
     for overflow in pattern:
         opt.zero_grad()
-        before = p.detach().clone()
+        before = len(steps)
         scaler.scale((p * (math.inf if overflow else 1.0)).sum()).backward()
         scaler.step(opt)
         scaler.update()
         scales.append(scaler.get_scale())
-        skipped.append(bool(torch.equal(before, p.detach())))
+        skipped.append(len(steps) == before)
     return scales, skipped
 
 
@@ -104,6 +106,41 @@ def test_dynamic_scaler_matches_torch_gradscaler(kwargs):
     assert ours[1] == theirs[1], "skipped steps differ"
     assert ours[0] == theirs[0], "scale after each step differs"
     assert len(set(ours[0])) > 2  # the pattern really grew and backed off
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(init_scale=2.0 ** 16, growth_factor=2.0, backoff_factor=0.5, growth_interval=2),
+    dict(init_scale=1000.0, growth_factor=1.7, backoff_factor=0.3, growth_interval=3),
+])
+def test_long_run_with_many_overflows_makes_gradscaler_decisions(kwargs):
+    """10,000 steps, 60% overflowing: the scale backs off to fp32's subnormals and then to 0.0,
+    where GradScaler skips every step; a float64 scale would shrink on to 1e-300 instead."""
+    g = torch.Generator().manual_seed(0)
+    pattern = (torch.rand(10_000, generator=g) < 0.6).tolist()
+    with pytest.warns(RuntimeWarning, match="underflowed to 0"):
+        ours = our_decisions(pattern, **kwargs)
+    theirs = gradscaler_decisions(pattern, **kwargs)
+    first_diff = next((i for i, (a, b) in enumerate(zip(ours[0], theirs[0])) if a != b), None)
+    assert first_diff is None, f"scale differs from step {first_diff}: {ours[0][first_diff]} vs " \
+                               f"{theirs[0][first_diff]}"
+    assert ours[1] == theirs[1], "skipped steps differ"
+    assert 0 < min(s for s in ours[0] if s > 0) < 2.0 ** -126  # went through the subnormals
+    assert ours[0][-1] == 0.0                                   # then exactly 0, as GradScaler
+
+
+def test_optimizer_skips_every_step_once_the_scale_is_zero():
+    """1/0 is inf in fp32, as GradScaler's inv_scale: the gradients become NaN and the step is
+    skipped (no ZeroDivisionError), so the weights stay finite."""
+    p = torch.nn.Parameter(torch.ones(2, dtype=torch.float16))
+    opt = MixedPrecisionOptimizer(torch.optim.SGD([p], lr=0.1),
+                                  DynamicLossScaler(init_scale=2.0 ** -149, growth_interval=1))
+    opt.scale_loss((p.float() * math.inf).sum()).backward()
+    with pytest.warns(RuntimeWarning, match="underflowed to 0"):
+        assert not opt.step()
+    assert opt.scale == 0.0
+    opt.zero_grad()
+    opt.scale_loss(p.float().sum()).backward()
+    assert not opt.step() and torch.equal(p, torch.ones(2, dtype=torch.float16))
 
 
 def test_dynamic_scaler_defaults_and_bad_arguments():
