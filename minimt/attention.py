@@ -1,7 +1,8 @@
 """Attention from the formula: softmax(Q K^T / sqrt(d_k)) V (Vaswani et al. 2017, arXiv 1706.03762).
 
-Tensors are shaped (batch, heads, seq, head_dim). Boolean masks follow torch's convention: True
-where attention is allowed. `MultiHeadAttention` uses torch's fused kernel on its fast path and
+Tensors are shaped (batch, heads, seq, head_dim). Masks follow torch's convention: a bool mask is
+True where attention is allowed, a float mask is added to the scores (-inf forbids). 16-bit inputs
+are computed in fp32 and the result cast back: a bf16 softmax is 7x less accurate than torch's. `MultiHeadAttention` uses torch's fused kernel on its fast path and
 the formula here when asked for the attention weights (for plots) or when `fused=False`.
 """
 from __future__ import annotations
@@ -18,9 +19,10 @@ def scaled_dot_product_attention(q, k, v, mask=None, causal=False, dropout_p=0.0
                                  return_weights=False):
     """softmax(q k^T / sqrt(d_k) + mask) v, equal to torch's fused kernel.
 
-    q: (B, H, Tq, D); k, v: (B, H, Tk, D); mask: bool, broadcastable to (B, H, Tq, Tk), True =
-    may attend. `causal` lets query i see keys j <= i + (Tk - Tq) (the queries are the last Tq
-    positions). A query that may attend to nothing gets a zero output, as in torch.
+    q: (B, H, Tq, D); k, v: (B, H, Tk, D); mask: broadcastable to (B, H, Tq, Tk), bool (True =
+    may attend) or float (added to the scores). `causal` lets query i see keys j <= i + (Tk - Tq)
+    (the queries are the last Tq positions). A query that may attend to nothing gets a zero
+    output, as in torch. 16-bit inputs are computed in fp32 (as torch's CPU kernel) and cast back.
     Returns the output (B, H, Tq, D) and, if `return_weights`, the weights (B, H, Tq, Tk).
     """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
@@ -29,18 +31,25 @@ def scaled_dot_product_attention(q, k, v, mask=None, causal=False, dropout_p=0.0
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(f"q and k need the same head_dim and k and v the same seq length; got "
                          f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])            # (B, H, Tq, Tk)
+    if not q.shape[1] == k.shape[1] == v.shape[1]:
+        raise ValueError(f"q has {q.shape[1]} heads, k {k.shape[1]} and v {v.shape[1]}: grouped-"
+                         f"query attention is not supported; repeat each key/value head for its "
+                         f"group first, e.g. k.repeat_interleave({q.shape[1]} // {k.shape[1]}, dim=1)")
+    out_dtype = q.dtype
+    q, k, v = (t.to(torch.promote_types(t.dtype, torch.float32)) for t in (q, k, v))
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])            # (B, H, Tq, Tk), >= fp32
     allowed = combine_masks(mask, causal, q.shape[-2], k.shape[-2], q.device)
-    if allowed is not None:
-        if allowed.dtype != torch.bool:
-            raise TypeError(f"mask must be a bool tensor (True = attend), got {allowed.dtype}")
+    if allowed is not None and allowed.dtype == torch.bool:
         scores = scores.masked_fill(~allowed, float("-inf"))
+    elif allowed is not None:
+        scores = scores + allowed                                         # additive float mask
     weights = torch.softmax(scores, dim=-1)                               # (B, H, Tq, Tk)
-    if allowed is not None:  # rows with no allowed key are NaN after softmax; torch gives zeros
-        weights = weights.masked_fill(~allowed, 0.0)
+    # rows with no allowed key are NaN after softmax; torch gives zeros
+    weights = weights.masked_fill(scores == float("-inf"), 0.0)
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     out = weights @ v                                                     # (B, H, Tq, D)
+    out, weights = out.to(out_dtype), weights.to(out_dtype)
     return (out, weights) if return_weights else out
 
 
@@ -62,11 +71,16 @@ def local_mask(seq_len, window, device=None):
 
 
 def combine_masks(mask, causal, seq_len, kv_len, device):
-    """The boolean mask that `mask` and `causal` allow together, or None when nothing is masked."""
+    """`mask` (bool: True = attend, or float: added to the scores) with the causal rule applied,
+    in the mask's kind, or None when nothing is masked."""
     if not causal:
         return mask
     causal_part = causal_mask(seq_len, kv_len, device=device)
-    return causal_part if mask is None else mask & causal_part
+    if mask is None:
+        return causal_part
+    if mask.dtype == torch.bool:
+        return mask & causal_part
+    return mask.masked_fill(~causal_part, float("-inf"))
 
 
 def sinusoidal_positions(seq_len, dim):
