@@ -122,7 +122,7 @@ def decode_steps(model, input_ids, max_new_tokens, do_sample=False, temperature=
     logits = decoder.prefill()                                                # (B, V)
     for step in range(max_new_tokens):
         scores = process_logits(logits, decoder.ids, repetition_penalty, temperature, top_k, top_p,
-                                do_sample)                                    # (B, V)
+                                do_sample, decoder.attention_mask)            # (B, V)
         if record is not None:
             record["logits"].append(logits)
             record["scores"].append(scores)
@@ -165,7 +165,7 @@ def beam_search(model, input_ids, max_new_tokens, num_beams, eos=None, pad=0, le
     logits = decoder.prefill()                                                # (B*K, V)
     for step in range(max_new_tokens):
         log_probs = apply_repetition_penalty(F.log_softmax(logits, dim=-1), decoder.ids,
-                                             repetition_penalty)              # (B*K, V)
+                                             repetition_penalty, decoder.attention_mask)  # (B*K, V)
         if record is not None:
             record["logits"].append(logits)
             record["scores"].append(log_probs)

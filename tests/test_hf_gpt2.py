@@ -55,6 +55,24 @@ def test_greedy_output_matches_transformers(pair, kwargs):
     assert torch.equal(got, expected)
 
 
+@pytest.mark.parametrize("num_beams, penalty", [(1, 2.0), (3, 20.0)])
+def test_repetition_penalty_on_a_left_padded_batch_matches_transformers(pair, num_beams, penalty):
+    """The pad id is the token the short row, alone, generates first: penalising it because it
+    fills the padding (attention_mask 0) changes the output; transformers ignores those positions.
+    (Beam search penalises log-probabilities, near 0 for the best token: it needs a large penalty.)"""
+    hf, ours = pair
+    prompts = [[5, 6, 7, 8, 9], [30, 31]]
+    settings = dict(max_new_tokens=8, do_sample=False, repetition_penalty=penalty,
+                    num_beams=num_beams)
+    wanted = int(hf.generate(torch.tensor([prompts[1]]), pad_token_id=0, **settings)[0, 2])
+    assert wanted not in prompts[1]
+    ids, mask = left_pad(prompts, pad_token_id=wanted)
+    expected = hf.generate(ids, attention_mask=mask, pad_token_id=wanted, **settings)
+    got = ours.generate(ids, attention_mask=mask, pad_token_id=wanted, **settings)
+    assert got[1, ids.shape[1]] == wanted
+    assert torch.equal(got, expected)
+
+
 @pytest.mark.parametrize("length_penalty, early_stopping", [(1.0, False), (0.5, True), (2.0, False)])
 def test_beam_search_matches_transformers(pair, length_penalty, early_stopping):
     hf, ours = pair
