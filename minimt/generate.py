@@ -147,8 +147,9 @@ def beam_search(model, input_ids, max_new_tokens, num_beams, eos=None, pad=0, le
                 attention_mask=None, use_cache=True, record=None):
     """Keep the num_beams best partial sequences by summed log-probability (transformers' rules).
 
-    Each step ranks the 2 * num_beams best continuations of all beams: among the first num_beams, one
-    ending in EOS (or at the last step, any) is finished, scored sum_logprob / new_len**length_penalty;
+    Each step ranks the max(2, 1 + n_eos) * num_beams best continuations of all beams (enough for
+    num_beams of them not to end in one of the n_eos EOS ids): among the first num_beams, one ending
+    in EOS (or at the last step, any) is finished, scored sum_logprob / new_len**length_penalty;
     the best num_beams that do not end in EOS go on. A prompt is done when num_beams hypotheses are
     finished and (early_stopping=True, or) no running beam can beat the worst of them.
     Returns (sequences (B * num_return_sequences, T + new), their scores).
@@ -171,7 +172,7 @@ def beam_search(model, input_ids, max_new_tokens, num_beams, eos=None, pad=0, le
             record["scores"].append(log_probs)
         vocab = log_probs.shape[-1]
         total = (log_probs.view(batch, k, vocab) + beam_scores[..., None]).view(batch, k * vocab)
-        top_scores, top_index = total.topk(2 * k, dim=-1)                      # (B, 2K)
+        top_scores, top_index = total.topk(max(2, 1 + len(eos_ids)) * k, dim=-1)  # (B, >= 2K)
         last = step == max_new_tokens - 1
         next_rows = torch.arange(batch * k, device=input_ids.device).view(batch, k)  # (B, K)
         next_tokens = torch.full((batch, k), pad, dtype=torch.long, device=input_ids.device)
