@@ -22,7 +22,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, pctx):
         ctx.logits_dtype = logits.dtype
-        logits = logits.float()                                    # loss and softmax in fp32
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # 16-bit -> fp32
         vocab_per_rank = logits.shape[-1]
         start = pctx.tp_rank * vocab_per_rank                      # first global id of my slice
 
@@ -65,7 +65,7 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
 
     logits: (B, T, V/tp), this rank's slice (rank r holds ids r*V/tp .. (r+1)*V/tp - 1; padding
     ids carry -inf); targets: (B, T) global ids, IGNORE_INDEX to leave a token out.
-    The loss is fp32 whatever the logits' dtype; their gradient has the logits' dtype.
+    The loss is fp32 for 16-bit logits (fp64 stays fp64); their gradient has the logits' dtype.
     """
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must "
