@@ -2,8 +2,9 @@
 
 Tensors are shaped (batch, heads, seq, head_dim). Masks follow torch's convention: a bool mask is
 True where attention is allowed, a float mask is added to the scores (-inf forbids). 16-bit inputs
-are computed in fp32 and the result cast back: a bf16 softmax is 7x less accurate than torch's. `MultiHeadAttention` uses torch's fused kernel on its fast path and
-the formula here when asked for the attention weights (for plots) or when `fused=False`.
+are computed in fp32 and the result cast back (a bf16 softmax has 7x the error of torch's kernel).
+`MultiHeadAttention` uses torch's fused kernel on its fast path and the formula here when asked
+for the attention weights (for plots) or when `fused=False`.
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def scaled_dot_product_attention(q, k, v, mask=None, causal=False, dropout_p=0.0
     if not q.shape[1] == k.shape[1] == v.shape[1]:
         raise ValueError(f"q has {q.shape[1]} heads, k {k.shape[1]} and v {v.shape[1]}: grouped-"
                          f"query attention is not supported; repeat each key/value head for its "
-                         f"group first, e.g. k.repeat_interleave({q.shape[1]} // {k.shape[1]}, dim=1)")
+                         f"group first, e.g. "
+                         f"k.repeat_interleave({q.shape[1]} // {k.shape[1]}, dim=1)")
     out_dtype = q.dtype
     q, k, v = (t.to(torch.promote_types(t.dtype, torch.float32)) for t in (q, k, v))
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])            # (B, H, Tq, Tk), >= fp32

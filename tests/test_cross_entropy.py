@@ -1,5 +1,6 @@
 """Vocabulary-parallel cross entropy on real gloo ranks: Megatron-LM's public unit-test values in
-fp32, bf16 and fp16, and a tensor-parallel GPT's loss under bf16 autocast equal to the serial one."""
+fp32, bf16 and fp16, and a tensor-parallel GPT's loss under bf16 autocast equal to the serial
+one."""
 import copy
 import math
 

@@ -81,7 +81,7 @@ def test_repetition_penalty_ignores_left_padding_as_transformers():
     expected = processor(ids, logits.clone())
     got = apply_repetition_penalty(logits, ids, 1.7, attention_mask=mask)
     assert torch.equal(got, expected)
-    assert not torch.equal(apply_repetition_penalty(logits, ids, 1.7), expected)  # pad id 2 penalised
+    assert not torch.equal(apply_repetition_penalty(logits, ids, 1.7), expected)  # pad 2 counted
     assert torch.equal(process_logits(logits, ids, 1.7, do_sample=False, attention_mask=mask), got)
 
 

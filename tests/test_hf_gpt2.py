@@ -59,7 +59,8 @@ def test_greedy_output_matches_transformers(pair, kwargs):
 def test_repetition_penalty_on_a_left_padded_batch_matches_transformers(pair, num_beams, penalty):
     """The pad id is the token the short row, alone, generates first: penalising it because it
     fills the padding (attention_mask 0) changes the output; transformers ignores those positions.
-    (Beam search penalises log-probabilities, near 0 for the best token: it needs a large penalty.)"""
+    (Beam search penalises log-probabilities, near 0 for the best token: it takes a large
+    penalty to change its choice.)"""
     hf, ours = pair
     prompts = [[5, 6, 7, 8, 9], [30, 31]]
     settings = dict(max_new_tokens=8, do_sample=False, repetition_penalty=penalty,

@@ -46,7 +46,7 @@ def test_every_schedule_is_valid_and_matches_bubble_theory(kind, p, m, v):
 
 
 def torch_interleaved_orders(ctx, cases):
-    """Per (v, m): every rank's action order in torch's ScheduleInterleaved1F1B, as minimt Actions."""
+    """Per (v, m): each rank's order in torch's ScheduleInterleaved1F1B, as minimt Actions."""
     from torch.distributed.pipelining import PipelineStage, ScheduleInterleaved1F1B
     from torch.distributed.pipelining.schedules import _ComputationType
 
