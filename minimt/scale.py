@@ -29,21 +29,24 @@ def layout_error(config: GPTConfig, tp: int, pp: int, dp: int, micro_batch_size:
     """Why this layout does not divide the model or the batch, naming the fix; None when it does."""
     L, a, s, mlp = config.n_layer, config.n_head, config.block_size, config.mlp_ratio * config.n_embd
     per_step = dp * micro_batch_size
-    rules = [
-        (L, pp, "n_layer", "pp", f"every stage needs as many layers; use pp in {_divisors(L)}"),
-        (a, tp, "n_head", "tp", f"every rank needs whole heads; use tp in {_divisors(a)}"),
-        (mlp, tp, "MLP hidden size", "tp", f"use tp in {_divisors(mlp)[:12]}"),
+    rules = [  # (n, d, what, by, the fix: a function, so divisors are listed only on failure)
+        (L, pp, "n_layer", "pp", lambda: f"every stage needs as many layers; use pp in "
+                                         f"{_divisors(L)}"),
+        (a, tp, "n_head", "tp", lambda: f"every rank needs whole heads; use tp in {_divisors(a)}"),
+        (mlp, tp, "MLP hidden size", "tp", lambda: f"use tp in {_divisors(mlp)[:12]}"),
         (global_batch_size, per_step, "global_batch_size", "dp x micro_batch_size",
-         f"{dp} x {micro_batch_size} = {per_step} sequences per micro-step; use a global batch "
-         f"that is a multiple of {per_step} (e.g. {max(1, global_batch_size // per_step) * per_step})"
-         f" or dp x micro_batch_size in {_divisors(global_batch_size)[:12]}"),
+         lambda: f"{dp} x {micro_batch_size} = {per_step} sequences per micro-step; use a global "
+                 f"batch that is a multiple of {per_step} (e.g. "
+                 f"{max(1, global_batch_size // per_step) * per_step}) or dp x micro_batch_size "
+                 f"in {_divisors(global_batch_size)[:12]}"),
     ]
     if sequence_parallel:
         rules.append((s, tp, "sequence length (block_size)", "tp",
-                      f"sequence parallelism splits the tokens; use tp in {_divisors(s)[:12]}"))
+                      lambda: f"sequence parallelism splits the tokens; use tp in "
+                              f"{_divisors(s)[:12]}"))
     for n, d, what, by, fix in rules:
         if n % d:
-            return f"{what}={n} is not divisible by {by}={d}: {fix}"
+            return f"{what}={n} is not divisible by {by}={d}: {fix()}"
     return None
 
 
