@@ -100,3 +100,32 @@ def test_same_bytes_on_the_wire_as_plain_tensor_parallelism():
         # and, separately, the replicated parameters' gradients summed over the group:
         # 2 LayerNorms (weight + bias) and 2 row-parallel biases per layer, ln_f, the positions
         assert sp["grad_sync_numel"] == L * (4 * C + 2 * C) + 2 * C + CONFIG.block_size * C
+
+
+def _recompute_grads(ctx):
+    grads = {}
+    idx, targets = _batch()
+    for mode in ("none", "selective", "full"):
+        torch.manual_seed(0)
+        model = apply_tensor_parallel(GPT(CONFIG, recompute=mode), ctx, sequence_parallel=True)
+        model(idx, targets)[1].backward()
+        grads[mode] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    return {mode: (grads[mode] - grads["none"]).abs().max().item()
+            for mode in ("selective", "full")}
+
+
+def test_recomputation_under_tensor_and_sequence_parallelism_leaves_gradients_unchanged():
+    for rank, errors in enumerate(launch(_recompute_grads, tp=2, timeout_s=60)):
+        for mode, error in errors.items():
+            assert error < 1e-6, f"rank {rank}: {mode} changes gradients by {error:.2e}"
+
+
+def _odd_sequence(ctx):
+    model = apply_tensor_parallel(GPT(CONFIG), ctx, sequence_parallel=True)
+    model(torch.zeros(1, 15, dtype=torch.long))
+
+
+def test_a_sequence_that_does_not_split_is_refused_clearly():
+    with pytest.raises(RuntimeError, match="sequence length .*=15 is not divisible by tp size "
+                                           "\\(sequence parallelism splits the tokens\\) 2"):
+        launch(_odd_sequence, tp=2, timeout_s=30)

@@ -225,8 +225,8 @@ def _reduce_scatter_sequence(tensor: torch.Tensor, ctx: ParallelContext, group: 
     size = ctx.size(group)
     if size == 1:
         return tensor
-    chunk = divide(tensor.size(dim), size, f"dimension {dim} ({tensor.size(dim)})",
-                   f"{group} size")
+    chunk = divide(tensor.size(dim), size, f"sequence length (dimension {dim})",
+                   f"{group} size (sequence parallelism splits the tokens)")
     parts = [part.contiguous() for part in tensor.split(chunk, dim=dim)]
     out = torch.empty_like(parts[0])
     _record("reduce_scatter", group, tensor, phase)
