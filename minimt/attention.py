@@ -143,7 +143,8 @@ class MultiHeadAttention(nn.Module):
 
     def core_attention(self, q, k, v, mask=None, need_weights=False):
         """softmax(q k^T / sqrt(D)) v for q (B, H, T, D), k, v (B, H, Tk, D): the part that
-        selective recomputation recomputes (Megatron's CoreAttention). Returns (y, weights or None)."""
+        selective recomputation recomputes (Megatron's CoreAttention).
+        Returns (y, weights or None)."""
         dropout_p = self.dropout if self.training else 0.0
         weights = None
         if need_weights or not self.fused:

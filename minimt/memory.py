@@ -52,6 +52,7 @@ class SavedTensorBytes:
 
     @property
     def tensors(self) -> list[tuple]:
+        """(shape, dtype, bytes) of each counted storage, in the order they were saved."""
         return list(self.storages.values())
 
     def __enter__(self) -> "SavedTensorBytes":

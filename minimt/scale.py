@@ -27,7 +27,8 @@ def _divisors(n: int) -> list[int]:
 def layout_error(config: GPTConfig, tp: int, pp: int, dp: int, micro_batch_size: int,
                  global_batch_size: int, sequence_parallel: bool = False) -> str | None:
     """Why this layout does not divide the model or the batch, naming the fix; None when it does."""
-    L, a, s, mlp = config.n_layer, config.n_head, config.block_size, config.mlp_ratio * config.n_embd
+    L, a, s = config.n_layer, config.n_head, config.block_size
+    mlp = config.mlp_ratio * config.n_embd
     per_step = dp * micro_batch_size
     rules = [  # (n, d, what, by, the fix: a function, so divisors are listed only on failure)
         (L, pp, "n_layer", "pp", lambda: f"every stage needs as many layers; use pp in "
@@ -202,7 +203,8 @@ def estimate(config: GPTConfig, tp: int, pp: int, dp: int, micro_batch_size: int
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"dtype={dtype!r}: choose one of {sorted(DTYPE_BYTES)}")
     if activation_model not in ACTIVATION_MODELS:
-        raise ValueError(f"activation_model={activation_model!r}: choose one of {ACTIVATION_MODELS}")
+        raise ValueError(f"activation_model={activation_model!r}: choose one of "
+                         f"{ACTIVATION_MODELS}")
     if recompute not in RECOMPUTE_MODES:
         raise ValueError(f"recompute={recompute!r}: choose one of {RECOMPUTE_MODES}")
     problem = layout_error(config, tp, pp, dp, micro_batch_size, global_batch_size,

@@ -1,7 +1,8 @@
 """The scale calculator against the papers: MT-NLG's iteration times (Smith et al. 2022, arXiv
 2201.11990), Narayanan et al. 2021's FLOPs and training-time estimates (arXiv 2104.04473),
 Korthikanti et al. 2022's activation table (arXiv 2205.05198); and against minimt itself: the
-parameters its pipeline stages hold, the activation bytes it saves, 1F1B's micro-batches in flight."""
+parameters its pipeline stages hold, the activation bytes it saves, 1F1B's micro-batches in
+flight."""
 import pytest
 import torch
 

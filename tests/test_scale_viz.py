@@ -1,4 +1,4 @@
-"""The calculator's pictures: labelled stacked bars in GiB, and an explorer whose controls redraw."""
+"""The calculator's pictures: labelled stacked bars in GiB, and an explorer that redraws."""
 import matplotlib
 
 matplotlib.use("Agg")

@@ -1,6 +1,6 @@
 """Sequence parallelism (Korthikanti et al. 2022) on real gloo processes: the same loss and every
 gradient as the serial model, LayerNorm gradients summed over the tp group, and the same bytes
-on the wire as plain tensor parallelism, with all-gathers and reduce-scatters instead of all-reduces."""
+on the wire as plain tensor parallelism (all-gathers and reduce-scatters for all-reduces)."""
 import copy
 
 import pytest

@@ -157,7 +157,8 @@ TASKS = [
     Task("08.1", 2, "write SavedTensorBytes.pack: count each saved storage once",
          "minimt.memory:SavedTensorBytes.pack", "notebook 08, section 2", check_saved_tensor_bytes),
     Task("08.2", 2, "write mlp_activation_bytes: the bytes the MLP saves on one tp rank",
-         "minimt.memory:mlp_activation_bytes", "notebook 08, section 2", check_mlp_activation_bytes),
+         "minimt.memory:mlp_activation_bytes", "notebook 08, section 2",
+         check_mlp_activation_bytes),
     Task("08.3", 3, "write best_layout: the layout that fits with the least bubble",
          "minimt.scale:best_layout", "notebook 08, section 6", check_best_layout),
 ]

@@ -115,7 +115,7 @@ class VocabParallelEmbedding(nn.Module):
         outside = (idx < self.vocab_start) | (idx >= self.vocab_end)
         local = (idx - self.vocab_start).masked_fill(outside, 0)
         rows = F.embedding(local, self.weight).masked_fill(outside.unsqueeze(-1), 0.0)  # (B, T, C)
-        if self.reduce_scatter_embeddings:                            # sequence parallel: (B, T/tp, C)
+        if self.reduce_scatter_embeddings:                            # SP: (B, T/tp, C)
             return reduce_scatter_to_sequence_parallel_region(rows, self.ctx)
         return reduce_from_tensor_model_parallel_region(rows, self.ctx)
 
@@ -187,7 +187,8 @@ def apply_tensor_parallel(model, ctx: ParallelContext, sequence_parallel: bool =
     """Turn a serial GPT (built identically on every rank) into this rank's tensor-parallel share,
     in place, by slicing its weights. Returns the model; call it as before:
     model(idx, targets) -> (logits (B, T, V_pad/tp): this rank's vocabulary slice, loss).
-    sequence_parallel: also split the tokens between LayerNorms (sequence length divisible by tp)."""
+    sequence_parallel: also split the tokens between LayerNorms (sequence length divisible by
+    tp)."""
     config = model.config
     tp = ctx.tp_size
     divide(config.n_head, tp, "n_head", "tensor-parallel size")
