@@ -19,14 +19,15 @@ class SavedTensorBytes:
     """with SavedTensorBytes(exclude=model) as saved: loss = model(x)...  then saved.bytes.
 
     Counts the storage of every tensor saved for backward inside the block once; storages of
-    `exclude` (modules, whose parameters and buffers are skipped, or tensors) are not counted.
+    `exclude` (a module, whose parameters and buffers are skipped, a tensor, or an iterable of
+    them) are not counted.
     `saved.tensors` lists (shape, dtype, storage bytes) of each storage counted, in order.
     """
 
     def __init__(self, exclude=()):
-        exclude = exclude if isinstance(exclude, (list, tuple)) else [exclude]
+        items = [exclude] if isinstance(exclude, (torch.nn.Module, torch.Tensor)) else exclude
         tensors = []
-        for item in exclude:
+        for item in items:
             if isinstance(item, torch.nn.Module):
                 tensors += [*item.parameters(), *item.buffers()]
             else:

@@ -192,7 +192,8 @@ def estimate(config: GPTConfig, tp: int, pp: int, dp: int, micro_batch_size: int
     dp when zero=True (ZeRO stage 1); fp32 training: 4 + 4 + 8. Activations: the stage's layers
     times the micro-batches in flight on the first stage of 1F1B, min(pp, m); per layer
     Korthikanti's Table 2 (activation_model="megatron") or minimt's measured formula ("minimt",
-    fused attention). The embeddings' and the loss's own activations are left out.
+    fused attention). Left out: the embeddings' and the loss's activations, the working memory
+    of a layer being recomputed, communication buffers and allocator fragmentation.
     """
     if not isinstance(config, GPTConfig):
         raise TypeError(f"estimate needs a GPTConfig, got {type(config).__name__}")

@@ -104,3 +104,15 @@ def test_tensor_and_sequence_parallel_layer_bytes_equal_the_formula(tp, s, b, h,
             formula = layer_activation_bytes(s, b, h, a, t=tp, sequence_parallel=sp,
                                              recompute=rc, attention=att)
             assert measured == formula, (tp, sp, rc, att)
+
+
+def test_exclude_takes_a_module_a_tensor_or_an_iterable():
+    linear = torch.nn.Linear(8, 8)
+    x = torch.randn(2, 8, requires_grad=True)
+    for exclude in (linear, linear.parameters(), [linear.weight, linear.bias], [linear]):
+        with SavedTensorBytes(exclude=exclude) as saved:
+            linear(x)
+        assert saved.bytes == x.numel() * 4  # only the input; the weight is excluded
+    with SavedTensorBytes(exclude=x) as saved:
+        linear(x)
+    assert saved.bytes == 8 * 8 * 4  # now the weight counts and the input does not
