@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+from torch.utils.checkpoint import checkpoint
 
 
 def scaled_dot_product_attention(q, k, v, mask=None, causal=False, dropout_p=0.0,
@@ -136,6 +137,7 @@ class MultiHeadAttention(nn.Module):
         self.causal = causal
         self.fused = fused
         self.dropout = dropout
+        self.recompute_core = False  # selective recomputation (Korthikanti et al. 2022): see GPT
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)   # W^Q, W^K, W^V side by side
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)       # W^O
         self.resid_dropout = nn.Dropout(dropout)
@@ -146,6 +148,19 @@ class MultiHeadAttention(nn.Module):
         q, k, v = rearrange(qkv, "b t (three h d) -> three b h t d", three=3, d=self.head_dim)
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)                                          # (B, H, Tk, D)
+        if self.recompute_core and torch.is_grad_enabled() and not need_weights:
+            # keep only q, k, v; the scores, softmax and weighted sum are recomputed in backward
+            y, weights = checkpoint(self.core_attention, q, k, v, mask, False, use_reentrant=False)
+        else:
+            y, weights = self.core_attention(q, k, v, mask, need_weights)        # (B, H, T, D)
+        y = rearrange(y, "b h t d -> b t (h d)")                                  # (B, T, H*D)
+        y = self.resid_dropout(self.c_proj(y))                                    # (B, T, C)
+        return (y, weights) if need_weights else y
+
+    def core_attention(self, q, k, v, mask=None, need_weights=False):
+        """softmax(q k^T / sqrt(D)) v for q (B, H, T, D), k, v (B, H, Tk, D): the part that
+        selective recomputation recomputes (Megatron's CoreAttention).
+        Returns (y, weights or None)."""
         dropout_p = self.dropout if self.training else 0.0
         weights = None
         if need_weights or not self.fused:
@@ -156,8 +171,6 @@ class MultiHeadAttention(nn.Module):
             is_causal = self.causal and q.shape[-2] == k.shape[-2] and q.shape[-2] > 1
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)
         else:
-            allowed = combine_masks(mask, self.causal, q.shape[-2], k.shape[-2], x.device)
+            allowed = combine_masks(mask, self.causal, q.shape[-2], k.shape[-2], q.device)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
-        y = rearrange(y, "b h t d -> b t (h d)")                                  # (B, T, H*D)
-        y = self.resid_dropout(self.c_proj(y))                                    # (B, T, C)
-        return (y, weights) if need_weights else y
+        return y, weights

@@ -11,12 +11,14 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .attention import MultiHeadAttention
 from .config import GPTConfig
 
 IGNORE_INDEX = -100  # targets equal to this are left out of the loss (PyTorch's default)
 MAX_BUILDABLE_PARAMS = 2_000_000_000
+RECOMPUTE_MODES = ("none", "selective", "full")  # activation recomputation, see GPT.recompute
 
 
 def cross_entropy_loss(logits, targets):
@@ -56,9 +58,14 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """Token + position embeddings, n_layer blocks, a final LayerNorm and the tied output layer."""
+    """Token + position embeddings, n_layer blocks, a final LayerNorm and the tied output layer.
 
-    def __init__(self, config: GPTConfig):
+    recompute (Korthikanti et al. 2022, arXiv 2205.05198): "none" keeps every activation for
+    backward; "selective" recomputes each attention core (scores, softmax, weighted sum) in
+    backward; "full" keeps only each block's input and reruns the block in backward.
+    """
+
+    def __init__(self, config: GPTConfig, recompute: str = "none"):
         super().__init__()
         if not isinstance(config, GPTConfig):
             raise TypeError(f"GPT needs a GPTConfig, got {type(config).__name__}")
@@ -83,6 +90,20 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2L)
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        self.recompute = recompute
+
+    @property
+    def recompute(self) -> str:
+        """Activation recomputation: "none", "selective" or "full" (settable at any time)."""
+        return self._recompute
+
+    @recompute.setter
+    def recompute(self, mode: str) -> None:
+        if mode not in RECOMPUTE_MODES:
+            raise ValueError(f"recompute={mode!r}: choose one of {RECOMPUTE_MODES}")
+        self._recompute = mode
+        for block in self.transformer.h:
+            block.attn.recompute_core = mode == "selective"
 
     @staticmethod
     def _init_weights(module):
@@ -112,10 +133,17 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         caches = kv_caches if kv_caches is not None else [None] * len(self.transformer.h)
         for block, cache in zip(self.transformer.h, caches):
-            x = block(x, mask=mask, kv_cache=cache)                                   # (B, T, C)
+            x = self.run_block(block, x, mask=mask, kv_cache=cache)                   # (B, T, C)
         logits = self.lm_head(self.transformer.ln_f(x))                               # (B, T, V)
         loss = None if targets is None else self.loss_fn(logits, targets)
         return logits, loss
+
+    def run_block(self, block, x, mask=None, kv_cache=None):
+        """block(x) on x (B, T, C); under recompute="full" (while training, no cache) autograd
+        keeps only x and reruns the block in backward."""
+        if self.recompute == "full" and kv_cache is None and torch.is_grad_enabled():
+            return checkpoint(block, x, mask, use_reentrant=False)
+        return block(x, mask=mask, kv_cache=kv_cache)
 
     def generate(self, input_ids, max_new_tokens, **kwargs):
         """Continue input_ids (B, T) by up to max_new_tokens tokens; Hugging Face generate's

@@ -209,6 +209,80 @@ def scatter_to_tensor_model_parallel_region(x: torch.Tensor, ctx: ParallelContex
     return x if ctx.tp_size == 1 else _ScatterToTensorModelParallelRegion.apply(x, ctx)
 
 
+# ---------------------------------------------------------------------------- sequence parallelism
+# Korthikanti et al. 2022 (arXiv 2205.05198), section 4.2.2: outside the tensor-parallel regions
+# (LayerNorms, dropout, residual adds) each tp rank holds s/t of the tokens. g (all-reduce) becomes
+# a reduce-scatter along the sequence and f (identity) an all-gather, so a ring moves the same
+# bytes: an all-reduce of N bytes sends 2(t-1)/t N per rank, an all-gather plus a reduce-scatter
+# (t-1)/t N each. Megatron's layout is (s, b, h); minimt's is (B, T, C): the sequence is dim 1.
+SEQUENCE_DIM = 1
+
+
+def _reduce_scatter_sequence(tensor: torch.Tensor, ctx: ParallelContext, group: str, dim: int,
+                             phase: str | None = None) -> torch.Tensor:
+    """Sum `tensor` over the group and keep this rank's 1/size slice of `dim` (a new tensor),
+    recorded as "reduce_scatter" with the elements of the whole tensor, like an all-reduce."""
+    size = ctx.size(group)
+    if size == 1:
+        return tensor
+    chunk = divide(tensor.size(dim), size, f"sequence length (dimension {dim})",
+                   f"{group} size (sequence parallelism splits the tokens)")
+    parts = [part.contiguous() for part in tensor.split(chunk, dim=dim)]
+    out = torch.empty_like(parts[0])
+    _record("reduce_scatter", group, tensor, phase)
+    dist.reduce_scatter(out, parts, group=ctx.group(group))
+    return out                                                        # (..., n / size, ...)
+
+
+class _GatherFromSequenceParallelRegion(torch.autograd.Function):
+    """All-gather the sequence forward (B, T/t, C) -> (B, T, C); reduce-scatter the gradient."""
+
+    @staticmethod
+    def forward(ctx, x, pctx):
+        ctx.pctx = pctx
+        return all_gather(x, pctx, "tp", dim=SEQUENCE_DIM, phase="forward")
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _reduce_scatter_sequence(grad, ctx.pctx, "tp", SEQUENCE_DIM, phase="backward"), None
+
+
+class _ReduceScatterToSequenceParallelRegion(torch.autograd.Function):
+    """Reduce-scatter partial sums forward (B, T, C) -> (B, T/t, C); all-gather the gradient."""
+
+    @staticmethod
+    def forward(ctx, x, pctx):
+        ctx.pctx = pctx
+        return _reduce_scatter_sequence(x, pctx, "tp", SEQUENCE_DIM, phase="forward")
+
+    @staticmethod
+    def backward(ctx, grad):
+        return all_gather(grad, ctx.pctx, "tp", dim=SEQUENCE_DIM, phase="backward"), None
+
+
+def gather_from_sequence_parallel_region(x: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:
+    """(B, T/t, C) -> (B, T, C) before a column-parallel layer (replaces f under sequence
+    parallelism); backward reduce-scatters the gradient."""
+    return x if ctx.tp_size == 1 else _GatherFromSequenceParallelRegion.apply(x, ctx)
+
+
+def reduce_scatter_to_sequence_parallel_region(x: torch.Tensor,
+                                               ctx: ParallelContext) -> torch.Tensor:
+    """Partial (B, T, C) -> summed (B, T/t, C) after a row-parallel layer (replaces g under
+    sequence parallelism); backward all-gathers the gradient."""
+    return x if ctx.tp_size == 1 else _ReduceScatterToSequenceParallelRegion.apply(x, ctx)
+
+
+RING_FACTOR = {"all_reduce": 2, "all_gather": 1, "reduce_scatter": 1}  # times (n-1)/n of the bytes
+
+
+def ring_bytes_per_rank(records, group_size: int) -> float:
+    """Bytes each rank sends for these collectives with ring algorithms on a group of
+    `group_size`: 2(n-1)/n of the bytes for an all-reduce, (n-1)/n for an all-gather or a
+    reduce-scatter. Compares plain and sequence-parallel tensor parallelism on equal terms."""
+    return sum(RING_FACTOR[r.kind] * r.bytes for r in records) * (group_size - 1) / group_size
+
+
 # ---------------------------------------------------------------------------- point to point
 # Messages between pipeline stages use global ranks (ctx.next_rank / ctx.prev_rank) and are
 # recorded with group "pp". A blocking send waits for the matching recv, so two neighbours that
