@@ -109,6 +109,11 @@ class VocabParallelLMHead(nn.Module):
         ids = torch.arange(embedding.vocab_start, embedding.vocab_end)
         self.register_buffer("is_padding", ids >= embedding.vocab_size, persistent=False)
 
+    @property
+    def weight(self) -> nn.Parameter:
+        """The tied weight, (V_pad/tp, C): the embedding's own Parameter."""
+        return self.embedding.weight
+
     def forward(self, x):                                             # (B, T, C)
         x = copy_to_tensor_model_parallel_region(x, self.embedding.ctx)  # f
         logits = F.linear(x, self.embedding.weight)                   # (B, T, V_pad/tp)
@@ -151,11 +156,12 @@ def apply_tensor_parallel(model, ctx: ParallelContext):
     model.transformer.wte = embedding
     model.lm_head = VocabParallelLMHead(embedding)
     model.loss_fn = functools.partial(vocab_parallel_cross_entropy, ctx=ctx)
+    model.gather_logits = functools.partial(gather_vocab_parallel_logits, ctx=ctx,
+                                            vocab_size=config.vocab_size)
     for block in model.transformer.h:
         block.attn.c_attn = ColumnParallelLinear(_split_qkv(block.attn.c_attn, ctx), ctx,
                                                  gather_output=False)
         block.attn.c_proj = RowParallelLinear(block.attn.c_proj, ctx, input_is_parallel=True)
         block.mlp.c_fc = ColumnParallelLinear(block.mlp.c_fc, ctx, gather_output=False)
         block.mlp.c_proj = RowParallelLinear(block.mlp.c_proj, ctx, input_is_parallel=True)
-    model.tp_ctx = ctx
     return model
