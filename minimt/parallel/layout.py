@@ -32,11 +32,10 @@ class ScaledLoss:
         return self.loss_fn(logits.float(), targets) * self.scale
 
 
-def check_layout(config, ctx: ParallelContext, batch_size: int, schedule: str = "1f1b",
+def check_layout(config, tp: int, pp: int, dp: int, batch_size: int, schedule: str = "1f1b",
                  num_microbatches: int | None = None, num_chunks: int = 1) -> int:
     """Raise a ValueError saying what to change unless the mesh divides the model and the batch;
     returns the pipeline's micro-batches per step (default: 2 * pp)."""
-    tp, pp, dp = ctx.tp_size, ctx.pp_size, ctx.dp_size
     divide(config.n_head, tp, "n_head", "--tp (tensor-parallel size)")
     divide(config.mlp_ratio * config.n_embd, tp, "MLP hidden size", "--tp (tensor-parallel size)")
     if schedule not in SCHEDULES:
@@ -66,7 +65,8 @@ class MeshModel:
                  schedule: str = "1f1b", num_microbatches: int | None = None,
                  num_chunks: int = 1, dtype: torch.dtype = torch.float32):
         self.ctx, self.model = ctx, model
-        self.num_microbatches = check_layout(model.config, ctx, batch_size, schedule,
+        self.num_microbatches = check_layout(model.config, ctx.tp_size, ctx.pp_size, ctx.dp_size,
+                                             batch_size, schedule,
                                              num_microbatches, num_chunks)
         if ctx.tp_size > 1:
             apply_tensor_parallel(model, ctx)
@@ -129,13 +129,11 @@ class MeshModel:
                 g.div_(divisor)
 
     @torch.no_grad()
-    def loss(self, x, y) -> torch.Tensor:
-        """Mean loss of this replica's rows, on every rank of its pipeline (0-d)."""
+    def loss(self, x, y) -> torch.Tensor | None:
+        """Mean loss of this replica's rows (0-d) on the last pipeline stage, None elsewhere."""
         if self.stages is None:
             return self.model(x, y)[1]
-        loss = pipeline_forward(self.stages, self.ctx, x, y)
-        loss = torch.zeros((), device=x.device) if loss is None else loss
-        return comm.all_reduce(loss.reshape(1), self.ctx, "pp")[0]  # only the last stage's is not 0
+        return pipeline_forward(self.stages, self.ctx, x, y)
 
     def global_mean(self, loss: torch.Tensor | None) -> torch.Tensor:
         """The mean over the data-parallel replicas of a loss held by the last pipeline stage,
