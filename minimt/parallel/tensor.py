@@ -109,6 +109,11 @@ class VocabParallelLMHead(nn.Module):
         ids = torch.arange(embedding.vocab_start, embedding.vocab_end)
         self.register_buffer("is_padding", ids >= embedding.vocab_size, persistent=False)
 
+    @property
+    def weight(self) -> nn.Parameter:
+        """The shared (V_pad/tp, C) weight, as nn.Linear's `.weight` (tied-gradient code uses it)."""
+        return self.embedding.weight
+
     def forward(self, x):                                             # (B, T, C)
         x = copy_to_tensor_model_parallel_region(x, self.embedding.ctx)  # f
         logits = F.linear(x, self.embedding.weight)                   # (B, T, V_pad/tp)
