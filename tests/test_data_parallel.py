@@ -211,3 +211,57 @@ def test_zero_refuses_mixed_dtypes():
     model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2).to(torch.bfloat16))
     with pytest.raises(ValueError, match="one dtype"):
         DistributedOptimizer(model, ParallelContext())
+
+
+def serial_clipped(max_norm, steps=STEPS):
+    """The serial reference with torch's clip_grad_norm_ before each AdamW step."""
+    torch.manual_seed(0)
+    model = GPT(CONFIG)
+    params = list(model.parameters())
+    opt = torch.optim.AdamW([{"params": [p for p in params if decays(p)]},
+                             {"params": [p for p in params if not decays(p)], "weight_decay": 0.0}],
+                            lr=LR, weight_decay=0.1, foreach=False)
+    norms = []
+    for step in range(steps):
+        model(*batch(step))[1].backward()
+        norms.append(nn.utils.clip_grad_norm_(model.parameters(), max_norm).item())
+        opt.step()
+        opt.zero_grad()
+    return model, norms
+
+
+def _zero_clipped_and_scaled(ctx, max_norm):
+    from minimt.precision import StaticLossScaler
+    torch.manual_seed(0)
+    model = apply_tensor_parallel(GPT(CONFIG), ctx)
+    opt = DistributedOptimizer(model, ctx, lr=LR, weight_decay=0.1, decay_filter=decays,
+                               grad_clip=max_norm, loss_scaler=StaticLossScaler(1024.0))
+    norms, stepped = [], []
+    for step in range(STEPS):
+        x, y = (local(t, ctx) for t in batch(step))
+        (model(x, y)[1] * 1024.0).backward()
+        stepped.append(opt.step())
+        opt.zero_grad()
+        norms.append(opt.last_grad_norm)
+    reference, _ = serial_clipped(max_norm)
+    expected = dict(apply_tensor_parallel(reference, ctx).named_parameters())
+    model(*batch(0))[1].mul(float("inf")).backward()  # an overflow: the step is skipped
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    skipped = not opt.step()
+    unchanged = all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    pairs = {n: (p, expected[n]) for n, p in before.items()}
+    return pairs, norms, stepped, skipped and unchanged
+
+
+@pytest.mark.parametrize("tp,dp", [(1, 2), (2, 2)])
+def test_zero_clips_the_mesh_wide_norm_and_unscales(tp, dp):
+    """With a loss scale of 1024 and clipping at 0.05, ZeRO's global norm and weights equal the
+    serial torch clip_grad_norm_ + AdamW run; an inf gradient skips the step on every rank."""
+    _, serial_norms = serial_clipped(0.05)
+    for pairs, norms, stepped, skipped in launch(_zero_clipped_and_scaled, 0.05, tp=tp, dp=dp,
+                                                 timeout_s=60):
+        assert stepped == [True] * STEPS and skipped
+        assert norms == pytest.approx(serial_norms, rel=1e-5)
+        assert min(serial_norms) > 0.05  # clipping really happened
+        for name, (got, expected) in pairs.items():
+            assert torch.allclose(got, expected, atol=1e-6, rtol=0), name

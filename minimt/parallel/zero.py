@@ -17,7 +17,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .comm import all_gather, reduce_scatter
+import torch.distributed as dist
+
+from .comm import all_gather, all_reduce, reduce_scatter
 from .context import ParallelContext
 from .data_parallel import unique_parameters
 
@@ -32,11 +34,17 @@ class DistributedOptimizer:
     averages the gradients over dp itself. decay_filter(param) -> bool picks the parameters that
     get weight decay (None: all, as torch.optim.AdamW(model.parameters())). `param_groups[0]["lr"]`
     may be changed between steps (a learning-rate schedule).
+    grad_clip > 0 clips the global gradient norm over the whole mesh (each parameter counted once:
+    tp-replicated ones on tp rank 0, the last stage's copy of a tied embedding not at all); the
+    norm before clipping is `last_grad_norm`. loss_scaler (minimt.precision's Static/Dynamic
+    LossScaler): gradients are divided by its scale, and a step with inf/NaN on any rank is
+    skipped everywhere (step() returns False).
     """
 
     def __init__(self, module, ctx: ParallelContext, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, decay_filter: Callable | None = None):
+                 weight_decay: float = 1e-2, decay_filter: Callable | None = None,
+                 grad_clip: float = 0.0, loss_scaler=None):
         if not lr > 0 or not eps > 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"lr={lr} and eps={eps} must be positive, weight_decay={weight_decay} "
                              f">= 0 and betas={betas} in [0, 1)")
@@ -51,6 +59,8 @@ class DistributedOptimizer:
             raise ValueError(f"parameters of dtype {self.dtype}: use float32, bfloat16 or float16")
         self.param_groups = [dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)]
         self.num_steps = 0
+        self.grad_clip, self.loss_scaler = grad_clip, loss_scaler
+        self.last_grad_norm, self.skipped_steps = None, 0
         numel = sum(p.numel() for p in self.params)
         self.shard_size = -(-numel // ctx.dp_size)                      # ceil(N / dp)
         self.shard_start = ctx.dp_rank * self.shard_size
@@ -71,8 +81,15 @@ class DistributedOptimizer:
         self.exp_avg = torch.zeros(self.shard_size, device=ctx.device)  # Adam's m, fp32
         self.exp_avg_sq = torch.zeros(self.shard_size, device=ctx.device)  # Adam's v, fp32
         decays = decay_filter or (lambda p: True)
-        self.decay_ranges = [r for r in (self._local_range(s, e) for p, s, e in self.segments
-                                         if decays(p)) if r is not None]
+        self.decay_ranges = self._ranges(decays)
+        duplicates = _pipeline_duplicates(module, ctx)
+        self.norm_ranges = self._ranges(lambda p: id(p) not in duplicates and (
+            ctx.tp_rank == 0 or getattr(p, "tensor_model_parallel", False)))
+
+    def _ranges(self, keep: Callable) -> list[tuple[int, int]]:
+        """This rank's shard coordinates of the parameters for which keep(param) is true."""
+        ranges = (self._local_range(start, end) for p, start, end in self.segments if keep(p))
+        return [r for r in ranges if r is not None]
 
     def _local_range(self, start: int, end: int) -> tuple[int, int] | None:
         """[start, end) of the flat buffer in this rank's shard coordinates, or None."""
@@ -101,17 +118,41 @@ class DistributedOptimizer:
         denom = (self.exp_avg_sq.sqrt() / bias2 ** 0.5).add_(eps)
         self.master.addcdiv_(self.exp_avg, denom, value=-lr / bias1)
 
+    def unscale_and_clip(self, grad: torch.Tensor) -> bool:
+        """Divide this rank's gradient shard by the loss scale and clip it by the global norm, in
+        place; False (and the scaler told) when any rank found inf or NaN: skip the step."""
+        if self.loss_scaler is not None:
+            grad.mul_(1.0 / self.loss_scaler.scale)
+            flag = (~torch.isfinite(grad)).any().float().reshape(1)
+            all_reduce(flag, self.ctx, "world", op=dist.ReduceOp.MAX)
+            self.loss_scaler.update(bool(flag.item()))
+            if flag.item():
+                self.skipped_steps += 1
+                return False
+        if self.grad_clip > 0:
+            square = sum((grad[lo:hi].double().pow(2).sum() for lo, hi in self.norm_ranges),
+                         torch.zeros((), dtype=torch.float64, device=grad.device)).reshape(1)
+            self.last_grad_norm = all_reduce(square, self.ctx, "world").sqrt().item()
+            coef = self.grad_clip / (self.last_grad_norm + 1e-6)  # torch's clip_grad_norm_ rule
+            if coef < 1.0:
+                grad.mul_(coef)
+        return True
+
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self) -> bool:
         """Average the gradients over dp (reduce-scatter), update this rank's shard (AdamW on the
-        fp32 master), then all-gather the shards into every replica's parameters."""
+        fp32 master), then all-gather the shards into every replica's parameters. Returns False
+        when the loss scaler skipped the step."""
         ### BEGIN SOLUTION
         flat = self.flat_grads().div_(self.ctx.dp_size)                 # (N_pad,)
         grad = reduce_scatter(flat, self.ctx, "dp", phase="optimizer")   # (N_pad/dp,) my shard
+        if not self.unscale_and_clip(grad):
+            return False
         self.adamw_update(grad)
         gathered = all_gather(self.master.to(self.dtype), self.ctx, "dp", dim=0,
                               phase="optimizer")                        # (N_pad,)
         self.flat_params.copy_(gathered)
+        return True
         ### END SOLUTION
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -130,3 +171,13 @@ class DistributedOptimizer:
             return 0 if shared else t.untyped_storage().nbytes()
         return {"master weights": owned(self.master), "exp_avg": owned(self.exp_avg),
                 "exp_avg_sq": owned(self.exp_avg_sq)}
+
+
+def _pipeline_duplicates(module, ctx: ParallelContext) -> set[int]:
+    """ids of the parameters counted on another stage: the last pipeline stage's copy of the
+    embedding tied to its output layer (pipeline chunks mark themselves is_first / is_last)."""
+    if ctx.pp_size == 1:
+        return set()
+    modules = module if isinstance(module, (list, tuple)) else [module]
+    return {id(m.lm_head.weight) for m in modules
+            if getattr(m, "is_last", False) and not getattr(m, "is_first", False)}
