@@ -1,11 +1,14 @@
 """minimt.parallel: processes and process groups (launch, ParallelContext), the communication
-primitives (comm), Megatron's tensor-parallel layers (tensor, cross_entropy) and pipeline
-schedules with their runtime (pipeline, pipeline_runtime)."""
+primitives (comm, and the ring algorithm in ring), Megatron's tensor-parallel layers (tensor,
+cross_entropy), pipeline schedules with their runtime (pipeline, pipeline_runtime), data
+parallelism and ZeRO-1 (data_parallel, zero) and checkpoints that change layout (checkpoint)."""
 from .comm import (
     CommCounter,
     CommRecord,
     all_gather,
     all_reduce,
+    all_reduce_async,
+    broadcast,
     copy_to_tensor_model_parallel_region,
     gather_from_tensor_model_parallel_region,
     isend,
@@ -13,6 +16,8 @@ from .comm import (
     recv_backward,
     recv_forward,
     reduce_from_tensor_model_parallel_region,
+    reduce_scatter,
+    ring_bytes_per_rank,
     scatter_to_tensor_model_parallel_region,
     send,
     send_backward,
@@ -32,3 +37,6 @@ from .pipeline_runtime import (ActionCost, GPTStage, StepRecord, build_stages, p
 from .cross_entropy import vocab_parallel_cross_entropy
 from .tensor import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
                      VocabParallelLMHead, apply_tensor_parallel, gather_vocab_parallel_logits)
+from .ring import ring_all_gather, ring_all_reduce, ring_reduce_scatter
+from .data_parallel import DistributedDataParallel, unique_parameters
+from .zero import DistributedOptimizer

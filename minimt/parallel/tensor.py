@@ -111,7 +111,7 @@ class VocabParallelLMHead(nn.Module):
 
     @property
     def weight(self) -> nn.Parameter:
-        """The tied weight, (V_pad/tp, C): the embedding's own Parameter."""
+        """The shared (V_pad/tp, C) weight, as nn.Linear's `.weight` (tied-gradient code uses it)."""
         return self.embedding.weight
 
     def forward(self, x):                                             # (B, T, C)
