@@ -26,6 +26,7 @@ from .parallel.context import ParallelContext
 from .parallel.grads import MeshGradients
 from .parallel.layout import MeshModel
 from .parallel.pipeline import SCHEDULES
+from .parallel.zero import DistributedOptimizer
 from .precision import DynamicLossScaler, MixedPrecisionOptimizer
 
 AUTOCAST_DTYPES = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -219,16 +220,26 @@ class Trainer:
         self.ctx = ctx or ParallelContext(device=cfg.device)
         self.device = self.ctx.device
         self.mesh = MeshModel(model, self.ctx, cfg.batch_size, cfg.schedule, cfg.num_microbatches,
-                              cfg.num_chunks, AUTOCAST_DTYPES[cfg.dtype] or torch.float32)
+                              cfg.num_chunks, AUTOCAST_DTYPES[cfg.dtype] or torch.float32,
+                              zero=cfg.zero)
         self.model = model
         self.grads = MeshGradients(self.ctx)
-        self.optimizer = configure_adamw(self.mesh.module, cfg)
         if loss_scaler == "auto":
             loss_scaler = DynamicLossScaler() if "float16" in (cfg.dtype, cfg.autocast_dtype) else None
-        self.mixed = cfg.dtype is not None or loss_scaler is not None
-        if self.mixed:  # fp32 master weights (16-bit models), loss scaling, mesh-aware checks
-            self.optimizer = MixedPrecisionOptimizer(self.optimizer, loss_scaler,
-                                                     clip_grad=cfg.grad_clip or None, grads=self.grads)
+        self.loss_scaler = loss_scaler
+        # who clips and skips: ZeRO-1's optimizer and MixedPrecisionOptimizer do it in step()
+        self.optimizer_checks = cfg.zero or cfg.dtype is not None or loss_scaler is not None
+        if cfg.zero:  # AdamW on this rank's 1/dp shard (fp32 master for 16-bit weights)
+            self.optimizer = DistributedOptimizer(
+                self.mesh.chunks, self.ctx, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
+                weight_decay=cfg.weight_decay, decay_filter=lambda p: p.dim() >= 2,
+                grad_clip=cfg.grad_clip, loss_scaler=loss_scaler)
+        elif self.optimizer_checks:  # fp32 master weights, loss scaling, mesh-aware checks
+            self.optimizer = MixedPrecisionOptimizer(configure_adamw(self.mesh.module, cfg),
+                                                     loss_scaler, clip_grad=cfg.grad_clip or None,
+                                                     grads=self.grads)
+        else:
+            self.optimizer = configure_adamw(self.mesh.module, cfg)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.iter_num = 0
         self.history = {"train": [], "val": [], "train_eval": []}
@@ -236,14 +247,14 @@ class Trainer:
         self.last_step_skipped = False  # True when loss scaling found inf/NaN and skipped a step
 
     @property
-    def adamw(self) -> torch.optim.AdamW:
-        """The AdamW underneath (inside MixedPrecisionOptimizer for 16-bit training)."""
-        return self.optimizer.optimizer if self.mixed else self.optimizer
+    def param_groups(self) -> list[dict]:
+        """The optimizer's parameter groups (for the learning rate), whichever wraps AdamW."""
+        return getattr(self.optimizer, "optimizer", self.optimizer).param_groups
 
     @property
     def loss_scale(self) -> float:
         """The current loss scale S (1.0 without loss scaling)."""
-        return self.optimizer.scale if self.mixed else 1.0
+        return 1.0 if self.loss_scaler is None else self.loss_scaler.scale
 
     def forward_backward(self) -> torch.Tensor | None:
         """The gradient_accumulation_steps micro-steps of one optimizer step: each draws the
@@ -251,11 +262,12 @@ class Trainer:
         last pipeline stage). Gradients are complete (tied, averaged) afterwards."""
         cfg = self.config
         losses = []
-        for _ in range(cfg.gradient_accumulation_steps):
+        for k in range(cfg.gradient_accumulation_steps):
             x, y = self.get_batch("train", cfg.batch_size, self.block_size, self.generator)
             x, y = self.mesh.local_batch(x, y)                        # (B/dp, T)
             with autocast_context(self.device, cfg.autocast_dtype):
-                loss = self.mesh.forward_backward(x, y, self.loss_scale)
+                loss = self.mesh.forward_backward(x, y, self.loss_scale,
+                                                  last=k == cfg.gradient_accumulation_steps - 1)
             if loss is not None:
                 losses.append(loss.float())
         # mean of k equal micro-batch means = mean over the whole k*B batch
@@ -266,12 +278,13 @@ class Trainer:
         """One optimizer step over gradient_accumulation_steps micro-batches; returns the mean
         micro-batch loss of the global batch as a 0-d tensor (no .item(): no device sync)."""
         cfg = self.config
-        for group in self.adamw.param_groups:
+        for group in self.param_groups:
             group["lr"] = cfg.lr(self.iter_num)
         self.optimizer.zero_grad()
         loss = self.forward_backward()
-        if self.mixed:  # unscale, overflow check, clip, step, copy back to 16 bits
+        if self.optimizer_checks:  # unscale, overflow check, clip, step (ZeRO: sync the grads)
             self.last_step_skipped = not self.optimizer.step()
+            self.last_grad_norm = getattr(self.optimizer, "last_grad_norm", None)
         else:
             if cfg.grad_clip > 0:
                 self.last_grad_norm = self.grads.clip_grad_norm(self.mesh.parameters(),

@@ -1,5 +1,6 @@
-"""The one Trainer on every layout: tensor, pipeline (each schedule), data parallel, their 3D mix and
-16-bit weights train the serial model's losses and end with its weights, on real gloo ranks.
+"""The one Trainer on every layout: tensor, pipeline (each schedule), data parallel (DDP and ZeRO-1),
+their 3D mix and 16-bit weights train the serial model's losses and end with its weights, on real
+gloo ranks.
 
 Each rank trains its share with `Trainer(..., ctx=ctx)`, then trains the serial model alone with
 the same seed and batches, cuts the same share out of it (slicing, no communication) and compares
@@ -43,10 +44,11 @@ def _layout_vs_serial(ctx, layout):
     serial_eval = serial.evaluate()
     moved = max((p - q).abs().max().item() for p, q in zip(serial.model.parameters(),
                                                           fresh_model().parameters()))
-    # the same share of the trained serial model: slice it as the layout does (no communication)
+    # the same share of the trained serial model: slice it as the layout does (zero=True: no
+    # DDP wrapper, so no communication)
     share = MeshModel(serial.model, ctx, serial.config.batch_size, trainer.config.schedule,
                       trainer.config.num_microbatches, trainer.config.num_chunks,
-                      dtype=next(serial.model.parameters()).dtype).module
+                      dtype=next(serial.model.parameters()).dtype, zero=True).module
     gaps = {}
     for (name, mine), (_, ref) in zip(trainer.mesh.module.named_parameters(),
                                       share.named_parameters()):
@@ -60,7 +62,10 @@ LAYOUTS = [
     (dict(pp=2), dict(schedule="gpipe", num_microbatches=4)),
     (dict(pp=2), dict(schedule="interleaved", num_chunks=2, num_microbatches=2)),
     (dict(dp=2), dict(gradient_accumulation_steps=2)),
+    (dict(dp=2), dict(zero=True)),
     (dict(tp=2, pp=2, dp=2), dict(schedule="1f1b")),
+    (dict(tp=2, pp=2, dp=2), dict(schedule="interleaved", num_chunks=2, num_microbatches=2,
+                                  zero=True)),
 ]
 
 

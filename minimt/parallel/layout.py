@@ -3,11 +3,14 @@
 `MeshModel(model, ctx, ...)` takes the serial GPT (built identically on every rank from one seed)
 and turns it into this rank's part: tensor parallelism slices its weights (apply_tensor_parallel),
 pipeline parallelism keeps this rank's chunks of blocks (GPTStage), data parallelism gives each
-replica 1/dp of every batch and averages the gradients. `forward_backward` runs one micro-step
-(a pipeline schedule when pp > 1), `finish_gradients` completes the gradients once per optimizer
+replica 1/dp of every batch and averages the gradients (DistributedDataParallel, or ZeRO-1's
+DistributedOptimizer, which does it in its step). `forward_backward` runs one micro-step (a
+pipeline schedule when pp > 1), `finish_gradients` completes the gradients once per optimizer
 step, and `loss` evaluates. With one rank all of it is the serial model's own forward/backward.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn as nn
@@ -15,6 +18,7 @@ import torch.nn as nn
 from ..model import GPT
 from . import comm
 from .context import ParallelContext, divide
+from .data_parallel import DistributedDataParallel
 from .pipeline import SCHEDULES, pipeline_schedule
 from .pipeline_runtime import (GPTStage, pipeline_forward, pipeline_step, stage_parameters, sync_tied_grads, tied_weight)
 from .tensor import apply_tensor_parallel
@@ -63,7 +67,8 @@ class MeshModel:
 
     def __init__(self, model: GPT, ctx: ParallelContext, batch_size: int,
                  schedule: str = "1f1b", num_microbatches: int | None = None,
-                 num_chunks: int = 1, dtype: torch.dtype = torch.float32):
+                 num_chunks: int = 1, dtype: torch.dtype = torch.float32, zero: bool = False,
+                 bucket_size_mb: float = 25.0):
         self.ctx, self.model = ctx, model
         self.num_microbatches = check_layout(model.config, ctx.tp_size, ctx.pp_size, ctx.dp_size,
                                              batch_size, schedule,
@@ -83,6 +88,14 @@ class MeshModel:
                                               num_chunks)
             if ctx.is_last_stage:  # the first stage counts the tied weight in the norm
                 tied_weight(self.stages, ctx).pipeline_duplicate = True
+        # ZeRO-1's optimizer averages the gradients itself; otherwise DDP does, in buckets
+        self.ddp = (DistributedDataParallel(self.stages or model, ctx, bucket_size_mb)
+                    if ctx.dp_size > 1 and not zero else None)
+
+    @property
+    def chunks(self):
+        """What the optimizer is built on: the model, or this rank's list of pipeline chunks."""
+        return self.stages or self.model
 
     def parameters(self) -> list[nn.Parameter]:
         """The parameters this rank holds and updates, each once."""
@@ -94,39 +107,37 @@ class MeshModel:
         start = self.ctx.dp_rank * rows
         return (x[start:start + rows].to(self.ctx.device), y[start:start + rows].to(self.ctx.device))
 
-    def forward_backward(self, x, y, scale: float = 1.0) -> torch.Tensor | None:
+    def forward_backward(self, x, y, scale: float = 1.0, last: bool = True) -> torch.Tensor | None:
         """Forward and backward of `scale` * the loss on this replica's rows (B/dp, T);
-        gradients accumulate. Returns the unscaled mean loss (0-d), None off the last stage."""
+        gradients accumulate. Returns the unscaled mean loss (0-d), None off the last stage.
+        DDP overlaps its all-reduces with the backward of the `last` micro-step of a serial
+        stack; a pipeline's schedule runs many backwards, so it syncs afterwards instead."""
         self.loss_fn.scale = scale
-        if self.stages is None:
-            _, loss = self.model(x, y)
-            loss.backward()
-            loss = loss.detach()
-        else:
-            record = pipeline_step(self.stages, self.schedule, self.ctx, x, y)
-            loss = None if record.loss is None else torch.tensor(record.loss, device=x.device)
+        overlap = self.ddp is not None and last and self.stages is None
+        with contextlib.nullcontext() if overlap or self.ddp is None else self.ddp.no_sync():
+            if self.stages is None:
+                _, loss = self.model(x, y)
+                loss.backward()
+                loss = loss.detach()
+            else:
+                record = pipeline_step(self.stages, self.schedule, self.ctx, x, y)
+                loss = None if record.loss is None else torch.tensor(record.loss, device=x.device)
         self.loss_fn.scale = 1.0
         return None if loss is None else loss / scale
 
     def finish_gradients(self, accumulation_steps: int = 1) -> None:
         """After the last micro-step: sum the tied weight's gradients between the first and last
-        stage, average the gradients over the data-parallel replicas, and divide by the number of
-        micro-steps (so the gradient is that of the mean loss over the whole global batch)."""
-        params = self.parameters()
+        stage, average over the data-parallel replicas where the backward has not (a pipeline),
+        and divide by the number of micro-steps (the gradient of the mean loss over the global
+        batch). ZeRO-1's optimizer averages over dp in its step."""
         if self.stages is not None:
             sync_tied_grads(self.stages, self.ctx)
-        grads = [p.grad for p in params if p.grad is not None]
-        if self.ctx.dp_size > 1 and grads:
-            flat = torch.cat([g.flatten() for g in grads])                    # one bucket
-            comm.all_reduce(flat, self.ctx, "dp", phase="backward")
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset:offset + g.numel()].view_as(g))
-                offset += g.numel()
-        divisor = self.ctx.dp_size * accumulation_steps
-        if divisor > 1:
-            for g in grads:
-                g.div_(divisor)
+            if self.ddp is not None:
+                self.ddp.sync_gradients()
+        if accumulation_steps > 1:
+            for p in self.parameters():
+                if p.grad is not None:
+                    p.grad.div_(accumulation_steps)
 
     @torch.no_grad()
     def loss(self, x, y) -> torch.Tensor | None:
