@@ -245,6 +245,7 @@ class Trainer:
         self.history = {"train": [], "val": [], "train_eval": []}
         self.last_grad_norm = None  # global gradient norm before clipping, of the last step
         self.last_step_skipped = False  # True when loss scaling found inf/NaN and skipped a step
+        self.progress_file = None  # where the progress bar goes (None: stderr)
 
     @property
     def param_groups(self) -> list[dict]:
@@ -277,21 +278,30 @@ class Trainer:
     def train_step(self) -> torch.Tensor:
         """One optimizer step over gradient_accumulation_steps micro-batches; returns the mean
         micro-batch loss of the global batch as a 0-d tensor (no .item(): no device sync)."""
-        cfg = self.config
-        for group in self.param_groups:
-            group["lr"] = cfg.lr(self.iter_num)
-        self.optimizer.zero_grad()
+        self.zero_grad()
         loss = self.forward_backward()
-        if self.optimizer_checks:  # unscale, overflow check, clip, step (ZeRO: sync the grads)
+        self.optimizer_step()
+        return self.mesh.global_mean(loss)
+
+    def zero_grad(self) -> None:
+        """Forget the last step's gradients and set this step's learning rate."""
+        for group in self.param_groups:
+            group["lr"] = self.config.lr(self.iter_num)
+        self.optimizer.zero_grad()
+
+    def optimizer_step(self) -> None:
+        """Clip (over the whole mesh) and step; with loss scaling or ZeRO-1 the optimizer also
+        unscales, checks for inf/NaN on every rank and skips the step if any (ZeRO: after
+        averaging the gradients over dp itself)."""
+        if self.optimizer_checks:
             self.last_step_skipped = not self.optimizer.step()
             self.last_grad_norm = getattr(self.optimizer, "last_grad_norm", None)
         else:
-            if cfg.grad_clip > 0:
+            if self.config.grad_clip > 0:
                 self.last_grad_norm = self.grads.clip_grad_norm(self.mesh.parameters(),
-                                                                cfg.grad_clip)
+                                                                self.config.grad_clip)
             self.optimizer.step()
         self.iter_num += 1
-        return self.mesh.global_mean(loss)
 
     def evaluate(self, eval_iters: int | None = None) -> dict[str, float]:
         """Mean loss over eval_iters batches of each split. The batches come from a generator
@@ -331,7 +341,7 @@ class Trainer:
         self.mesh.module.train()
         pending = []  # (iter, 0-d loss tensor) not yet turned into floats
         bar = tqdm(total=stop - self.iter_num, disable=not cfg.progress or self.ctx.rank != 0,
-                   desc="train")
+                   desc="train", file=self.progress_file, mininterval=1.0)
         while self.iter_num < stop:
             if evaluate and self.iter_num % cfg.eval_interval == 0:
                 if not self.history["val"] or self.history["val"][-1][0] != self.iter_num:
