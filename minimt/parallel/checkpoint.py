@@ -50,15 +50,18 @@ def _modules(model) -> list[nn.Module]:
 
 def local_parameters(model) -> list[tuple[str, nn.Parameter, bool]]:
     """(serial name, parameter, is_tied_copy) of every parameter this rank holds, each once.
-    is_tied_copy marks a last pipeline stage's copy of the embedding (the output layer)."""
-    out, seen = [], set()
+    is_tied_copy marks a last pipeline stage's copy of the embedding (its output layer): a
+    parameter reachable only as lm_head.weight (or lm_head.embedding.weight under tp)."""
+    names: dict[int, list[str]] = {}
+    params: dict[int, nn.Parameter] = {}
     for module in _modules(model):
-        for name, param in module.named_parameters():
-            if id(param) in seen:
-                continue
-            seen.add(id(param))
-            tied = name in ("lm_head.weight", "lm_head.embedding.weight")
-            out.append((EMBEDDING if tied else name, param, tied))
+        for name, param in module.named_parameters(remove_duplicate=False):
+            names.setdefault(id(param), []).append(name)
+            params[id(param)] = param
+    out = []
+    for key, param in params.items():
+        own = [n for n in names[key] if not n.startswith("lm_head.")]
+        out.append((own[0] if own else EMBEDDING, param, not own))
     return out
 
 
