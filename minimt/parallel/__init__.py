@@ -8,6 +8,7 @@ from .comm import (
     all_gather,
     all_reduce,
     all_reduce_async,
+    barrier,
     broadcast,
     copy_to_tensor_model_parallel_region,
     gather_from_tensor_model_parallel_region,
@@ -40,3 +41,6 @@ from .tensor import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbed
 from .ring import ring_all_gather, ring_all_reduce, ring_reduce_scatter
 from .data_parallel import DistributedDataParallel, unique_parameters
 from .zero import DistributedOptimizer
+from .checkpoint import (checkpoint_to_hf_gpt2_state_dict, full_state_dict, load_checkpoint,
+                         load_serial_model, read_checkpoint, save_checkpoint)
+from .mesh import build_mesh_model, bytes_per_step, rank_holdings, stage_numel

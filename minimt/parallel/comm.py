@@ -156,6 +156,12 @@ def broadcast(tensor: torch.Tensor, ctx: ParallelContext, group: str, src: int =
     return tensor
 
 
+def barrier(ctx: ParallelContext, group: str = "world") -> None:
+    """Wait until every rank of the group got here (no data: nothing is recorded)."""
+    if ctx.size(group) > 1:
+        dist.barrier(group=ctx.group(group))
+
+
 def ring_bytes_per_rank(kind: str, nbytes: float, n: int) -> float:
     """Bytes one rank sends for a collective over n ranks on a tensor of `nbytes` (the whole one)
     in the ring algorithm: a reduce-scatter or an all-gather passes n-1 chunks of nbytes/n around
