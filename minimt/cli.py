@@ -15,7 +15,7 @@ import torch
 from .config import PRESETS, GPTConfig
 from .data import char_dataset
 from .generate import stream
-from .model import GPT
+from .model import GPT, param_count
 from .parallel import LaunchTimeout, ParallelContext, RankError, launch
 from .parallel.checkpoint import load_serial_model, read_checkpoint, save_checkpoint
 from .parallel.layout import check_layout
@@ -96,7 +96,7 @@ def _train_rank(ctx, args) -> dict:
     torch.manual_seed(args.seed)
     trainer = Trainer(GPT(GPTConfig.from_preset(args.preset)), data, train_settings(args), ctx=ctx)
     if ctx.rank == 0:
-        print(f"training {args.preset} ({trainer.model.num_params() / 1e6:.2f}M parameters) on "
+        print(f"training {args.preset} ({param_count(trainer.model.config) / 1e6:.2f}M parameters) on "
               f"tp={ctx.tp_size} pp={ctx.pp_size} dp={ctx.dp_size}{' + ZeRO-1' if args.zero else ''}"
               f" ({ctx.backend or 'one process'}, {ctx.device}), global batch {args.batch_size}, "
               f"{args.dtype}", flush=True)
@@ -144,7 +144,8 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely")
     parser.add_argument("--top-p", type=float, default=None,
                         help="sample among the most likely tokens holding probability p")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the sampling")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the sampling (every rank "
+                        "draws the same numbers, so tensor-parallel ranks pick the same tokens)")
     return parser
 
 
@@ -157,17 +158,16 @@ def _generate_rank(ctx, args) -> str:
         apply_tensor_parallel(model, ctx)
     model.to(ctx.device).eval()
     ids = torch.tensor([tokenizer.encode(args.prompt)], device=ctx.device)  # (1, T)
-    budget = model.config.block_size - ids.shape[1]
-    if budget < args.max_new_tokens:
-        raise ValueError(f"the prompt has {ids.shape[1]} tokens and the model's context is "
-                         f"{model.config.block_size}: ask for at most {budget} new tokens")
     text = args.prompt
     if ctx.rank == 0:
         print(args.prompt, end="", flush=True)
-    for tokens in stream(model, ids, args.max_new_tokens, do_sample=args.do_sample,
-                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                         seed=args.seed):
-        piece = tokenizer.decode(tokens.tolist())
+    torch.manual_seed(args.seed)  # the same draws on every rank, whatever building the model took
+    for _ in range(args.max_new_tokens):  # one token at a time: the context slides past block_size
+        window = ids[:, 1 - model.config.block_size:]                        # (1, < block_size)
+        token = next(stream(model, window, 1, do_sample=args.do_sample,
+                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p))
+        ids = torch.cat((ids, token[:, None]), dim=1)                        # (1, T + 1)
+        piece = tokenizer.decode(token.tolist())
         text += piece
         if ctx.rank == 0:
             print(piece, end="", flush=True)

@@ -344,12 +344,6 @@ def exchange(tensor: torch.Tensor, peer: int, ctx: ParallelContext,
     return _send_and_recv(tensor, peer, tensor.shape, tensor.dtype, ctx, phase, phase)
 
 
-def barrier(ctx: ParallelContext, group: str) -> None:
-    """Wait until every rank of the named group arrives (no payload, so nothing is recorded)."""
-    if ctx.size(group) > 1:
-        dist.barrier(group=ctx.group(group))
-
-
 def send_forward_recv_backward(output: torch.Tensor, shape, ctx: ParallelContext,
                                dtype=torch.float32) -> torch.Tensor | None:
     """1F1B steady state: send activations to the next stage while receiving its gradient."""

@@ -58,6 +58,7 @@ class GPTStage(nn.Module):
             self.lm_head = model.lm_head  # tied to wte: the same Parameter when both are here
             self.loss_fn = model.loss_fn
         self.transformer = nn.ModuleDict(parts)
+        self.config = model.config  # a dataclass, not a module: what checkpoints record
         self.num_layers, self.n_embd = len(layers), model.config.n_embd
 
     def forward(self, x, targets=None):
