@@ -8,8 +8,7 @@ from minimt.model import GPT
 from minimt.parallel import ParallelContext, RankError, launch
 from minimt.parallel.pipeline import (Action, bubble_fraction, peak_in_flight, pipeline_schedule)
 from minimt.parallel.pipeline_runtime import (ActionCost, GPTStage, build_stages, pipeline_step,
-                                              sync_tied_grads,
-                                              pipeline_train_step, stage_layers,
+                                              sync_tied_grads, stage_layers,
                                               stage_parameters,
                                               timeline_from_records)
 
@@ -60,7 +59,10 @@ def train_every_schedule(ctx):
         schedule = pipeline_schedule(kind, ctx.pp_size, m, v)
         losses, grads = [], None
         for idx, targets in batches():
-            record = pipeline_train_step(stages, optimizer, schedule, ctx, idx, targets)
+            optimizer.zero_grad(set_to_none=True)
+            record = pipeline_step(stages, schedule, ctx, idx, targets)
+            sync_tied_grads(stages, ctx)
+            optimizer.step()
             grads = grads or {n: p.grad.clone() for n, p in params.items()}
             losses.append(record.loss)
         out[(kind, m, v)] = (losses, grads, {n: p.detach().clone() for n, p in params.items()},

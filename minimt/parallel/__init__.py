@@ -33,7 +33,7 @@ from .pipeline import (SCHEDULES, Action, ScheduleDeadlockError, ScheduleError, 
                        peak_in_flight, pipeline_schedule, simulate, validate_schedule)
 from .pipeline_runtime import (ActionCost, GPTStage, StepRecord, build_stages, pipeline_step,
                                stage_parameters,
-                               pipeline_train_step, stage_layers, sync_tied_grads,
+                               stage_layers, sync_tied_grads,
                                timeline_from_records)
 from .cross_entropy import vocab_parallel_cross_entropy
 from .tensor import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,

@@ -165,7 +165,7 @@ def pipeline_step(stages, schedule, ctx, idx, targets,
 
     idx, targets: the whole batch (B, T); B must be divisible by the schedule's micro-batches.
     The first stage reads idx, the last targets. Call `optimizer.zero_grad()` before, and
-    `sync_tied_grads` after, as the training loop `pipeline_train_step` does.
+    `sync_tied_grads` after, as the Trainer does (minimt.parallel.layout.MeshModel).
     """
     validate_schedule(schedule)  # refuse a schedule that would deadlock, before any message
     p, m, v = schedule_shape(schedule)
@@ -276,16 +276,6 @@ def sync_tied_grads(stages, ctx) -> None:
 def tied_weight(stages, ctx) -> nn.Parameter:
     """This rank's copy of the tied embedding / output weight (first or last pipeline stage)."""
     return stages[0].transformer.wte.weight if ctx.is_first_stage else stages[-1].lm_head.weight
-
-
-def pipeline_train_step(stages, optimizer, schedule, ctx, idx, targets,
-                        cost: ActionCost | None = None) -> StepRecord:
-    """One optimizer step: zero the gradients, run the schedule, sum the tied gradients, step."""
-    optimizer.zero_grad(set_to_none=True)
-    record = pipeline_step(stages, schedule, ctx, idx, targets, cost)
-    sync_tied_grads(stages, ctx)
-    optimizer.step()
-    return record
 
 
 def timeline_from_records(records) -> Timeline:
