@@ -228,7 +228,8 @@ class Trainer:
             loss_scaler = DynamicLossScaler() if "float16" in (cfg.dtype, cfg.autocast_dtype) else None
         self.loss_scaler = loss_scaler
         # who clips and skips: ZeRO-1's optimizer and MixedPrecisionOptimizer do it in step()
-        self.optimizer_checks = cfg.zero or cfg.dtype is not None or loss_scaler is not None
+        self.mixed_precision = cfg.dtype is not None or loss_scaler is not None
+        self.optimizer_checks = cfg.zero or self.mixed_precision
         if cfg.zero:  # AdamW on this rank's 1/dp shard (fp32 master for 16-bit weights)
             self.optimizer = DistributedOptimizer(
                 self.mesh.chunks, self.ctx, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
@@ -365,7 +366,9 @@ class Trainer:
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Write model, optimizer, iteration, configs, history and RNG states to `path`
-        atomically (a temp file in the same folder, then os.replace): a crash leaves the old file."""
+        atomically (a temp file in the same folder, then os.replace): a crash leaves the old file.
+        One process only; a mesh writes minimt.parallel.checkpoint's layout-free checkpoints."""
+        self._refuse_mesh("save_checkpoint")
         model_config = getattr(self.model, "config", None)
         state = {
             "model": self.model.state_dict(),
@@ -390,6 +393,7 @@ class Trainer:
     def load_checkpoint(self, path: str | os.PathLike) -> dict:
         """Restore a checkpoint written by save_checkpoint into this trainer (same model shape);
         training then continues exactly as if never stopped. Returns the raw checkpoint dict."""
+        self._refuse_mesh("load_checkpoint")
         state = load_checkpoint(path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -398,6 +402,13 @@ class Trainer:
         self.generator.set_state(state["rng"]["batch"])
         torch.set_rng_state(state["rng"]["torch"])
         return state
+
+
+    def _refuse_mesh(self, what: str) -> None:
+        if self.ctx.world_size > 1 or self.mixed_precision:
+            raise ValueError(f"Trainer.{what} writes one process's fp32 state; on a mesh or in 16 "
+                             f"bits use minimt.parallel.checkpoint.{what}(directory, "
+                             f"trainer.mesh.chunks, trainer.optimizer, ctx), which any layout reads")
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

@@ -103,3 +103,14 @@ def test_a_layout_that_does_not_divide_gets_a_clear_error(sizes, batch, layout, 
     with pytest.raises(ValueError, match=message):
         check_layout(CONFIG, *sizes, batch, **layout)
     assert check_layout(CONFIG, 2, 2, 2, 16) == 4  # default: 2 * pp micro-batches
+
+
+def _save_on_a_mesh(ctx, path):
+    trainer = Trainer(fresh_model(), dataset(), train_config(), ctx=ctx)
+    trainer.save_checkpoint(path)
+
+
+def test_the_one_file_checkpoint_refuses_a_mesh_and_names_the_one_that_works(tmp_path):
+    from minimt.parallel import RankError
+    with pytest.raises(RankError, match="minimt.parallel.checkpoint.save_checkpoint"):
+        launch(_save_on_a_mesh, str(tmp_path / "x.pt"), dp=2, timeout_s=30)
