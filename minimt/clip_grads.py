@@ -23,18 +23,15 @@ def grad_device(pairs) -> torch.device:
 
 
 def local_norm_power(grads, norm_type: float = 2.0) -> torch.Tensor:
-    """(1,) tensor: sum of g^2 over `grads` in float64 (norm_type 2), or max |g| (norm_type inf)."""
+    """(1,) float64 tensor: the sum of g^2 over `grads` (norm_type 2, so that ranks can add their
+    sums) or max |g| (norm_type inf), from torch's fused per-tensor norms."""
     grads = list(grads)
-    device = grads[0].device if grads else torch.device("cpu")
-    if norm_type == float("inf"):
-        return max((g.detach().abs().max().double() for g in grads),
-                   default=torch.tensor(0.0, dtype=torch.float64, device=device)).reshape(1)
-    if norm_type != 2.0:
+    if norm_type not in (2.0, float("inf")):
         raise ValueError(f"norm_type={norm_type} is not supported; use 2.0 or float('inf')")
-    total = torch.zeros(1, dtype=torch.float64, device=device)
-    for g in grads:
-        total += g.detach().double().pow(2).sum()
-    return total
+    if not grads:
+        return torch.zeros(1, dtype=torch.float64)
+    norm = torch.nn.utils.get_total_norm(grads, norm_type, foreach=True).double().reshape(1)
+    return norm if norm_type == float("inf") else norm.pow(2)
 
 
 def get_grad_norm(params: Iterable[torch.Tensor], norm_type: float = 2.0) -> float:
@@ -44,14 +41,14 @@ def get_grad_norm(params: Iterable[torch.Tensor], norm_type: float = 2.0) -> flo
 
 
 def scale_to_max_norm(params, total_norm: float, max_norm: float) -> float:
-    """Multiply the gradients by max_norm / total_norm when that is below 1 (as
-    torch.nn.utils.clip_grad_norm_, with its 1e-6); returns total_norm."""
+    """Multiply the gradients by max_norm / (total_norm + 1e-6) when that is below 1 (the rule
+    of torch.nn.utils.clip_grad_norm_); returns total_norm."""
     if not max_norm > 0:
         raise ValueError(f"max_norm={max_norm} must be positive (leave clipping out instead)")
-    clip_coef = max_norm / (total_norm + 1e-6)
-    if clip_coef < 1.0:
-        for _, g in grads_of(params):
-            g.detach().mul_(clip_coef)
+    pairs = grads_of(params)
+    if pairs:
+        torch.nn.utils.clip_grads_with_norm_([p for p, _ in pairs], max_norm,
+                                             torch.tensor(total_norm), foreach=True)
     return total_norm
 
 
