@@ -186,3 +186,44 @@ def test_loading_refuses_another_model(saved):
     other = GPT(CONFIG.replace(n_layer=2))
     with pytest.raises(ValueError, match="differs"):
         load_checkpoint(directory, other, None, ParallelContext())
+
+
+def test_bf16_master_weights_move_between_zero_and_mixed_precision_adamw(tmp_path):
+    """A serial bf16 model with MixedPrecisionOptimizer(AdamW) saves its fp32 masters and moments;
+    ZeRO-1 on 2 ranks loads them (its shards equal the saved masters), steps once and saves; the
+    serial optimizer loads that back with the masters ZeRO wrote."""
+    from minimt.precision import MixedPrecisionOptimizer
+    torch.manual_seed(0)
+    model = GPT(CONFIG).to(torch.bfloat16)
+    opt = MixedPrecisionOptimizer(torch.optim.AdamW(model.parameters(), lr=LR))
+    model(*batch(0))[1].backward()
+    opt.step()
+    save_checkpoint(tmp_path / "serial", model, opt, ParallelContext(), step=1)
+    _, _, saved_state = read_checkpoint(tmp_path / "serial")
+    names = [n for n, _ in model.named_parameters()]
+    saved_master = torch.cat([saved_state[n]["master"].flatten() for n in names])
+    assert saved_state[names[0]]["master"].dtype == torch.float32
+
+    def zero_side(ctx):
+        torch.manual_seed(5)
+        replica = GPT(CONFIG).to(torch.bfloat16)
+        zero = DistributedOptimizer(replica, ctx, lr=LR)
+        load_checkpoint(tmp_path / "serial", replica, zero, ctx)
+        loaded = zero.master.clone()
+        replica(*(t.chunk(2)[ctx.dp_rank] for t in batch(1)))[1].backward()
+        zero.step()
+        save_checkpoint(tmp_path / "zero", replica, zero, ctx, step=2)
+        return loaded, zero.shard_start, zero.num_steps
+
+    results = launch(zero_side, dp=2, timeout_s=60)
+    loaded = torch.cat([master for master, _, _ in results])[:saved_master.numel()]
+    assert torch.equal(loaded, saved_master) and results[0][2] == 2
+    torch.manual_seed(7)
+    again = GPT(CONFIG).to(torch.bfloat16)
+    opt2 = MixedPrecisionOptimizer(torch.optim.AdamW(again.parameters(), lr=LR))
+    load_checkpoint(tmp_path / "zero", again, opt2, ParallelContext())
+    _, weights, state = read_checkpoint(tmp_path / "zero")
+    for (name, p), master in zip(again.named_parameters(), opt2.master_params):
+        assert torch.equal(p, weights[name]) and torch.equal(master, state[name]["master"]), name
+        inner = opt2.optimizer.state[master]
+        assert torch.equal(inner["exp_avg"], state[name]["exp_avg"]) and inner["step"].item() == 2
