@@ -9,10 +9,11 @@ import torch
 
 from minimt.config import GPTConfig
 from minimt.model import GPT
-from minimt.parallel import (DistributedOptimizer, ParallelContext, all_reduce, build_mesh_model,
-                             checkpoint_to_hf_gpt2_state_dict, full_state_dict, launch,
-                             load_checkpoint, load_serial_model, pipeline_schedule,
-                             pipeline_train_step, read_checkpoint, save_checkpoint)
+from minimt.parallel import (DistributedDataParallel, DistributedOptimizer, ParallelContext,
+                             all_reduce, build_mesh_model, checkpoint_to_hf_gpt2_state_dict,
+                             full_state_dict, launch, load_checkpoint, load_serial_model,
+                             pipeline_schedule, pipeline_step, pipeline_train_step,
+                             read_checkpoint, save_checkpoint, sync_tied_grads, unique_parameters)
 
 CONFIG = GPTConfig(vocab_size=40, block_size=8, n_layer=4, n_head=4, n_embd=16, bias=True,
                    gelu_approximate="tanh")
@@ -179,6 +180,43 @@ def test_an_unfinished_save_leaves_the_last_checkpoint(saved, tmp_path):
     (copy / ".tmp-iter_0000004" / "model_pp0.pt").write_bytes(b"partial")
     meta, _, _ = read_checkpoint(copy)
     assert meta["step"] == 2
+
+
+def _train_ddp(ctx, steps, save_dir):
+    """The same two steps with DDP + torch.optim.AdamW (no ZeRO), then a checkpoint."""
+    stages = build_mesh_model(CONFIG, ctx, seed=0)
+    ddp = DistributedDataParallel(stages, ctx)
+    params = unique_parameters(stages)
+    opt = torch.optim.AdamW([{"params": [p for p in params if decays(p)]},
+                             {"params": [p for p in params if not decays(p)], "weight_decay": 0.0}],
+                            lr=LR, weight_decay=0.1, foreach=False)
+    schedule = pipeline_schedule("1f1b", ctx.pp_size, 2)
+    for step in range(steps):
+        x, y = (t.chunk(ctx.dp_size)[ctx.dp_rank] for t in batch(step))
+        opt.zero_grad()
+        with ddp.no_sync():
+            pipeline_step(stages, schedule, ctx, x, y)
+        sync_tied_grads(stages, ctx)
+        ddp.sync_gradients()
+        opt.step()
+    save_checkpoint(save_dir, ddp, opt, ctx, step=steps, extra={"note": "resume here"})
+
+
+def test_a_checkpoint_without_zero_loads_into_zero(saved, tmp_path):
+    """(2,2,2) with DDP + AdamW writes the same weights and Adam moments as (2,2,2) with ZeRO-1
+    (1e-6: the same arithmetic, summed in another order); (4,1,2) with ZeRO-1 resumes from it with
+    the uninterrupted losses."""
+    directory, losses = saved
+    launch(_train_ddp, 2, str(tmp_path), tp=2, pp=2, dp=2, timeout_s=120)
+    meta, weights, state = read_checkpoint(tmp_path)
+    assert meta["layout"] == {"tp": 2, "pp": 2, "dp": 2, "zero": False}
+    _, zero_weights, zero_state = read_checkpoint(directory)
+    for name in zero_weights:
+        assert torch.allclose(weights[name], zero_weights[name], atol=1e-6, rtol=0), name
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.allclose(state[name][key], zero_state[name][key], atol=1e-6), (name, key)
+    resumed = launch(_train, 2, 4, str(tmp_path), None, None, tp=4, pp=1, dp=2, timeout_s=120)
+    assert last_stage_losses(resumed) == pytest.approx(losses[2:], abs=1e-5)
 
 
 def test_loading_refuses_another_model(saved):
