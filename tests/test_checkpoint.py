@@ -12,7 +12,7 @@ from minimt.model import GPT
 from minimt.parallel import (DistributedDataParallel, DistributedOptimizer, ParallelContext,
                              all_reduce, build_mesh_model, checkpoint_to_hf_gpt2_state_dict,
                              full_state_dict, launch, load_checkpoint, load_serial_model,
-                             pipeline_schedule, pipeline_step, pipeline_train_step,
+                             pipeline_schedule, pipeline_step,
                              read_checkpoint, save_checkpoint, sync_tied_grads, unique_parameters)
 
 CONFIG = GPTConfig(vocab_size=40, block_size=8, n_layer=4, n_head=4, n_embd=16, bias=True,
@@ -44,7 +44,10 @@ def _train(ctx, first_step, last_step, load_dir=None, save_dir=None, save_at=Non
     losses = []
     for step in range(first_step, last_step):
         x, y = (t.chunk(ctx.dp_size)[ctx.dp_rank] for t in batch(step))
-        record = pipeline_train_step(stages, opt, schedule, ctx, x, y)
+        opt.zero_grad()
+        record = pipeline_step(stages, schedule, ctx, x, y)
+        sync_tied_grads(stages, ctx)
+        opt.step()
         if ctx.is_last_stage:
             losses.append((all_reduce(torch.tensor([record.loss]), ctx, "dp") / ctx.dp_size).item())
         if save_dir and save_at == step + 1:

@@ -8,7 +8,7 @@ from minimt.config import GPTConfig
 from minimt.model import GPT
 from minimt.parallel import (CommCounter, DistributedDataParallel, DistributedOptimizer,
                              all_reduce, build_mesh_model, bytes_per_step, full_state_dict, launch,
-                             pipeline_schedule, pipeline_step, pipeline_train_step, rank_holdings,
+                             pipeline_schedule, pipeline_step, rank_holdings,
                              stage_numel, sync_tied_grads, unique_parameters)
 
 CONFIG = GPTConfig(vocab_size=40, block_size=8, n_layer=4, n_head=4, n_embd=16)
@@ -50,7 +50,10 @@ def _mesh_run(ctx):
     for step in range(STEPS):
         x, y = (t.chunk(ctx.dp_size)[ctx.dp_rank] for t in batch(step))
         with CommCounter() as counter:
-            record = pipeline_train_step(stages, opt, schedule, ctx, x, y)
+            opt.zero_grad()
+            record = pipeline_step(stages, schedule, ctx, x, y)
+            sync_tied_grads(stages, ctx)
+            opt.step()
         counters.append({g: counter.bytes(group=g, kind=k) for g, k in
                          (("tp", "all_reduce"), ("pp", "send"), ("dp", None))})
         if ctx.is_last_stage:  # the global batch's loss: the mean over data-parallel replicas
