@@ -268,3 +268,8 @@ def test_bf16_master_weights_move_between_zero_and_mixed_precision_adamw(tmp_pat
         assert torch.equal(p, weights[name]) and torch.equal(master, state[name]["master"]), name
         inner = opt2.optimizer.state[master]
         assert torch.equal(inner["exp_avg"], state[name]["exp_avg"]) and inner["step"].item() == 2
+
+
+def test_a_folder_without_a_checkpoint_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no 'latest'"):
+        read_checkpoint(tmp_path)
