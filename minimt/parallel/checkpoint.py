@@ -172,9 +172,10 @@ def save_checkpoint(directory, model, optimizer, ctx: ParallelContext, step: int
                     layout=dict(tp=ctx.tp_size, pp=ctx.pp_size, dp=ctx.dp_size,
                                 zero=isinstance(optimizer, DistributedOptimizer)),
                     dtype=dtype, has_optimizer=state is not None,
-                    param_groups=[{k: v for k, v in g.items() if k != "params"}
-                                  for g in getattr(optimizer, "param_groups", [])])
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=list))
+                    param_groups=[{k: v for k, v in g.items() if k != "params"} for g in
+                                  getattr(getattr(optimizer, "optimizer", optimizer),
+                                          "param_groups", [])])
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
     barrier(ctx)
     if ctx.rank == 0:
         if final.exists():  # re-saving a step: move the old one aside first
