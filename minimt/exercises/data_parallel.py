@@ -166,8 +166,8 @@ TASKS = [
          _check_ring_reduce_scatter),
     Task("07.2", 3, "write DistributedDataParallel._on_grad_ready: count a bucket down and launch "
          "every ready bucket in order", "minimt.parallel.data_parallel:"
-         "DistributedDataParallel._on_grad_ready", "notebook 07, section 3", _check_ddp_hook),
+         "DistributedDataParallel._on_grad_ready", "notebook 07, section 2", _check_ddp_hook),
     Task("07.3", 3, "write DistributedOptimizer.step: reduce-scatter, AdamW on your shard, "
-         "all-gather", "minimt.parallel.zero:DistributedOptimizer.step", "notebook 07, section 4",
+         "all-gather", "minimt.parallel.zero:DistributedOptimizer.step", "notebook 07, section 3",
          _check_zero_step),
 ]
