@@ -227,7 +227,7 @@ def load_checkpoint(directory, model, optimizer, ctx: ParallelContext,
     meta, weights, state = read_checkpoint(directory)
     config = find_config(model, config)
     saved = GPTConfig(**meta["config"])
-    if saved != config:
+    if saved.replace(dropout=config.dropout) != config:  # dropout is a training setting
         raise ValueError(f"the checkpoint's model {saved} differs from this one {config}")
     for name, param, _ in local_parameters(model):
         param.copy_(shard(name, weights[name], param, ctx))
