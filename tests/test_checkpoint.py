@@ -9,11 +9,11 @@ import torch
 
 from minimt.config import GPTConfig
 from minimt.model import GPT
-from minimt.parallel import (DistributedOptimizer, ParallelContext, all_reduce, build_mesh_model,
-                             checkpoint_to_hf_gpt2_state_dict, full_state_dict, launch,
-                             load_checkpoint, load_serial_model, pipeline_schedule,
-                             pipeline_step, read_checkpoint, save_checkpoint,
-                             sync_tied_grads)
+from minimt.parallel import (DistributedDataParallel, DistributedOptimizer, ParallelContext,
+                             all_reduce, build_mesh_model, checkpoint_to_hf_gpt2_state_dict,
+                             full_state_dict, launch, load_checkpoint, load_serial_model,
+                             pipeline_schedule, pipeline_step,
+                             read_checkpoint, save_checkpoint, sync_tied_grads, unique_parameters)
 
 CONFIG = GPTConfig(vocab_size=40, block_size=8, n_layer=4, n_head=4, n_embd=16, bias=True,
                    gelu_approximate="tanh")
@@ -185,8 +185,110 @@ def test_an_unfinished_save_leaves_the_last_checkpoint(saved, tmp_path):
     assert meta["step"] == 2
 
 
+def _train_ddp(ctx, steps, save_dir):
+    """The same two steps with DDP + torch.optim.AdamW (no ZeRO), then a checkpoint."""
+    stages = build_mesh_model(CONFIG, ctx, seed=0)
+    ddp = DistributedDataParallel(stages, ctx)
+    params = unique_parameters(stages)
+    opt = torch.optim.AdamW([{"params": [p for p in params if decays(p)]},
+                             {"params": [p for p in params if not decays(p)], "weight_decay": 0.0}],
+                            lr=LR, weight_decay=0.1, foreach=False)
+    schedule = pipeline_schedule("1f1b", ctx.pp_size, 2)
+    for step in range(steps):
+        x, y = (t.chunk(ctx.dp_size)[ctx.dp_rank] for t in batch(step))
+        opt.zero_grad()
+        with ddp.no_sync():
+            pipeline_step(stages, schedule, ctx, x, y)
+        sync_tied_grads(stages, ctx)
+        ddp.sync_gradients()
+        opt.step()
+    save_checkpoint(save_dir, ddp, opt, ctx, step=steps, extra={"note": "resume here"})
+
+
+def test_a_checkpoint_without_zero_loads_into_zero(saved, tmp_path):
+    """(2,2,2) with DDP + AdamW writes the same weights and Adam moments as (2,2,2) with ZeRO-1
+    (1e-6: the same arithmetic, summed in another order); (4,1,2) with ZeRO-1 resumes from it with
+    the uninterrupted losses."""
+    directory, losses = saved
+    launch(_train_ddp, 2, str(tmp_path), tp=2, pp=2, dp=2, timeout_s=120)
+    meta, weights, state = read_checkpoint(tmp_path)
+    assert meta["layout"] == {"tp": 2, "pp": 2, "dp": 2, "zero": False}
+    _, zero_weights, zero_state = read_checkpoint(directory)
+    for name in zero_weights:
+        assert torch.allclose(weights[name], zero_weights[name], atol=1e-6, rtol=0), name
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.allclose(state[name][key], zero_state[name][key], atol=1e-6), (name, key)
+    resumed = launch(_train, 2, 4, str(tmp_path), None, None, tp=4, pp=1, dp=2, timeout_s=120)
+    assert last_stage_losses(resumed) == pytest.approx(losses[2:], abs=1e-5)
+
+
 def test_loading_refuses_another_model(saved):
     directory, _ = saved
     other = GPT(CONFIG.replace(n_layer=2))
     with pytest.raises(ValueError, match="differs"):
         load_checkpoint(directory, other, None, ParallelContext())
+
+
+def test_bf16_master_weights_move_between_zero_and_mixed_precision_adamw(tmp_path):
+    """A serial bf16 model with MixedPrecisionOptimizer(AdamW) saves its fp32 masters and moments;
+    ZeRO-1 on 2 ranks loads them (its shards equal the saved masters), steps once and saves; the
+    serial optimizer loads that back with the masters ZeRO wrote."""
+    from minimt.precision import MixedPrecisionOptimizer
+    torch.manual_seed(0)
+    model = GPT(CONFIG).to(torch.bfloat16)
+    opt = MixedPrecisionOptimizer(torch.optim.AdamW(model.parameters(), lr=LR))
+    model(*batch(0))[1].backward()
+    opt.step()
+    save_checkpoint(tmp_path / "serial", model, opt, ParallelContext(), step=1)
+    _, _, saved_state = read_checkpoint(tmp_path / "serial")
+    names = [n for n, _ in model.named_parameters()]
+    saved_master = torch.cat([saved_state[n]["master"].flatten() for n in names])
+    assert saved_state[names[0]]["master"].dtype == torch.float32
+
+    def zero_side(ctx):
+        torch.manual_seed(5)
+        replica = GPT(CONFIG).to(torch.bfloat16)
+        zero = DistributedOptimizer(replica, ctx, lr=LR)
+        load_checkpoint(tmp_path / "serial", replica, zero, ctx)
+        loaded = zero.master.clone()
+        replica(*(t.chunk(2)[ctx.dp_rank] for t in batch(1)))[1].backward()
+        zero.step()
+        save_checkpoint(tmp_path / "zero", replica, zero, ctx, step=2)
+        return loaded, zero.shard_start, zero.num_steps
+
+    results = launch(zero_side, dp=2, timeout_s=60)
+    loaded = torch.cat([master for master, _, _ in results])[:saved_master.numel()]
+    assert torch.equal(loaded, saved_master) and results[0][2] == 2
+    torch.manual_seed(7)
+    again = GPT(CONFIG).to(torch.bfloat16)
+    opt2 = MixedPrecisionOptimizer(torch.optim.AdamW(again.parameters(), lr=LR))
+    load_checkpoint(tmp_path / "zero", again, opt2, ParallelContext())
+    _, weights, state = read_checkpoint(tmp_path / "zero")
+    for (name, p), master in zip(again.named_parameters(), opt2.master_params):
+        assert torch.equal(p, weights[name]) and torch.equal(master, state[name]["master"]), name
+        inner = opt2.optimizer.state[master]
+        assert torch.equal(inner["exp_avg"], state[name]["exp_avg"]) and inner["step"].item() == 2
+
+
+def test_a_folder_without_a_checkpoint_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no 'latest'"):
+        read_checkpoint(tmp_path)
+
+
+def test_interleaved_chunks_save_and_load(tmp_path):
+    """pp 2 with 2 chunks per rank (virtual stages 0, 2 on rank 0 and 1, 3 on rank 1): the saved
+    state is the serial model's; loading it back into the chunks restores every tensor."""
+    def run(ctx):
+        stages = build_mesh_model(CONFIG, ctx, seed=0, num_chunks=2)
+        opt = DistributedOptimizer(stages, ctx, lr=LR)
+        save_checkpoint(tmp_path, stages, opt, ctx, step=0)
+        fresh = build_mesh_model(CONFIG, ctx, seed=3, num_chunks=2)
+        load_checkpoint(tmp_path, fresh, DistributedOptimizer(fresh, ctx, lr=LR), ctx)
+        return full_state_dict(fresh, ctx)
+    results = launch(run, pp=2, timeout_s=60)
+    torch.manual_seed(0)
+    serial = dict(GPT(CONFIG).named_parameters())
+    merged = {n: t for r in results for n, t in r.items()}
+    assert merged.keys() == serial.keys()
+    assert all(torch.equal(merged[n], serial[n]) for n in serial)
+    assert all(torch.equal(p, serial[n]) for n, p in load_serial_model(tmp_path).named_parameters())

@@ -265,3 +265,16 @@ def test_zero_clips_the_mesh_wide_norm_and_unscales(tp, dp):
         assert min(serial_norms) > 0.05  # clipping really happened
         for name, (got, expected) in pairs.items():
             assert torch.allclose(got, expected, atol=1e-6, rtol=0), name
+
+
+def test_clear_errors_for_bad_settings():
+    from minimt.parallel import ParallelContext
+    ctx = ParallelContext()
+    with pytest.raises(ValueError, match="bucket_size_mb"):
+        DistributedDataParallel(nn.Linear(2, 2), ctx, bucket_size_mb=0)
+    with pytest.raises(ValueError, match="betas"):
+        DistributedOptimizer(nn.Linear(2, 2), ctx, betas=(0.9, 1.0))
+    ddp = DistributedDataParallel(nn.Linear(2, 2), ctx)
+    with pytest.raises(RuntimeError, match="no_sync"):
+        with ddp.no_sync():
+            ddp.sync_gradients()

@@ -6,9 +6,10 @@ import torch
 
 from minimt.config import GPTConfig
 from minimt.model import GPT
-from minimt.parallel import (CommCounter, DistributedOptimizer, all_reduce, build_mesh_model,
-                             bytes_per_step, full_state_dict, launch, pipeline_schedule,
-                             pipeline_step, rank_holdings, stage_numel, sync_tied_grads)
+from minimt.parallel import (CommCounter, DistributedDataParallel, DistributedOptimizer,
+                             all_reduce, build_mesh_model, bytes_per_step, full_state_dict, launch,
+                             pipeline_schedule, pipeline_step, rank_holdings,
+                             stage_numel, sync_tied_grads, unique_parameters)
 
 CONFIG = GPTConfig(vocab_size=40, block_size=8, n_layer=4, n_head=4, n_embd=16)
 GLOBAL_BATCH, MICROBATCHES, STEPS, LR = 8, 2, 3, 1e-3
@@ -82,6 +83,45 @@ def test_3d_mesh_trains_like_the_serial_model():
     assert merged.keys() == expected.keys()
     for name, p in merged.items():
         assert torch.allclose(p, expected[name], atol=1e-6, rtol=0), name
+
+
+def _mesh_run_ddp(ctx):
+    """The same run with DistributedDataParallel + torch.optim.AdamW: the schedule's backwards
+    run under no_sync(), then one bucketed all-reduce of the accumulated gradients."""
+    stages = build_mesh_model(CONFIG, ctx, seed=0)
+    ddp = DistributedDataParallel(stages, ctx, bucket_size_mb=0.01)
+    params = unique_parameters(stages)
+    opt = torch.optim.AdamW([{"params": [p for p in params if decays(p)]},
+                             {"params": [p for p in params if not decays(p)], "weight_decay": 0.0}],
+                            lr=LR, weight_decay=0.1, foreach=False)
+    schedule = pipeline_schedule("1f1b", ctx.pp_size, MICROBATCHES)
+    losses = []
+    for step in range(STEPS):
+        x, y = (t.chunk(ctx.dp_size)[ctx.dp_rank] for t in batch(step))
+        opt.zero_grad()
+        with CommCounter() as counter:
+            with ddp.no_sync():
+                record = pipeline_step(stages, schedule, ctx, x, y)
+            sync_tied_grads(stages, ctx)
+            ddp.sync_gradients()
+        opt.step()
+        if ctx.is_last_stage:
+            losses.append((all_reduce(torch.tensor([record.loss]), ctx, "dp") / ctx.dp_size).item())
+    return losses, full_state_dict(stages, ctx), counter.count(group="dp"), len(ddp.buckets)
+
+
+def test_3d_mesh_with_ddp_trains_like_the_serial_model():
+    reference, serial_losses = serial_run()
+    expected = dict(reference.named_parameters())
+    merged = {}
+    for rank, (losses, params, num_reduces, num_buckets) in enumerate(
+            launch(_mesh_run_ddp, tp=2, pp=2, dp=2, timeout_s=120)):
+        if losses:
+            assert losses == pytest.approx(serial_losses, abs=1e-5)
+        assert num_reduces == num_buckets > 1
+        merged.update(params)
+    for name, p in expected.items():
+        assert torch.allclose(merged[name], p, atol=1e-6, rtol=0), name
 
 
 def test_rank_holdings_follow_megatrons_order():

@@ -123,10 +123,15 @@ def _optimizer_state(model, optimizer, ctx, config) -> tuple[dict, int]:
         per_param = {id(p): {key: t[where[id(p)][0]:where[id(p)][1]].view_as(p)
                              for key, t in flat.items()} for _, p, _ in params}
         step = optimizer.num_steps
-    else:
-        per_param = {id(p): {key: optimizer.state[p][key] for key in ("exp_avg", "exp_avg_sq")}
-                     for _, p, _ in params if p in optimizer.state}
-        steps = [int(optimizer.state[p]["step"]) for _, p, _ in params if p in optimizer.state]
+    else:  # torch.optim.AdamW, possibly inside minimt.precision's MixedPrecisionOptimizer
+        inner, masters = _inner_and_masters(optimizer, params)
+        per_param = {id(p): {key: inner.state[masters[id(p)]][key]
+                             for key in ("exp_avg", "exp_avg_sq")}
+                     for _, p, _ in params if masters[id(p)] in inner.state}
+        for _, p, _ in params:
+            if masters[id(p)] is not p and id(p) in per_param:
+                per_param[id(p)]["master"] = masters[id(p)].detach()
+        steps = [int(inner.state[m]["step"]) for m in masters.values() if m in inner.state]
         step = max(steps, default=0)
     state = {name: {key: unshard(name, t, p, ctx, config) for key, t in per_param[id(p)].items()}
              for name, p, tied in params if not tied and id(p) in per_param}
@@ -141,7 +146,8 @@ def _atomic_save(obj, path: Path) -> None:
 
 def save_checkpoint(directory, model, optimizer, ctx: ParallelContext, step: int = 0,
                     config: GPTConfig | None = None, extra: dict | None = None) -> Path:
-    """Write model (and optimizer: torch.optim.AdamW or DistributedOptimizer, or None) at `step`
+    """Write model (and optimizer: torch.optim.AdamW, alone or in minimt.precision's
+    MixedPrecisionOptimizer, or DistributedOptimizer, or None) at `step`
     into directory/iter_{step:07d} in the serial layout; collective: every rank calls it.
     Returns the step folder. `extra` (tensors, numbers, strings: e.g. RNG states) is rank 0's."""
     config = find_config(model, config)
@@ -166,9 +172,10 @@ def save_checkpoint(directory, model, optimizer, ctx: ParallelContext, step: int
                     layout=dict(tp=ctx.tp_size, pp=ctx.pp_size, dp=ctx.dp_size,
                                 zero=isinstance(optimizer, DistributedOptimizer)),
                     dtype=dtype, has_optimizer=state is not None,
-                    param_groups=[{k: v for k, v in g.items() if k != "params"}
-                                  for g in getattr(optimizer, "param_groups", [])])
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=list))
+                    param_groups=[{k: v for k, v in g.items() if k != "params"} for g in
+                                  getattr(getattr(optimizer, "optimizer", optimizer),
+                                          "param_groups", [])])
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
     barrier(ctx)
     if ctx.rank == 0:
         if final.exists():  # re-saving a step: move the old one aside first
@@ -220,7 +227,7 @@ def load_checkpoint(directory, model, optimizer, ctx: ParallelContext,
     meta, weights, state = read_checkpoint(directory)
     config = find_config(model, config)
     saved = GPTConfig(**meta["config"])
-    if saved != config:
+    if saved.replace(dropout=config.dropout) != config:  # dropout is a training setting
         raise ValueError(f"the checkpoint's model {saved} differs from this one {config}")
     for name, param, _ in local_parameters(model):
         param.copy_(shard(name, weights[name], param, ctx))
@@ -252,11 +259,24 @@ def _load_optimizer(model, optimizer, state: dict, weights: dict, num_steps: int
             getattr(optimizer, key).copy_(flat[key][mine])
         optimizer.num_steps = num_steps
         return
+    inner, masters = _inner_and_masters(optimizer, params)
     for name, param, _ in params:
-        optimizer.state[param] = {
+        master = masters[id(param)]
+        if master is not param:  # fp32 master of a 16-bit weight: the saved one, else the weight
+            master.copy_(shard(name, state[name].get("master", weights[name]), param, ctx))
+        inner.state[master] = {
             "step": torch.tensor(float(num_steps)),
             **{key: shard(name, state[name][key], param, ctx).clone()
                for key in ("exp_avg", "exp_avg_sq")}}
+
+
+def _inner_and_masters(optimizer, params) -> tuple[torch.optim.Optimizer, dict]:
+    """(the torch optimizer holding the state, {id(model param): the tensor it updates}): the
+    parameter itself, or its fp32 master inside a MixedPrecisionOptimizer."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    pairs = dict(zip(map(id, getattr(optimizer, "model_params", [])),
+                     getattr(optimizer, "master_params", [])))
+    return inner, {id(p): pairs.get(id(p), p) for _, p, _ in params}
 
 
 def load_serial_model(directory) -> GPT:

@@ -34,7 +34,7 @@ def build_mesh_model(config: GPTConfig, ctx: ParallelContext, seed: int = 0,
 def rank_holdings(config: GPTConfig, tp: int, pp: int, dp: int) -> list[dict]:
     """For every global rank (Megatron's order): its (dp, pp, tp) coordinates, the blocks it holds,
     whether it holds the embedding / final LayerNorm + output layer, and its tensor-parallel slice
-    of the attention heads and of the vocabulary."""
+    of the attention heads and of the vocabulary (real token ids; padding rows left out)."""
     out = []
     for rank in range(tp * pp * dp):
         d, p, t = rank_coords(rank, tp, pp, dp)
@@ -43,7 +43,7 @@ def rank_holdings(config: GPTConfig, tp: int, pp: int, dp: int) -> list[dict]:
         out.append(dict(rank=rank, dp=d, pp=p, tp=t, layers=stage_layers(config.n_layer, pp)[p],
                         embedding=p == 0, head=p == pp - 1,
                         heads=range(t * heads, (t + 1) * heads),
-                        vocab=range(t * vocab, (t + 1) * vocab)))
+                        vocab=range(t * vocab, min((t + 1) * vocab, config.vocab_size))))
     return out
 
 
