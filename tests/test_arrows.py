@@ -1,6 +1,7 @@
 """The package's arrows (docs: DESIGN.md), read from the source with `ast`: the serial core never
 imports `minimt.parallel`, no two modules import each other (directly or round a longer loop,
-lazy imports inside functions included), and only comm.py puts bytes on the wire."""
+lazy imports inside functions included), and only comm.py puts bytes on the wire (the exercise
+checkers call torch's collectives on purpose: they are the independent oracle)."""
 import ast
 import re
 from pathlib import Path
@@ -76,5 +77,5 @@ def test_only_comm_talks_to_torch_distributed_collectives():
     wire = re.compile(r"dist\.(send|recv|isend|irecv|all_reduce|all_gather|reduce_scatter|"
                       r"broadcast|batch_isend_irecv|P2POp|all_to_all)\b")
     for path in PACKAGE.rglob("*.py"):
-        if path.name != "comm.py":
+        if path.name != "comm.py" and "exercises" not in path.parts:  # checkers: torch's own
             assert not wire.search(path.read_text()), f"{path.name} bypasses comm's counter"
