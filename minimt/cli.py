@@ -100,7 +100,7 @@ def _train_rank(ctx, args) -> dict:
               f"tp={ctx.tp_size} pp={ctx.pp_size} dp={ctx.dp_size}{' + ZeRO-1' if args.zero else ''}"
               f" ({ctx.backend or 'one process'}, {ctx.device}), global batch {args.batch_size}, "
               f"{args.dtype}", flush=True)
-    if not _in_process(ctx):  # launch forwards a rank's output line by line
+    if not _in_process(ctx) and not _under_torchrun():  # launch forwards output line by line
         trainer.progress_file = ProgressLines(sys.stderr)
     history = trainer.train()
     optimizer = trainer.optimizer  # fp32 AdamW and ZeRO-1 save their state; MixedPrecision not
@@ -207,10 +207,14 @@ def _in_process(ctx) -> bool:
     return ctx.world_size == 1 and ctx.backend is None
 
 
+def _under_torchrun() -> bool:
+    return all(v in os.environ for v in TORCHRUN_VARIABLES)
+
+
 def _run(fn, args, tp: int, pp: int, dp: int, name: str) -> int:
     """fn(ctx, args) in this process for one rank (streamed output, a live progress bar), on
     forked ranks for a mesh, or on this process's rank under torchrun."""
-    if tp * pp * dp == 1 and not all(v in os.environ for v in TORCHRUN_VARIABLES):
+    if tp * pp * dp == 1 and not _under_torchrun():
         seed_everything(args.seed)
         device = "cuda" if args.backend != "gloo" and torch.cuda.is_available() else "cpu"
         fn(ParallelContext(device=device), args)
