@@ -12,6 +12,7 @@ from .comm import (
     broadcast,
     copy_to_tensor_model_parallel_region,
     gather_from_tensor_model_parallel_region,
+    exchange,
     isend,
     recv,
     recv_backward,
@@ -44,3 +45,5 @@ from .zero import DistributedOptimizer
 from .checkpoint import (checkpoint_to_hf_gpt2_state_dict, full_state_dict, load_checkpoint,
                          load_serial_model, read_checkpoint, save_checkpoint)
 from .mesh import build_mesh_model, bytes_per_step, rank_holdings, stage_numel
+from .grads import MeshGradients
+from .layout import MeshModel, check_layout
