@@ -1,7 +1,8 @@
 """minimt.parallel: processes and process groups (launch, ParallelContext), the communication
 primitives (comm, and the ring algorithm in ring), Megatron's tensor-parallel layers (tensor,
 cross_entropy), pipeline schedules with their runtime (pipeline, pipeline_runtime), data
-parallelism and ZeRO-1 (data_parallel, zero) and checkpoints that change layout (checkpoint)."""
+parallelism and ZeRO-1 (data_parallel, zero), checkpoints that change layout (checkpoint), and a
+rank's share of the model on the mesh with mesh-wide gradient checks (layout, grads)."""
 from .comm import (
     CommCounter,
     CommRecord,
@@ -11,8 +12,8 @@ from .comm import (
     barrier,
     broadcast,
     copy_to_tensor_model_parallel_region,
-    gather_from_tensor_model_parallel_region,
     exchange,
+    gather_from_tensor_model_parallel_region,
     isend,
     recv,
     recv_backward,
