@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from minimt import GPTConfig
-from minimt.clip_grads import clip_grad_norm, found_inf, get_grad_norm
+from minimt.clip_grads import clip_grad_norm, get_grad_norm
 from minimt.data import TokenDataset
 from minimt.formats import (FORMATS, cast, format_info, relative_rounding_error,
                             subnormal_fraction, underflow_fraction)
