@@ -178,10 +178,10 @@ def _generate_rank(ctx, args) -> str:
 
 def generate_main(argv: list[str]) -> int:
     args = generate_parser().parse_args(argv)
-    meta, _, _ = read_checkpoint(args.checkpoint)
     try:
+        meta, _, _ = read_checkpoint(args.checkpoint)
         check_layout(GPTConfig(**meta["config"]), args.tp, 1, 1, 1)
-    except ValueError as error:
+    except (FileNotFoundError, ValueError) as error:
         generate_parser().error(str(error))
     return _run(_generate_rank, args, args.tp, 1, 1, "generate")
 

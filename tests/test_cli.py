@@ -91,6 +91,12 @@ def test_a_layout_that_does_not_divide_is_refused_before_any_rank_starts(flags, 
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_generate_names_what_is_missing(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--checkpoint", str(tmp_path)])
+    assert "holds no checkpoint" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("parser", [train_parser(), generate_parser()])
 def test_help_explains_every_flag(parser):
     for action in parser._actions:
