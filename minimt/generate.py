@@ -73,10 +73,7 @@ class Decoder:
             mask, positions = padding_mask_and_positions(self.attention_mask, idx.shape[1])
         logits, _ = self.model(idx, kv_caches=self.caches, mask=mask, position_ids=positions)
         logits = logits[:, -1:, :]                                            # (B, 1, V or V/tp)
-        tp_ctx = getattr(self.model, "tp_ctx", None)
-        if tp_ctx is not None:  # tensor parallel: every rank gets the full row of logits
-            from .parallel.tensor import gather_vocab_parallel_logits
-            logits = gather_vocab_parallel_logits(logits, tp_ctx, self.model.config.vocab_size)
+        logits = self.model.gather_logits(logits)  # tensor parallel: every rank gets all of V
         return logits[:, 0, :].float()                                        # (B, V)
 
     def prefill(self):

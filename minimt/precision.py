@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from .clip_grads import clip_grad_norm, found_inf
+from . import clip_grads
 
 
 def to_fp32(x: float) -> float:
@@ -81,18 +81,18 @@ class MixedPrecisionOptimizer:
     copies instead (Megatron-LM's Float16OptimizerWithFloat16Params, simplified).
 
     step(): copy the 16-bit grads to fp32 master grads (and free the 16-bit ones), unscale by 1/S,
-    check for inf/NaN on every rank of `groups`, update the scaler, skip or clip + step, then copy
-    the master weights back into the 16-bit model. The optimizer state (Adam's m, v) is fp32 because
-    it is created for the fp32 master parameters.
+    check for inf/NaN, update the scaler, skip or clip + step, then copy the master weights back
+    into the 16-bit model. The optimizer state (Adam's m, v) is fp32 because it is created for the
+    fp32 master parameters. `grads` does the norm and the overflow check: `minimt.clip_grads`
+    (this process) by default, `minimt.parallel.grads.MeshGradients(ctx)` over a mesh.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, loss_scaler=None,
-                 clip_grad: float | None = None, tp_group=None, groups=None):
+                 clip_grad: float | None = None, grads=clip_grads):
         self.optimizer = optimizer
         self.loss_scaler = loss_scaler
         self.clip_grad = clip_grad
-        self.tp_group = tp_group
-        self.groups = groups if groups is not None else tp_group
+        self.grads = grads
         if optimizer.state:
             raise ValueError("wrap the optimizer before its first step: it already has state")
         self.model_params, self.master_params = [], []
@@ -103,8 +103,9 @@ class MixedPrecisionOptimizer:
                     master = p  # already fp32 (e.g. under torch.autocast): its own master
                 elif p.dtype in (torch.float16, torch.bfloat16):
                     master = p.detach().clone().float().requires_grad_(True)  # fp32 master weight
-                    if getattr(p, "tensor_model_parallel", False):
-                        master.tensor_model_parallel = True
+                    for mark in ("tensor_model_parallel", "pipeline_duplicate"):
+                        if getattr(p, mark, False):
+                            setattr(master, mark, True)
                 else:
                     raise ValueError(f"parameter of dtype {p.dtype}: MixedPrecisionOptimizer "
                                      "handles float16, bfloat16 and float32 parameters")
@@ -141,7 +142,7 @@ class MixedPrecisionOptimizer:
                 continue
             master.grad = p.grad.float().mul_(inv_scale)  # fp32 copy of the unscaled gradient
             p.grad = None  # the 16-bit gradient is not needed any more
-        overflow = found_inf(self.master_params, self.groups)
+        overflow = self.grads.found_inf(self.master_params)
         if self.loss_scaler is not None:
             self.loss_scaler.update(overflow)
         if overflow:
@@ -150,7 +151,7 @@ class MixedPrecisionOptimizer:
                 master.grad = None
             return False
         if self.clip_grad:
-            clip_grad_norm(self.master_params, self.clip_grad, self.tp_group)
+            self.grads.clip_grad_norm(self.master_params, self.clip_grad)
         self.optimizer.step()
         with torch.no_grad():
             for p, master in zip(self.model_params, self.master_params):

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from minimt import GPTConfig
-from minimt.clip_grads import clip_grad_norm, found_inf, get_grad_norm
+from minimt.clip_grads import clip_grad_norm, get_grad_norm
 from minimt.data import TokenDataset
 from minimt.formats import (FORMATS, cast, format_info, relative_rounding_error,
                             subnormal_fraction, underflow_fraction)
 from minimt.parallel.launch import launch
 from minimt.precision import (DynamicLossScaler, MixedPrecisionOptimizer, StaticLossScaler,
                               bytes_per_param, training_state_bytes)
+from minimt.parallel.grads import MeshGradients
 from minimt.precision_train import gradient_underflow, train_precision
 from minimt.train import TrainConfig
 
@@ -278,12 +279,13 @@ def _sharded_grads(ctx, inf_on_rank):
     w.grad = full_w[ctx.tp_rank * rows:(ctx.tp_rank + 1) * rows].clone()
     b = torch.nn.Parameter(torch.zeros(6))
     b.grad = bias_grad.clone()
-    norm = get_grad_norm([w, b], ctx.tp_group)
-    max_norm = get_grad_norm([w, b], ctx.tp_group, norm_type=math.inf)
-    clipped_from = clip_grad_norm([w, b], 1.0, ctx.tp_group)
+    mesh = MeshGradients(ctx)
+    norm = mesh.get_grad_norm([w, b])
+    max_norm = mesh.get_grad_norm([w, b], norm_type=math.inf)
+    clipped_from = mesh.clip_grad_norm([w, b], 1.0)
     if ctx.tp_rank == inf_on_rank:
         w.grad[0, 0] = math.inf
-    return norm, max_norm, clipped_from, w.grad.clone(), b.grad.clone(), found_inf([w, b], ctx.tp_group)
+    return norm, max_norm, clipped_from, w.grad.clone(), b.grad.clone(), mesh.found_inf([w, b])
 
 
 @pytest.mark.parametrize("tp", [2, 4])
@@ -311,7 +313,7 @@ def test_overflow_on_one_rank_skips_the_step_on_all():
 def _wrapped_step(ctx):
     w = torch.nn.Parameter(torch.ones(4, dtype=torch.float16))
     opt = MixedPrecisionOptimizer(torch.optim.SGD([w], lr=0.1), DynamicLossScaler(init_scale=8.0),
-                                  tp_group=ctx.tp_group)
+                                  grads=MeshGradients(ctx))
     w.grad = torch.full((4,), math.inf if ctx.tp_rank == 1 else 1.0, dtype=torch.float16)
     return opt.step(), opt.scale, w.detach().clone()
 
@@ -328,7 +330,7 @@ def _tp_gpt_grad_norm(ctx, config, x, y):
     torch.manual_seed(0)
     model = apply_tensor_parallel(GPT(config), ctx)
     model(x, y)[1].backward()
-    return get_grad_norm(model.parameters(), ctx.tp_group)
+    return MeshGradients(ctx).get_grad_norm(model.parameters())
 
 
 def test_grad_norm_of_the_tensor_parallel_gpt_equals_the_serial_norm():

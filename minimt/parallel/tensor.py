@@ -131,6 +131,11 @@ class VocabParallelLMHead(nn.Module):
         ids = torch.arange(embedding.vocab_start, embedding.vocab_end)
         self.register_buffer("is_padding", ids >= embedding.vocab_size, persistent=False)
 
+    @property
+    def weight(self) -> nn.Parameter:
+        """The shared (V_pad/tp, C) weight, as nn.Linear's `.weight` (tied-gradient code uses it)."""
+        return self.embedding.weight
+
     def forward(self, x):                                             # (B, T, C)
         if self.sequence_parallel:                                    # (B, T/tp, C) -> (B, T, C)
             x = gather_from_sequence_parallel_region(x, self.embedding.ctx)
@@ -168,18 +173,27 @@ def gather_vocab_parallel_logits(logits: torch.Tensor, ctx: ParallelContext,
     return gather_from_tensor_model_parallel_region(logits, ctx)[..., :vocab_size]
 
 
+def qkv_rank_major(t: torch.Tensor, tp: int) -> torch.Tensor:
+    """Fused [Q | K | V] rows (3C, ...) -> [Q_0 K_0 V_0 | Q_1 K_1 V_1 | ...]: a plain split into
+    tp row blocks then gives rank r its heads of Q, K and V."""
+    q, k, v = (part.chunk(tp, dim=0) for part in t.chunk(3, dim=0))
+    return torch.cat([torch.cat(ranks) for ranks in zip(q, k, v)])
+
+
+def qkv_part_major(t: torch.Tensor, tp: int) -> torch.Tensor:
+    """The inverse of `qkv_rank_major`: [Q_0 K_0 V_0 | Q_1 ...] (3C, ...) -> [Q | K | V]."""
+    per_rank = [block.chunk(3, dim=0) for block in t.chunk(tp, dim=0)]  # tp x (q_r, k_r, v_r)
+    return torch.cat([torch.cat([blocks[i] for blocks in per_rank]) for i in range(3)])
+
+
 def _split_qkv(c_attn: nn.Linear, ctx: ParallelContext) -> nn.Linear:
-    """Reorder the fused [Q | K | V] projection so a plain column split gives each rank its heads
-    of Q, then K, then V: [Q_0 K_0 V_0 | Q_1 K_1 V_1 | ...] for ranks 0, 1, ..."""
-    def regroup(t):                                                   # (3C, ...) -> (3C, ...)
-        q, k, v = (part.chunk(ctx.tp_size, dim=0) for part in t.chunk(3, dim=0))
-        return torch.cat([torch.cat(ranks) for ranks in zip(q, k, v)])
+    """The fused QKV projection with its rows in `qkv_rank_major` order, ready for a column split."""
     regrouped = nn.Linear(c_attn.in_features, c_attn.out_features, bias=c_attn.bias is not None,
                           device=c_attn.weight.device, dtype=c_attn.weight.dtype)
     with torch.no_grad():
-        regrouped.weight.copy_(regroup(c_attn.weight))
+        regrouped.weight.copy_(qkv_rank_major(c_attn.weight, ctx.tp_size))
         if c_attn.bias is not None:
-            regrouped.bias.copy_(regroup(c_attn.bias))
+            regrouped.bias.copy_(qkv_rank_major(c_attn.bias, ctx.tp_size))
     return regrouped
 
 
@@ -201,6 +215,8 @@ def apply_tensor_parallel(model, ctx: ParallelContext, sequence_parallel: bool =
     model.transformer.wte = embedding
     model.lm_head = VocabParallelLMHead(embedding, sequence_parallel=sp)
     model.loss_fn = functools.partial(vocab_parallel_cross_entropy, ctx=ctx)
+    model.gather_logits = functools.partial(gather_vocab_parallel_logits, ctx=ctx,
+                                            vocab_size=config.vocab_size)
     for block in model.transformer.h:
         block.attn.c_attn = ColumnParallelLinear(_split_qkv(block.attn.c_attn, ctx), ctx,
                                                  gather_output=False, sequence_parallel=sp)
