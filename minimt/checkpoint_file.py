@@ -37,10 +37,11 @@ def atomic_save(state: dict, path: str | os.PathLike) -> None:
             os.remove(tmp)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """A checkpoint dict, read with weights_only=True (plain tensors and containers, no pickled code)."""
+def read_file(path: str | os.PathLike, writer: str = "Trainer.save_checkpoint(path)"):
+    """torch.load(path, weights_only=True) on the CPU; a corrupt, truncated or code-holding file
+    is a ValueError naming `path` and `writer`, the call that writes a good one."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
@@ -49,7 +50,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
                   f"run (weights_only=True); save plain tensors, numbers and containers"
                   if found else "the file is corrupt or truncated (an interrupted save or copy?)")
         raise ValueError(f"cannot read the checkpoint {os.fspath(path)!r}: {reason}; write it "
-                         f"again with Trainer.save_checkpoint(path)") from None
+                         f"again with {writer}") from None
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint dict, read with weights_only=True (plain tensors and containers, no pickled code)."""
+    state = read_file(path)
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
     if missing and isinstance(state, dict) and all(isinstance(v, torch.Tensor)
                                                    for v in state.values()):
@@ -63,8 +69,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return state
 
 
-def check_same_model_config(path, saved: dict | None, config) -> None:
-    """Name the fields in which the checkpoint's model config differs from this model's."""
+def check_same_model_config(path, saved: dict | None, config,
+                            source: str = "load_checkpoint(path)['model_config']") -> None:
+    """Name the fields in which the checkpoint's model config differs from this model's;
+    `source` is the expression that gives the saved config's fields."""
     if saved is None or config is None:
         return
     current = asdict(config)
@@ -72,6 +80,6 @@ def check_same_model_config(path, saved: dict | None, config) -> None:
     if differ:
         was = ", ".join(f"{k}={saved.get(k)!r}" for k in differ)
         now = ", ".join(f"{k}={current.get(k)!r}" for k in differ)
-        raise ValueError(f"the checkpoint {os.fspath(path)!r} holds a model with {was}, but this "
-                         f"model has {now}: build the model with "
-                         f"GPTConfig(**load_checkpoint(path)['model_config']) before loading")
+        raise ValueError(f"the checkpoint {os.fspath(path)!r} holds a model that differs from "
+                         f"this one: it has {was}, this model {now}; build the model with "
+                         f"GPTConfig(**{source}) before loading")

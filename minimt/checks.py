@@ -109,17 +109,20 @@ def warn_once(message: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=level)
 
 
-def cli_number(kind: type = int, low: float = 1, low_open: bool = False):
-    """An argparse `type` for a number >= low (> low with low_open): a bad flag becomes argparse's
-    one-line usage error ("argument --tp: '0' is not an integer >= 1"), not a traceback."""
+def cli_number(kind: type = int, low: float = 1, low_open: bool = False,
+               high: float | None = None):
+    """An argparse `type` for a number >= low (> low with low_open, <= high if given): a bad flag
+    becomes argparse's one-line usage error ("argument --tp: '0' is not an integer >= 1")."""
     what = f"{'an integer' if kind is int else 'a number'} {'>' if low_open else '>='} {low:g}"
+    what += f" and <= {high:g}" if high is not None else ""
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or not math.isfinite(value) or value < low or (low_open and value == low):
+        if value is None or not math.isfinite(value) or value < low or (low_open and value == low) \
+                or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
         return value
     parse.__name__ = what

@@ -12,6 +12,7 @@ import sys
 
 import torch
 
+from .checks import cli_number
 from .config import PRESETS, GPTConfig
 from .data import char_dataset
 from .generate import stream
@@ -31,11 +32,12 @@ DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
 
 
 def _mesh_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size (splits heads, "
-                        "MLP and vocabulary; must divide n_head)")
+    parser.add_argument("--tp", type=cli_number(int, 1), default=1,
+                        help="tensor-parallel size (splits heads, MLP and vocabulary; must divide "
+                        "n_head)")
     parser.add_argument("--backend", choices=("gloo", "nccl"), default=None,
                         help="default: nccl with one GPU per rank, else gloo (CPU processes)")
-    parser.add_argument("--timeout-s", type=float, default=120.0,
+    parser.add_argument("--timeout-s", type=cli_number(float, 0, low_open=True), default=120.0,
                         help="how long a rank may wait on its peers before the run fails")
 
 
@@ -50,31 +52,34 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="nanogpt-shakespeare-cpu",
                         help="model shape (default: nanoGPT's shakespeare_char CPU recipe)")
     _mesh_options(parser)
-    parser.add_argument("--pp", type=int, default=1,
+    parser.add_argument("--pp", type=cli_number(int, 1), default=1,
                         help="pipeline-parallel size (stages of consecutive blocks)")
-    parser.add_argument("--dp", type=int, default=1, help="data-parallel size (replicas, each "
-                        "reading batch-size/dp sequences)")
+    parser.add_argument("--dp", type=cli_number(int, 1), default=1,
+                        help="data-parallel size (replicas, each reading batch-size/dp sequences)")
     parser.add_argument("--zero", action="store_true", help="ZeRO-1: shard the AdamW state over "
                         "the data-parallel replicas instead of copying it")
     parser.add_argument("--schedule", choices=SCHEDULES, default="1f1b",
                         help="pipeline schedule when --pp > 1")
-    parser.add_argument("--chunks", type=int, default=None, help="model chunks per pipeline rank "
-                        "for --schedule interleaved (default 2)")
-    parser.add_argument("--microbatches", type=int, default=None,
+    parser.add_argument("--chunks", type=cli_number(int, 1), default=None,
+                        help="model chunks per pipeline rank for --schedule interleaved "
+                        "(default 2)")
+    parser.add_argument("--microbatches", type=cli_number(int, 1), default=None,
                         help="pipeline micro-batches per step (default 2 x pp)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weights: fp32, "
                         "or bf16/fp16 with fp32 master weights (fp16 adds dynamic loss scaling)")
-    parser.add_argument("--batch-size", type=int, default=12,
+    parser.add_argument("--batch-size", type=cli_number(int, 1), default=12,
                         help="global batch: sequences per step over all replicas")
     parser.add_argument("--seed", type=int, default=1337,
                         help="seeds the initial weights and the batches")
-    parser.add_argument("--iters", type=int, required=True, help="optimizer steps")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    parser.add_argument("--warmup", type=int, default=None,
+    parser.add_argument("--iters", type=cli_number(int, 1), required=True, help="optimizer steps")
+    parser.add_argument("--lr", type=cli_number(float, 0, low_open=True), default=1e-3,
+                        help="peak learning rate")
+    parser.add_argument("--warmup", type=cli_number(int, 0), default=None,
                         help="warm-up steps (default: a tenth of --iters, at most 100)")
-    parser.add_argument("--eval-interval", type=int, default=250,
+    parser.add_argument("--eval-interval", type=cli_number(int, 1), default=250,
                         help="evaluate every this many steps (and at the end)")
-    parser.add_argument("--eval-iters", type=int, default=20, help="batches per evaluation")
+    parser.add_argument("--eval-iters", type=cli_number(int, 1), default=20,
+                        help="batches per evaluation")
     parser.add_argument("--out", required=True, help="checkpoint directory to write")
     return parser
 
@@ -135,14 +140,16 @@ def generate_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="directory written by train --out")
     parser.add_argument("--prompt", default="\n", help="text to continue")
-    parser.add_argument("--max-new-tokens", type=int, default=100, help="characters to generate")
+    parser.add_argument("--max-new-tokens", type=cli_number(int, 1), default=100,
+                        help="characters to generate")
     _mesh_options(parser)
     parser.add_argument("--do-sample", action="store_true",
                         help="sample instead of taking the most likely token")
-    parser.add_argument("--temperature", type=float, default=1.0,
+    parser.add_argument("--temperature", type=cli_number(float, 0, low_open=True), default=1.0,
                         help="divide the logits by this before sampling")
-    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely")
-    parser.add_argument("--top-p", type=float, default=None,
+    parser.add_argument("--top-k", type=cli_number(int, 0), default=None,
+                        help="sample among the k most likely")
+    parser.add_argument("--top-p", type=cli_number(float, 0, low_open=True, high=1), default=None,
                         help="sample among the most likely tokens holding probability p")
     parser.add_argument("--seed", type=int, default=0, help="seeds the sampling (every rank "
                         "draws the same numbers, so tensor-parallel ranks pick the same tokens)")
@@ -181,6 +188,8 @@ def generate_main(argv: list[str]) -> int:
     try:
         meta, _, _ = read_checkpoint(args.checkpoint)
         check_layout(GPTConfig(**meta["config"]), args.tp, 1, 1, 1)
+        if not char_dataset(CORPUS, byte_fallback=False)[0].encode(args.prompt):
+            raise ValueError("--prompt is empty: give at least one character to continue")
     except (FileNotFoundError, ValueError) as error:
         generate_parser().error(str(error))
     return _run(_generate_rank, args, args.tp, 1, 1, "generate")

@@ -15,6 +15,7 @@ from minimt.config import GPTConfig
 from minimt.hf_gpt2 import config_from_hf_gpt2, to_hf_gpt2_state_dict
 from minimt.model import GPT
 from minimt.parallel import ParallelContext, RankError, launch
+from minimt.parallel import checkpoint as mesh_checkpoint
 from minimt.parallel.tensor import apply_tensor_parallel
 from minimt.precision import DynamicLossScaler, StaticLossScaler
 from minimt.pruning import layer_sensitivity, magnitude_masks, sparsity_sweep
@@ -83,6 +84,24 @@ def hf_without(key):
     state = hf_gpt2().state_dict()
     del state[key]
     return state
+
+
+def mesh_checkpoint_dir(tmp, damage=None):
+    """A layout-free checkpoint (minimt.parallel.checkpoint) of GPT(CONFIG) in tmp/mesh, with
+    `damage` = (file name, bytes to write over it, or None to delete it)."""
+    folder = mesh_checkpoint.save_checkpoint(os.path.join(tmp, "mesh"), MODEL, None,
+                                             ParallelContext(), config=CONFIG)
+    if damage is not None:
+        name, content = damage
+        os.remove(folder / name)
+        if content is not None:
+            (folder / name).write_bytes(content)
+    return os.path.join(tmp, "mesh")
+
+
+def mesh_load(tmp, damage=None, config=CONFIG):
+    directory = mesh_checkpoint_dir(tmp, damage)
+    mesh_checkpoint.load_checkpoint(directory, GPT(config), None, ParallelContext())
 
 
 def tp_twice():
@@ -232,6 +251,18 @@ CASES = [
          checkpoint_file(t, "small.pt", "trainer")), ValueError,
      ["small.pt", "n_embd=8, n_layer=1", "n_embd=16, n_layer=2",
       "GPTConfig(**load_checkpoint(path)['model_config'])"]),
+    ("mesh checkpoint with a truncated shard",
+     lambda t: mesh_load(t, ("model_pp0.pt", b"PK\x03\x04 cut short")), ValueError,
+     ["cannot read the checkpoint", "model_pp0.pt", "corrupt or truncated",
+      "minimt.parallel.checkpoint.save_checkpoint"]),
+    ("mesh checkpoint without its shard", lambda t: mesh_load(t, ("model_pp0.pt", None)),
+     ValueError, ["lacks ['transformer.wte.weight'", "model_pp*.pt file is missing"]),
+    ("mesh checkpoint with a broken meta.json",
+     lambda t: mesh_load(t, ("meta.json", b'{"format": "minimt-ser')), ValueError,
+     ["meta.json is not valid JSON", "write it again with save_checkpoint"]),
+    ("mesh checkpoint of another config",
+     lambda t: mesh_load(t, config=CONFIG.replace(n_layer=2)), ValueError,
+     ["n_layer=1", "n_layer=2", "GPTConfig(**read_checkpoint(directory)[0]['config'])"]),
     ("checkpoint path is a folder", lambda t: trainer().save_checkpoint(t), IsADirectoryError,
      ["cannot write the checkpoint", "not a folder"]),
     ("checkpoint folder is a file",
@@ -352,12 +383,26 @@ def test_transformers_warns_for_the_same_sampling_arguments():
     (["tp-train", "--batch-size", "0"], "argument --batch-size: '0' is not an integer >= 1"),
     (["tp-train", "--lr", "0"], "argument --lr: '0' is not a number > 0"),
     (["tp-train", "--tolerance=-1"], "argument --tolerance: '-1' is not a number >= 0"),
+    (["train", "--iters", "0", "--out", "{tmp}"], "argument --iters: '0' is not an integer >= 1"),
+    (["train", "--iters", "5", "--lr", "fast", "--out", "{tmp}"],
+     "argument --lr: 'fast' is not a number > 0"),
+    (["train", "--iters", "5", "--dp", "0", "--out", "{tmp}"],
+     "argument --dp: '0' is not an integer >= 1"),
+    (["generate", "--checkpoint", "{tmp}", "--top-p", "1.5"],
+     "argument --top-p: '1.5' is not a number > 0 and <= 1"),
+    (["generate", "--checkpoint", "{tmp}", "--max-new-tokens", "-3"],
+     "argument --max-new-tokens: '-3' is not an integer >= 1"),
+    (["generate", "--checkpoint", "{checkpoint}", "--prompt", "naïve"],
+     "character 'ï' (U+00EF) is not in the vocabulary"),
+    (["generate", "--checkpoint", "{checkpoint}", "--prompt", ""],
+     "--prompt is empty: give at least one character"),
     pytest.param(["allreduce", "--backend", "nccl"], "backend='nccl' needs one GPU per rank",
                  marks=pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="has GPUs")),
 ])
-def test_bad_command_line_flags_print_one_line_and_exit_2(argv, flag, capsys):
+def test_bad_command_line_flags_print_one_line_and_exit_2(argv, flag, capsys, tmp_path):
     with pytest.raises(SystemExit) as info:
-        main(argv)
+        main([word.format(tmp=tmp_path, checkpoint=mesh_checkpoint_dir(str(tmp_path)))
+              if "{" in word else word for word in argv])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "[rank" not in err  # refused before any rank started

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoint_file import check_same_model_config, read_file
 from ..config import GPTConfig
 from ..model import GPT
 from .comm import all_gather, barrier
@@ -205,14 +206,18 @@ def checkpoint_folder(directory) -> Path:
 def read_checkpoint(directory) -> tuple[dict, dict, dict | None]:
     """(meta, {serial name: tensor}, {serial name: optimizer state} or None), all stages merged."""
     folder = checkpoint_folder(directory)
-    meta = json.loads((folder / "meta.json").read_text())
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except json.JSONDecodeError:
+        raise ValueError(f"{folder / 'meta.json'} is not valid JSON: the checkpoint is corrupt or "
+                         f"was cut short; write it again with save_checkpoint") from None
     if meta.get("format") != FORMAT:
         raise ValueError(f"{folder} is not a minimt checkpoint (format {meta.get('format')!r})")
 
     def merged(prefix):
         out = {}
         for path in sorted(folder.glob(f"{prefix}_pp*.pt")):
-            out.update(torch.load(path, map_location="cpu", weights_only=True))
+            out.update(read_file(path, "minimt.parallel.checkpoint.save_checkpoint"))
         return out
 
     return meta, merged("model"), merged("optim") if meta["has_optimizer"] else None
@@ -226,9 +231,13 @@ def load_checkpoint(directory, model, optimizer, ctx: ParallelContext,
     "extra" (the saved `extra`, or None)."""
     meta, weights, state = read_checkpoint(directory)
     config = find_config(model, config)
-    saved = GPTConfig(**meta["config"])
-    if saved.replace(dropout=config.dropout) != config:  # dropout is a training setting
-        raise ValueError(f"the checkpoint's model {saved} differs from this one {config}")
+    check_same_model_config(directory, {**meta["config"], "dropout": config.dropout}, config,
+                            "read_checkpoint(directory)[0]['config']")  # dropout: a training knob
+    missing = [name for name, _, _ in local_parameters(model) if name not in weights]
+    if missing:
+        raise ValueError(f"the checkpoint {os.fspath(directory)!r} lacks {missing[:3]}: a "
+                         f"model_pp*.pt file is missing or was cut short; write it again with "
+                         f"save_checkpoint")
     for name, param, _ in local_parameters(model):
         param.copy_(shard(name, weights[name], param, ctx))
     if optimizer is not None:
@@ -237,7 +246,7 @@ def load_checkpoint(directory, model, optimizer, ctx: ParallelContext,
         _load_optimizer(model, optimizer, state, weights, meta["optimizer_steps"], ctx)
     folder = checkpoint_folder(directory)
     extra = folder / "extra.pt"
-    meta["extra"] = torch.load(extra, weights_only=True) if extra.is_file() else None
+    meta["extra"] = read_file(extra, "save_checkpoint") if extra.is_file() else None
     return meta
 
 
