@@ -333,14 +333,11 @@ def reduce_scatter_to_sequence_parallel_region(x: torch.Tensor,
     return x if ctx.tp_size == 1 else _ReduceScatterToSequenceParallelRegion.apply(x, ctx)
 
 
-RING_FACTOR = {"all_reduce": 2, "all_gather": 1, "reduce_scatter": 1}  # times (n-1)/n of the bytes
-
-
-def ring_bytes_per_rank(records, group_size: int) -> float:
+def ring_bytes_of(records, group_size: int) -> float:
     """Bytes each rank sends for these collectives with ring algorithms on a group of
-    `group_size`: 2(n-1)/n of the bytes for an all-reduce, (n-1)/n for an all-gather or a
-    reduce-scatter. Compares plain and sequence-parallel tensor parallelism on equal terms."""
-    return sum(RING_FACTOR[r.kind] * r.bytes for r in records) * (group_size - 1) / group_size
+    `group_size` (`ring_bytes_per_rank` of each record). Compares plain and sequence-parallel
+    tensor parallelism on equal terms."""
+    return sum(ring_bytes_per_rank(r.kind, r.bytes, group_size) for r in records)
 
 
 # ---------------------------------------------------------------------------- point to point
