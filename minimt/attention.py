@@ -47,8 +47,9 @@ def scaled_dot_product_attention(q, k, v, mask=None, causal=False, dropout_p=0.0
     elif allowed is not None:
         scores = scores + allowed                                         # additive float mask
     weights = torch.softmax(scores, dim=-1)                               # (B, H, Tq, Tk)
-    # rows with no allowed key are NaN after softmax; torch gives zeros
-    weights = weights.masked_fill(scores == float("-inf"), 0.0)
+    if allowed is not None:  # rows with no allowed key are NaN after softmax; torch gives zeros
+        blocked = ~allowed if allowed.dtype == torch.bool else allowed == float("-inf")
+        weights = weights.masked_fill(blocked, 0.0)  # the mask's own shape: autograd saves it small
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     out = weights @ v                                                     # (B, H, Tq, D)

@@ -8,7 +8,7 @@ import torch
 
 from minimt import GPT, GPTConfig
 from minimt.parallel import CommCounter, launch
-from minimt.parallel.comm import ring_bytes_of
+from minimt.parallel.comm import ring_bytes_of_records
 from minimt.parallel.tensor import apply_tensor_parallel, gather_vocab_parallel_logits
 
 CONFIG = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32, bias=True)
@@ -77,8 +77,8 @@ def _count(ctx, sequence_parallel):
         loss.backward()
     grad_sync = [r for r in backward.select("all_reduce", "tp") if r.numel != B * T * CONFIG.n_embd]
     activations = [r for r in backward.records if r not in grad_sync or not sequence_parallel]
-    return {"forward": ring_bytes_of(forward.records, ctx.tp_size),
-            "backward": ring_bytes_of(activations, ctx.tp_size),
+    return {"forward": ring_bytes_of_records(forward.records, ctx.tp_size),
+            "backward": ring_bytes_of_records(activations, ctx.tp_size),
             "grad_sync_numel": sum(r.numel for r in grad_sync) if sequence_parallel else 0,
             "kinds": sorted({(r.kind, r.phase) for r in forward.records + backward.records}),
             "forward_gathers": forward.count("all_gather", "tp"),

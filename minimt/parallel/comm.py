@@ -333,10 +333,10 @@ def reduce_scatter_to_sequence_parallel_region(x: torch.Tensor,
     return x if ctx.tp_size == 1 else _ReduceScatterToSequenceParallelRegion.apply(x, ctx)
 
 
-def ring_bytes_of(records, group_size: int) -> float:
-    """Bytes each rank sends for these collectives with ring algorithms on a group of
-    `group_size` (`ring_bytes_per_rank` of each record). Compares plain and sequence-parallel
-    tensor parallelism on equal terms."""
+def ring_bytes_of_records(records, group_size: int) -> float:
+    """Bytes each rank sends for these recorded collectives with ring algorithms on a group of
+    `group_size` (`ring_bytes_per_rank` of each). Compares plain and sequence-parallel tensor
+    parallelism on equal terms."""
     return sum(ring_bytes_per_rank(r.kind, r.bytes, group_size) for r in records)
 
 
