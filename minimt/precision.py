@@ -49,6 +49,7 @@ class DynamicLossScaler:
 
     def update(self, found_inf: bool) -> None:
         """Adapt the scale after a step; found_inf says whether the gradients overflowed."""
+        ### BEGIN SOLUTION
         if found_inf:
             self.scale *= self.backoff_factor
             self.growth_tracker = 0
@@ -59,6 +60,7 @@ class DynamicLossScaler:
             if grown <= FP32_MAX:  # as GradScaler: a scale that would overflow fp32 is not taken
                 self.scale = grown
             self.growth_tracker = 0
+        ### END SOLUTION
 
 
 class MixedPrecisionOptimizer:
@@ -115,6 +117,7 @@ class MixedPrecisionOptimizer:
 
     def step(self) -> bool:
         """One update; returns False (and leaves the weights alone) when the step was skipped."""
+        ### BEGIN SOLUTION
         inv_scale = 1.0 / self.scale
         for p, master in zip(self.model_params, self.master_params):
             if master is p:
@@ -142,6 +145,7 @@ class MixedPrecisionOptimizer:
                 if master is not p:
                     p.copy_(master)  # round the fp32 master back to 16 bits for the next forward
         return True
+        ### END SOLUTION
 
 
 # Training-state bytes per parameter (weights, gradients, optimizer state; activations not counted).

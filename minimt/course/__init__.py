@@ -1,2 +1,75 @@
 """minimt.course: the course itself. Tasks the learner writes in the package, the student copy,
 the grader, catch-up for workshops and the rendered site (`python -m minimt.course --help`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..exercises.core import ExerciseError, unfinished
+
+
+def _task(task_id: str):
+    from ..exercises import all_tasks
+    tasks = {t.id: t for t in all_tasks()}
+    if task_id not in tasks:
+        raise ExerciseError(f"no task {task_id!r}; the tasks are {', '.join(tasks)}")
+    return tasks[task_id]
+
+
+def _as_exercise_error(task) -> None:
+    """Run a task's check; a stub's NotImplementedError becomes an ExerciseError saying what to write."""
+    try:
+        task.check()
+    except NotImplementedError as err:
+        raise unfinished(task.id, task.statement, task.target, task.section, str(err)) from None
+
+
+def check(task_id: str) -> None:
+    """Check task `task_id` ("03.2") against its oracle: one line when it passes, else an
+    ExerciseError naming the case, expected and got, and a hint (shown without a traceback in Jupyter)."""
+    _as_exercise_error(_task(task_id))
+
+
+def catch_up(task_id: str, pack: str | Path = "catch_up.json", root: str | Path | None = None,
+             force: bool = False) -> None:
+    """Paste task `task_id`'s solution from a catch-up pack (written by the host with
+    `python -m minimt.course pack FILE`) into this copy of the package, so you can go on.
+    Your own text in that region is kept in .catch_up/ next to the package; force=True is
+    needed to replace it. %autoreload 2 picks the change up in a running notebook."""
+    from . import regions
+    from .repo import repo_root, task_file, task_of_region
+    task = _task(task_id)
+    root = Path(root) if root is not None else repo_root()
+    pack_path = Path(pack)
+    if not pack_path.exists() and not pack_path.is_absolute():
+        pack_path = root / pack_path
+    if not pack_path.exists():
+        raise ExerciseError(f"no catch-up pack at {pack}: ask your host for the file (they write it "
+                            f"with `python -m minimt.course pack catch_up.json`)")
+    solved = json.loads(pack_path.read_text(encoding="utf-8"))["tasks"]
+    if task_id not in solved:
+        raise ExerciseError(f"the pack {pack_path.name} holds tasks {', '.join(solved)}, not {task_id}")
+    path = root / task_file(task)
+    text = path.read_text(encoding="utf-8")
+    mine = [r for r in regions.find_regions(text) if task_of_region(task_file(task), r, [task])]
+    theirs = solved[task_id]["regions"]
+    if [r.qualname for r in mine] != [r["qualname"] for r in theirs]:
+        raise ExerciseError(f"{task_file(task)}: the regions of task {task_id} are "
+                            f"{[r.qualname for r in mine]}, the pack has "
+                            f"{[r['qualname'] for r in theirs]}; restore the markers first")
+    written = [regions.body(text, r) for r in mine
+               if "NotImplementedError" not in regions.body(text, r)
+               and regions.body(text, r).strip() != theirs[mine.index(r)]["body"].strip()]
+    if written:
+        backup = root / ".catch_up" / f"{task_id}.py"
+        backup.parent.mkdir(exist_ok=True)
+        backup.write_text("\n\n".join(written) + "\n", encoding="utf-8")
+        if not force:
+            raise ExerciseError(f"task {task_id} already holds your own code (saved in {backup}); "
+                                f"catch_up({task_id!r}, force=True) replaces it")
+    path.write_text(regions.replace(text, {r: t["body"] for r, t in zip(mine, theirs)}),
+                    encoding="utf-8")
+    print(f"task {task_id}: solution pasted into {task_file(task)} ({task.statement})")
+
+
+__all__ = ["check", "catch_up", "ExerciseError"]

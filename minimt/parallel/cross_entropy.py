@@ -20,6 +20,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets, pctx):
+        ### BEGIN SOLUTION
         vocab_per_rank = logits.shape[-1]
         start = pctx.tp_rank * vocab_per_rank                      # first global id of my slice
 
@@ -46,14 +47,17 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         # 5. keep softmax and the target's position for the gradient
         ctx.save_for_backward(exp_logits / sum_exp.unsqueeze(-1), index, mine)
         return loss
+        ### END SOLUTION
 
     @staticmethod
     def backward(ctx, grad_loss):                                  # (B, T)
         # dloss/dz_j = softmax_j - [j == target]: local, no communication
+        ### BEGIN SOLUTION
         softmax, index, mine = ctx.saved_tensors
         grad = softmax.clone()                                     # (B, T, V/tp)
         grad.scatter_add_(-1, index, -mine.to(grad.dtype).unsqueeze(-1))
         return grad * grad_loss.unsqueeze(-1), None, None
+        ### END SOLUTION
 
 
 def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,

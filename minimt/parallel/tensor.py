@@ -48,9 +48,11 @@ class ColumnParallelLinear(nn.Module):
         self.bias = None if serial.bias is None else _shard(serial.bias, 0, ctx)  # (out/tp,)
 
     def forward(self, x):                                             # (B, T, in)
+        ### BEGIN SOLUTION
         x = copy_to_tensor_model_parallel_region(x, self.ctx)         # f
         y = F.linear(x, self.weight, self.bias)                       # (B, T, out/tp)
         return gather_from_tensor_model_parallel_region(y, self.ctx) if self.gather_output else y
+        ### END SOLUTION
 
 
 class RowParallelLinear(nn.Module):
@@ -67,10 +69,12 @@ class RowParallelLinear(nn.Module):
         self.bias = None if serial.bias is None else nn.Parameter(serial.bias.detach().clone())
 
     def forward(self, x):                                             # (B, T, in/tp) or (B, T, in)
+        ### BEGIN SOLUTION
         if not self.input_is_parallel:
             x = scatter_to_tensor_model_parallel_region(x, self.ctx)  # (B, T, in/tp)
         y = reduce_from_tensor_model_parallel_region(F.linear(x, self.weight), self.ctx)  # g
         return y if self.bias is None else y + self.bias              # (B, T, out)
+        ### END SOLUTION
 
 
 def padded_vocab_size(vocab_size: int, tp: int) -> int:
