@@ -57,9 +57,9 @@ def catch_up(task_id: str, pack: str | Path = "catch_up.json", root: str | Path 
         raise ExerciseError(f"{task_file(task)}: the regions of task {task_id} are "
                             f"{[r.qualname for r in mine]}, the pack has "
                             f"{[r['qualname'] for r in theirs]}; restore the markers first")
-    written = [regions.body(text, r) for r in mine
-               if "NotImplementedError" not in regions.body(text, r)
-               and regions.body(text, r).strip() != theirs[mine.index(r)]["body"].strip()]
+    untouched = (regions.stub(task, "").strip(), "raise NotImplementedError")
+    written = [regions.body(text, r) for r, t in zip(mine, theirs)
+               if regions.body(text, r).strip() not in (*untouched, t["body"].strip())]
     if written:
         backup = root / ".catch_up" / f"{task_id}.py"
         backup.parent.mkdir(exist_ok=True)

@@ -88,3 +88,65 @@ def main(argv: list[str]) -> int:
 def all_task_ids() -> list[str]:
     from ..exercises import all_tasks
     return [task.id for task in all_tasks()]
+
+
+def _code(line: str) -> str:
+    """A line's code without its indentation and trailing comment."""
+    return line.split("  #")[0].strip()
+
+
+def _outside_regions(root: Path) -> set[str]:
+    """Code lines of the package (checkers and course tools aside) outside any region: idioms
+    such as `with torch.no_grad():` that a solution shares with ordinary code."""
+    lines = set()
+    for rel in repo_files(root):
+        if rel.startswith("minimt/") and rel.endswith(".py") and not rel.startswith(
+                ("minimt/exercises/", "minimt/course/")):
+            text = (root / rel).read_text(encoding="utf-8")
+            inside = {i for r in regions.find_regions(text) for i in range(r.begin, r.end + 1)}
+            lines |= {_code(line) for i, line in enumerate(text.splitlines()) if i not in inside}
+    return lines
+
+
+def solution_lines(root: Path | None = None, min_length: int = 20) -> dict[str, str]:
+    """The distinctive code lines of every solution region of the repository at `root` (package
+    and notebooks), each mapped to where it comes from; short lines, and lines the package also
+    has outside any region, are left out."""
+    root = repo_root() if root is None else root
+    generic = _outside_regions(root)
+    found = {}
+    for rel in repo_files(root):
+        if not rel.endswith((".py", ".ipynb")):
+            continue
+        text = (root / rel).read_text(encoding="utf-8")
+        if regions.BEGIN not in text:
+            continue
+        sources = ([("".join(c["source"]), False) for c in json.loads(text)["cells"]
+                    if c["cell_type"] == "code"] if rel.endswith(".ipynb") else [(text, True)])
+        for source, python in sources:
+            for region in regions.find_regions(source, python):
+                for line in regions.body(source, region).splitlines():
+                    code = _code(line)
+                    if len(code) >= min_length and not code.startswith("#") and code not in generic:
+                        found[code] = f"{rel}: {region.qualname or 'a notebook cell'}"
+    return found
+
+
+def find_leaks(copy: Path, lines: dict[str, str], long_line: int = 40) -> list[str]:
+    """'file:line: text (solution of ...)' for each place in the copy that repeats solution code:
+    two consecutive solution lines, or one of at least `long_line` characters."""
+    leaks = []
+    for rel in repo_files(Path(copy)):
+        try:
+            text = (Path(copy) / rel).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        if rel.endswith(".ipynb"):
+            text = "\n".join("".join(c["source"]) for c in json.loads(text)["cells"])
+        codes = [_code(line) for line in text.splitlines()]
+        hits = [code in lines for code in codes]
+        for i, code in enumerate(codes):
+            paired = (i > 0 and hits[i - 1]) or (i + 1 < len(hits) and hits[i + 1])
+            if hits[i] and (paired or len(code) >= long_line):
+                leaks.append(f"{rel}:{i + 1}: {code} (solution of {lines[code]})")
+    return leaks

@@ -17,9 +17,8 @@ def _tril(rows: int, cols: int, diagonal: int = 0) -> torch.Tensor:
 
 def _attention_variant(q, k, v, mask, scale, softmax_dim=-1):
     """A common wrong version of attention, to recognise the learner's bug."""
-    scores = q @ k.transpose(-2, -1) * scale                              # (B, H, Tq, Tk)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale                 # (B, H, Tq, Tk)
+    scores = scores if mask is None else torch.where(mask, scores, float("-inf"))
     return torch.softmax(scores, dim=softmax_dim).nan_to_num(0.0) @ v    # (B, H, Tq, D)
 
 

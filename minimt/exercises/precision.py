@@ -187,10 +187,9 @@ def _master_case(name, make_optimizer, dtype, scale, clip, overflow_at, steps=4)
             if clip:
                 torch.nn.utils.clip_grad_norm_(reference, clip)
             reference_optimizer.step()
-        for p in model.parameters():
-            if p.grad is not None:
-                raise ExerciseError(f"{where}: the 16-bit gradients must be freed (p.grad = None) "
-                                    f"once copied to the fp32 master gradients")
+        if any(p.grad is not None for p in model.parameters()):
+            raise ExerciseError(f"{where}: the 16-bit gradients must be freed (p.grad = None) "
+                                f"once copied to the fp32 master gradients")
         for k, (mine, theirs) in enumerate(zip(optimizer.master_params, reference)):
             if mine.dtype != torch.float32:
                 raise ExerciseError(f"{where}: master weight {k} is {mine.dtype}; masters are fp32")

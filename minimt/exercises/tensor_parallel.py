@@ -382,6 +382,8 @@ def _row_rank(ctx):
         r = {"partial": partial, "bias": serial.bias.detach(), "expected y": serial(x).detach()}
         try:
             y = layer(x_in)
+        except NotImplementedError:
+            raise
         except RuntimeError as err:
             hint = ("with input_is_parallel=False x is the whole input: keep this rank's columns "
                     "first (scatter_to_tensor_model_parallel_region)" if not input_is_parallel
