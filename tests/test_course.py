@@ -163,11 +163,11 @@ def test_catch_up_keeps_the_learners_own_code_unless_forced(student_copy, pack, 
     shutil.copytree(student_copy, copy, ignore=shutil.ignore_patterns(".git"))
     path = copy / "minimt" / "sampling.py"
     path.write_text(path.read_text().replace(
-        'raise NotImplementedError("task 06.1', 'return logits  # my try\n    raise NotImplementedError("task 06.1'))
+        'raise NotImplementedError("task 06.3', 'return logits  # my try\n    raise NotImplementedError("task 06.3'))
     with pytest.raises(ExerciseError, match="force=True"):
-        minimt.course.catch_up("06.1", pack=pack, root=copy)
-    assert "my try" in (copy / ".catch_up" / "06.1.py").read_text()
-    minimt.course.catch_up("06.1", pack=pack, root=copy, force=True)
+        minimt.course.catch_up("06.3", pack=pack, root=copy)
+    assert "my try" in (copy / ".catch_up" / "06.3.py").read_text()
+    minimt.course.catch_up("06.3", pack=pack, root=copy, force=True)
     assert "my try" not in path.read_text()
     with pytest.raises(ExerciseError, match="no catch-up pack"):
-        minimt.course.catch_up("06.1", pack=tmp_path / "missing.json", root=copy)
+        minimt.course.catch_up("06.3", pack=tmp_path / "missing.json", root=copy)

@@ -74,8 +74,8 @@ WRONG = [
      "input_is_parallel=False.*scatter_to_tensor_model_parallel_region"),
     ("01.1", attention, "scaled_dot_product_attention", unscaled_attention, "no 1/sqrt"),
     ("04.1", pipeline, "pipeline_schedule", gpipe_order, r"ranks hold \[8, 8, 8, 8\].*1F1B holds"),
-    ("05.1", precision.DynamicLossScaler, "update", scaler_never_grows, "grow only when the tracker"),
-    ("06.2", sampling, "top_p_filter", top_p_without_crossing_token, "keep the token that makes"),
+    ("05.2", precision.DynamicLossScaler, "update", scaler_never_grows, "grow only when the tracker"),
+    ("06.4", sampling, "top_p_filter", top_p_without_crossing_token, "keep the token that makes"),
 ]
 
 
@@ -106,8 +106,8 @@ def test_f_swapped_for_g_is_named(monkeypatch):
 
 def test_an_unwritten_task_says_what_to_write_and_where(monkeypatch):
     def stub(*args, **kwargs):
-        raise NotImplementedError("task 06.1: write top_k_filter; see notebook 06, section 5")
+        raise NotImplementedError("task 06.3: write top_k_filter; see notebook 06, section 5")
     monkeypatch.setattr(sampling, "top_k_filter", stub)
-    with pytest.raises(ExerciseError, match=r"task 06.1 not written yet: write top_k_filter in "
+    with pytest.raises(ExerciseError, match=r"task 06.3 not written yet: write top_k_filter in "
                                             r"minimt/sampling.py \(between ### BEGIN SOLUTION"):
-        minimt.course.check("06.1")
+        minimt.course.check("06.3")

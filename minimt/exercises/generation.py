@@ -135,7 +135,7 @@ def _check_top_k_task() -> None:
              (torch.randn(3, 7, generator=g), 20), (torch.randn(2, 6, generator=g), None),
              (torch.randn(4, 50, generator=g) * 3, 1)]
     for i, (logits, k) in enumerate(cases):
-        name = f"task 06.1, case {i + 1} of {len(cases)} (logits {tuple(logits.shape)}, k={k})"
+        name = f"task 06.3, case {i + 1} of {len(cases)} (logits {tuple(logits.shape)}, k={k})"
         got = top_k_filter(logits.clone(), k)
         expected = transformers_top_k(logits, k)
         shape_first(name, got, tuple(logits.shape), "return every logit, the filtered ones as -inf")
@@ -149,12 +149,12 @@ def _check_top_k_task() -> None:
             raise ExerciseError(f"{name}: kept {kept.sum(-1).tolist()} tokens per row, transformers' "
                                 f"TopKLogitsWarper keeps {kept_expected.sum(-1).tolist()}. Hint: {hint}")
         compare(name + ", kept logits", got[kept], expected[kept])
-    print(f"task 06.1: top_k_filter equals transformers' TopKLogitsWarper on {len(cases)} cases")
+    print(f"task 06.3: top_k_filter equals transformers' TopKLogitsWarper on {len(cases)} cases")
 
 
 def _check_top_p_task() -> None:
     """minimt.sampling.top_p_filter against transformers' TopPLogitsWarper."""
-    _top_p(learner("minimt.sampling:top_p_filter"), "task 06.2")
+    _top_p(learner("minimt.sampling:top_p_filter"), "task 06.4")
 
 
 def _attention_layer():
@@ -175,7 +175,7 @@ def _check_kv_append_task() -> None:
     v_all = torch.randn(2, 2, 6, 8, dtype=torch.float64, generator=g)
     cache = cache_class()
     for t, (lo, hi) in enumerate([(0, 3), (3, 4), (4, 5), (5, 6)]):
-        name = f"task 06.3, append {t + 1} (tokens {lo}..{hi - 1} of k, v (2, 2, 6, 8))"
+        name = f"task 06.1, append {t + 1} (tokens {lo}..{hi - 1} of k, v (2, 2, 6, 8))"
         got = cache.append(k_all[:, :, lo:hi], v_all[:, :, lo:hi])
         if not isinstance(got, tuple) or len(got) != 2:
             raise ExerciseError(f"{name}: return (all keys, all values) so far, got {type(got).__name__}")
@@ -191,9 +191,9 @@ def _check_kv_append_task() -> None:
         full = layer(x)                                                        # (B, T, C)
         steps = [layer(x[:, :3], kv_cache=cache)] + [layer(x[:, t:t + 1], kv_cache=cache)
                                                      for t in range(3, 6)]
-    compare("task 06.3, attention with the cache (a 3-token prompt, then 3 tokens one at a time) "
+    compare("task 06.1, attention with the cache (a 3-token prompt, then 3 tokens one at a time) "
             "against attention over the whole sequence", torch.cat(steps, dim=1), full, atol=1e-10)
-    print("task 06.3: KVCache.append keeps every key and value; cached attention equals uncached")
+    print("task 06.1: KVCache.append keeps every key and value; cached attention equals uncached")
 
 
 def _check_decoder_step_task() -> None:
@@ -215,7 +215,7 @@ def _check_decoder_step_task() -> None:
             decoder.prefill()
             for step, tokens in enumerate(new_tokens):
                 got = decoder.step(tokens)
-                name = (f"task 06.4, {'left-padded prompts' if use_mask else 'unpadded batch'} "
+                name = (f"task 06.2, {'left-padded prompts' if use_mask else 'unpadded batch'} "
                         f"{tuple(input_ids.shape)}, step {step + 1}")
                 for b in range(2):
                     rows[b].append(int(tokens[b]))
@@ -232,16 +232,16 @@ def _check_decoder_step_task() -> None:
                         raise ExerciseError(f"{name}, row {b}: logits differ from the model run on the "
                                             f"whole sequence {rows[b]} without a cache (largest error "
                                             f"{(got[b] - expected).abs().max().item():.3g}). Hint: {hint}")
-    print("task 06.4: cached decoding steps equal uncached logits, with and without left padding")
+    print("task 06.2: cached decoding steps equal uncached logits, with and without left padding")
 
 
 TASKS = [
-    task("06.1", 1, "write top_k_filter", "minimt.sampling:top_k_filter", "notebook 06, section 5",
+    task("06.1", 1, "write KVCache.append", "minimt.attention:KVCache.append",
+         "notebook 06, section 3", _check_kv_append_task),
+    task("06.2", 2, "write Decoder.step (one new token through the KV caches)",
+         "minimt.generate:Decoder.step", "notebook 06, section 3", _check_decoder_step_task),
+    task("06.3", 1, "write top_k_filter", "minimt.sampling:top_k_filter", "notebook 06, section 5",
          _check_top_k_task),
-    task("06.2", 2, "write top_p_filter (the nucleus: smallest set reaching p)",
+    task("06.4", 2, "write top_p_filter (the nucleus: smallest set reaching p)",
          "minimt.sampling:top_p_filter", "notebook 06, section 6", _check_top_p_task),
-    task("06.3", 1, "write KVCache.append", "minimt.attention:KVCache.append", "notebook 06, section 8",
-         _check_kv_append_task),
-    task("06.4", 2, "write Decoder.step (one new token through the KV caches)",
-         "minimt.generate:Decoder.step", "notebook 06, section 8", _check_decoder_step_task),
 ]

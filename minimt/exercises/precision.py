@@ -135,11 +135,11 @@ def _check_scaler_task() -> None:
                         "grow only when the tracker reaches growth_interval, then reset it to 0"
                         if before[1] + 1 == settings[3] else "a finite step only counts: tracker + 1")
                 raise ExerciseError(
-                    f"task 05.1, case {i + 1} of {len(SCALER_CASES)} (init_scale={settings[0]}, "
+                    f"task 05.2, case {i + 1} of {len(SCALER_CASES)} (init_scale={settings[0]}, "
                     f"growth_factor={settings[1]}, backoff_factor={settings[2]}, growth_interval="
                     f"{settings[3]}), step {step + 1}: found_inf={found_inf}, from (scale, tracker) "
                     f"= {before}: got {got}, torch.amp.GradScaler has {(scale, tracker)}. Hint: {hint}")
-    print(f"task 05.1: DynamicLossScaler decides as torch.amp.GradScaler in {len(SCALER_CASES)} runs")
+    print(f"task 05.2: DynamicLossScaler decides as torch.amp.GradScaler in {len(SCALER_CASES)} runs")
 
 
 class _SpyScaler:
@@ -170,7 +170,7 @@ def _master_case(name, make_optimizer, dtype, scale, clip, overflow_at, steps=4)
         if step == overflow_at:
             model.weight.grad[0, 0] = math.inf
         stepped = optimizer.step()
-        where = f"task 05.2, {name}, step {step + 1}"
+        where = f"task 05.1, {name}, step {step + 1}"
         if step == overflow_at:
             if stepped is not False or spy.reported[-1:] != [True]:
                 raise ExerciseError(f"{where}: a gradient is inf: report found_inf=True to the "
@@ -219,14 +219,14 @@ def _check_master_step_task() -> None:
               65536.0, 1.0, 1)]
     for case in cases:
         _master_case(*case)
-    print(f"task 05.2: MixedPrecisionOptimizer.step equals torch's optimizers on fp32 copies in "
+    print(f"task 05.1: MixedPrecisionOptimizer.step equals torch's optimizers on fp32 copies in "
           f"{len(cases)} runs, overflow steps skipped")
 
 
 TASKS = [
-    task("05.1", 2, "write DynamicLossScaler.update (back off on overflow, grow after growth_interval)",
-         "minimt.precision:DynamicLossScaler.update", "notebook 05, section 4", _check_scaler_task),
-    task("05.2", 3, "write MixedPrecisionOptimizer.step (fp32 master weights, unscale, skip, copy back)",
+    task("05.1", 3, "write MixedPrecisionOptimizer.step (fp32 master weights, unscale, skip, copy back)",
          "minimt.precision:MixedPrecisionOptimizer.step", "notebook 05, section 3",
          _check_master_step_task),
+    task("05.2", 2, "write DynamicLossScaler.update (back off on overflow, grow after growth_interval)",
+         "minimt.precision:DynamicLossScaler.update", "notebook 05, section 4", _check_scaler_task),
 ]
