@@ -6,7 +6,9 @@ FLOPs per token have closed forms, used for MFU and for MT-NLG's 530B.
 """
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
@@ -144,12 +146,18 @@ class GPT(nn.Module):
 
 
 def _meta_param_count(config: GPTConfig) -> int:
-    """GPT(config)'s parameters counted on PyTorch's meta device (shapes, no memory); 0 when
-    already building there."""
+    """GPT(config)'s parameters counted on PyTorch's meta device (shapes, no memory): a one-block
+    GPT plus n_layer - 1 more blocks. 0 when already building there."""
     if torch.get_default_device().type == "meta":
         return 0
+    return _counted_on_meta(config)
+
+
+@functools.lru_cache(maxsize=64)
+def _counted_on_meta(config: GPTConfig) -> int:
     with torch.device("meta"):
-        return GPT(config).num_params()
+        block = sum(p.numel() for p in Block(config).parameters())
+        return GPT(replace(config, n_layer=1)).num_params() + (config.n_layer - 1) * block
 
 
 def param_count(config: GPTConfig) -> int:
@@ -170,5 +178,5 @@ def flops_per_token(config: GPTConfig, seq_len: int | None = None) -> int:
     """Training FLOPs per token: 6N + 12*L*C*T (forward + backward; PaLM, Chowdhery et al. 2022,
     arXiv 2204.02311, appendix B). N counts the weights used in matmuls (all but positions)."""
     T = config.block_size if seq_len is None else seq_len
-    n_matmul = param_count(config) - config.block_size * config.n_embd
+    n_matmul = _meta_param_count(config) - config.block_size * config.n_embd
     return 6 * n_matmul + 12 * config.n_layer * config.n_embd * T
