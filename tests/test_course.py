@@ -171,3 +171,11 @@ def test_catch_up_keeps_the_learners_own_code_unless_forced(student_copy, pack, 
     assert "my try" not in path.read_text()
     with pytest.raises(ExerciseError, match="no catch-up pack"):
         minimt.course.catch_up("06.3", pack=tmp_path / "missing.json", root=copy)
+
+
+def test_the_readme_lists_every_task_with_its_points_and_section():
+    readme = (ROOT / "README.md").read_text()
+    for task in TASKS:
+        row = next((line for line in readme.splitlines() if line.startswith(f"| {task.id} |")), "")
+        assert row.startswith(f"| {task.id} | {task.points} |") and row.rstrip().endswith(
+            f"| {task.section} |"), f"README's task table: {task.id}"

@@ -111,3 +111,11 @@ def test_an_unwritten_task_says_what_to_write_and_where(monkeypatch):
     with pytest.raises(ExerciseError, match=r"task 06.3 not written yet: write top_k_filter in "
                                             r"minimt/sampling.py \(between ### BEGIN SOLUTION"):
         minimt.course.check("06.3")
+
+
+def test_an_exception_in_the_learners_code_names_the_line_not_the_checker(monkeypatch):
+    def broken(logits, k):
+        return logits.topk(k, dim=2)  # no dim 2 in (B, V)
+    monkeypatch.setattr(sampling, "top_k_filter", broken)
+    with pytest.raises(ExerciseError, match=r"task 06.3: your code raised (IndexError|RuntimeError)"):
+        minimt.course.check("06.3")

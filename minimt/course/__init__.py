@@ -17,11 +17,26 @@ def _task(task_id: str):
 
 
 def _as_exercise_error(task) -> None:
-    """Run a task's check; a stub's NotImplementedError becomes an ExerciseError saying what to write."""
+    """Run a task's check; a stub's NotImplementedError becomes an ExerciseError saying what to
+    write, and any other exception from the learner's code one naming the line that raised it."""
     try:
         task.check()
     except NotImplementedError as err:
         raise unfinished(task.id, task.statement, task.target, task.section, str(err)) from None
+    except ExerciseError:
+        raise
+    except Exception as err:
+        raise ExerciseError(f"task {task.id}: your code raised {type(err).__name__}: {err}"
+                            f"{_where(err, task)}") from None
+
+
+def _where(err: Exception, task) -> str:
+    """' (at minimt/x.py:12: the line)' for the deepest frame in the task's file, if any."""
+    import traceback
+    path = task.target.partition(":")[0].replace(".", "/") + ".py"
+    frames = [f for f in traceback.extract_tb(err.__traceback__)
+              if f.filename.replace("\\", "/").endswith(path)]
+    return f" (at {path}:{frames[-1].lineno}: {frames[-1].line})" if frames else ""
 
 
 def check(task_id: str) -> None:

@@ -120,5 +120,5 @@ def _check_schedule_task() -> None:
 
 TASKS = [
     task("04.1", 3, "write the 1F1B (and interleaved) part of pipeline_schedule",
-         "minimt.parallel.pipeline:pipeline_schedule", "notebook 04, section 3", _check_schedule_task),
+         "minimt.parallel.pipeline:pipeline_schedule", "notebook 04, section 2", _check_schedule_task),
 ]

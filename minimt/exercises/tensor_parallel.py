@@ -7,7 +7,16 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .core import ExerciseError, call, compare, shape_first, task
+from .core import STUB_TASK, ExerciseError, call, compare, shape_first, task
+
+
+def _unwritten(exercise: str, rank_error: str) -> ExerciseError:
+    """A rank's NotImplementedError: the exercise's own stub, or a package task not written yet."""
+    found = STUB_TASK.search(rank_error)
+    if found:
+        return ExerciseError(f"{exercise} needs task {found.group(1)} first: write it, then check "
+                             f"it with minimt.course.check({found.group(1)!r})")
+    return ExerciseError(f"{exercise}: not implemented yet (the stub still raises)")
 
 
 def _column_parallel_rank(ctx, fn, gather_output):
@@ -48,8 +57,7 @@ def check_column_parallel_forward(fn: Callable) -> None:
             results = launch(_column_parallel_rank, fn, gather_output, tp=2, timeout_s=30)
         except Exception as err:
             if "NotImplementedError" in str(err):
-                raise ExerciseError("check_column_parallel_forward: not implemented yet (the stub "
-                                    "still raises)") from None
+                raise _unwritten("check_column_parallel_forward", str(err)) from None
             raise
         for rank, r in enumerate(results):
             where = f"check_column_parallel_forward(gather_output={gather_output}), rank {rank}"
@@ -134,8 +142,7 @@ def check_tp_mlp_operators(fn: Callable) -> None:
         results = launch(_tp_mlp_rank, fn, tp=2, timeout_s=30)
     except Exception as err:
         if "NotImplementedError" in str(err):
-            raise ExerciseError("check_tp_mlp_operators: not implemented yet (the stub still "
-                                "raises)") from None
+            raise _unwritten("check_tp_mlp_operators", str(err)) from None
         raise
     for what in ("output", "input grad", "fc grad", "proj grad"):
         for rank, r in enumerate(results):
