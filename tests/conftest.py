@@ -15,7 +15,7 @@ TASKS_OF_TEST_FILE = {
     "test_tensor.py": ["03.1", "03.2", "03.3", "03.4", "03.5", "03.6"],
     "test_torch_tp_crosscheck.py": ["03.3", "03.4"],
     "test_pipeline.py": ["04.1"],
-    "test_pipeline_runtime.py": ["04.1"],
+    "test_pipeline_runtime.py": ["04.1", "04.2"],
     "test_pipeline_viz.py": ["04.1"],
     "test_precision.py": ["05.1", "05.2"],
     "test_generate.py": ["06.1", "06.2", "06.3", "06.4"],

@@ -52,7 +52,7 @@ def _top_p(fn: Callable, exercise: str) -> None:
             raise ExerciseError(f"{name}: kept {kept.sum(-1).tolist()} tokens per row, expected "
                                 f"{kept_expected.sum(-1).tolist()}.{hint}")
         compare(name + ", kept logits", got[kept], expected[kept])
-    print(f"{exercise}: all {len(cases)} cases equal transformers' TopPLogitsWarper")
+    print(f"{exercise}: all {len(cases)} cases pass (equal to transformers' TopPLogitsWarper)")
 
 
 class _RecordingCache:

@@ -118,7 +118,71 @@ def _check_schedule_task() -> None:
           f"holds min(p - r, m) activations on rank r")
 
 
+def _pipeline_rank(ctx):
+    """One pipeline step of a 4-layer GPT on this stage (GPipe schedule), and the serial model's
+    loss and gradients for the same batch."""
+    import torch
+    from ..config import GPTConfig
+    from ..model import GPT
+    from ..parallel.pipeline import pipeline_schedule
+    from ..parallel.pipeline_runtime import build_stages, pipeline_step, sync_tied_grads
+    config = GPTConfig(vocab_size=17, block_size=8, n_layer=4, n_head=2, n_embd=16)
+    g = torch.Generator().manual_seed(1)
+    idx, targets = (torch.randint(17, (4, 8), generator=g) for _ in range(2))   # (B, T) each
+    torch.manual_seed(0)
+    serial = GPT(config)                                   # build_stages uses the same seed
+    _, loss = serial(idx, targets)
+    loss.backward()
+    stages = build_stages(config, ctx.pp_rank, ctx.pp_size, seed=0)
+    try:
+        record = pipeline_step(stages, pipeline_schedule("gpipe", ctx.pp_size, 2), ctx, idx, targets)
+        sync_tied_grads(stages, ctx)
+    except NotImplementedError:
+        raise
+    except Exception as err:
+        return {"exception": type(err).__name__, "message": str(err)}
+    grads = {name: p.grad for stage in stages for name, p in stage.named_parameters()}
+    expected = dict(serial.named_parameters(remove_duplicate=False))  # lm_head.weight is wte.weight
+    return {"loss": record.loss, "expected loss": loss.item(),
+            "grads": grads, "expected grads": {n: expected[n].grad for n in grads}}
+
+
+def _check_p2p_task() -> None:
+    """deliver/receive in pipeline_step on 2 pipeline ranks: a GPipe step of a 4-layer GPT gives
+    the serial model's loss and the serial gradients of every parameter."""
+    import torch
+    from ..parallel import LaunchTimeout, launch
+    try:
+        results = launch(_pipeline_rank, pp=2, timeout_s=60)
+    except LaunchTimeout:
+        raise ExerciseError("task 04.2: the ranks waited forever for a message: every receive needs "
+                            "a send to the same peer (ranks[dst] of the pipeline group) with the same "
+                            "tag, _tag(op, microbatch, chunk, v)") from None
+    for rank, r in enumerate(results):
+        name = f"task 04.2, pipeline rank {rank} of 2 (GPipe, 2 micro-batches of (2, 8) tokens)"
+        if "exception" in r:
+            raise ExerciseError(f"{name}: your code raised {r['exception']}: {r['message']}. Hint: "
+                                f"receive returns a (B/m, T, C) tensor (`shape`); deliver sends with "
+                                f"dist.isend and keeps the request in `sends`")
+        if rank == 1 and (r["loss"] is None or abs(r["loss"] - r["expected loss"]) > 1e-5):
+            raise ExerciseError(f"{name}: loss {r['loss']!r}, the serial model's is "
+                                f"{r['expected loss']:.6f}. Hint: the last stage must receive the "
+                                f"activation the previous stage sent for this micro-batch")
+        for param, grad in r["grads"].items():
+            expected = r["expected grads"][param]
+            if grad is None or not torch.allclose(grad, expected, atol=1e-5):
+                hint = ("no gradient reached this stage: B must deliver x.grad to the previous "
+                        "stage, which receives it before its backward" if grad is None else
+                        "the gradient that came back belongs to another micro-batch or stage: "
+                        "name each message by the action that receives it (the tag)")
+                raise ExerciseError(f"{name}: gradient of {param} differs from the serial model's. "
+                                    f"Hint: {hint}")
+    print("task 04.2: a GPipe step on 2 processes gives the serial loss and gradients")
+
+
 TASKS = [
     task("04.1", 3, "write the 1F1B (and interleaved) part of pipeline_schedule",
          "minimt.parallel.pipeline:pipeline_schedule", "notebook 04, section 2", _check_schedule_task),
+    task("04.2", 2, "write deliver and receive in pipeline_step (activations and gradients between stages)",
+         "minimt.parallel.pipeline_runtime:pipeline_step", "notebook 04, section 6", _check_p2p_task),
 ]

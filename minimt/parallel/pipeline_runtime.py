@@ -172,20 +172,25 @@ def pipeline_step(stages, schedule, ctx, idx, targets,
 
     def deliver(tensor, op, microbatch, stage):
         """Hand `tensor` to virtual stage `stage` (F: activation, B: gradient)."""
+        ### BEGIN SOLUTION
         dst, chunk = stage % p, stage // p
         if dst == rank:
             local[(op, microbatch, chunk)] = tensor.detach()
         else:
             sends.append(dist.isend(tensor.detach().contiguous(), ranks[dst],
                                     tag=_tag(op, microbatch, chunk, v)))
+        ### END SOLUTION
 
     def receive(op, microbatch, chunk, stage):
+        """The (op, microbatch, chunk) message from virtual stage `stage`: a (B/m, T, C) tensor."""
+        ### BEGIN SOLUTION
         src = stage % p
         if src == rank:
             return local.pop((op, microbatch, chunk))
         buffer = torch.empty(shape, device=ctx.device)
         dist.recv(buffer, ranks[src], tag=_tag(op, microbatch, chunk, v))
         return buffer
+        ### END SOLUTION
 
     if p > 1:  # start together, so that the ranks' timelines line up
         dist.barrier(group=ctx.pp_group)
