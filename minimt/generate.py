@@ -165,6 +165,7 @@ def beam_search(model, input_ids, max_new_tokens, num_beams, eos=None, pad=0, le
     done = [False] * batch
     eos_ids = set() if eos is None else set(eos.tolist())
     logits = decoder.prefill()                                                # (B*K, V)
+    ### BEGIN SOLUTION
     for step in range(max_new_tokens):
         log_probs = apply_repetition_penalty(F.log_softmax(logits, dim=-1), decoder.ids,
                                              repetition_penalty)              # (B*K, V)
@@ -202,6 +203,7 @@ def beam_search(model, input_ids, max_new_tokens, num_beams, eos=None, pad=0, le
         decoder.reorder(next_rows.flatten())
         beam_scores = next_scores
         logits = decoder.step(next_tokens.flatten())
+    ### END SOLUTION
 
     best = [hyp for b in range(batch) for hyp in finished[b][:num_return_sequences]]
     new_len = max(len(tokens) for _, tokens in best)

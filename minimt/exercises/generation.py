@@ -235,6 +235,61 @@ def _check_decoder_step_task() -> None:
     print("task 06.2: cached decoding steps equal uncached logits, with and without left padding")
 
 
+def _random_gpt2_pair():
+    """A small random transformers GPT-2 (nothing downloaded) and minimt's GPT with its weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from ..model import GPT
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                    bos_token_id=1, eos_token_id=2, pad_token_id=0)).eval()
+    with torch.no_grad():  # spread the next-token distribution so that ties cannot happen
+        hf.transformer.wte.weight.mul_(20.0)
+    return hf, GPT.from_hf_gpt2(hf).eval()
+
+
+def _check_beam_task() -> None:
+    """The decoding loop of beam_search against transformers' beam search (GPT2LMHeadModel.generate
+    with num_beams) on the same weights: sequences and their length-normalised scores."""
+    from ..generate import left_pad
+    learner("minimt.generate:beam_search")  # the model's generate calls it
+    hf, ours = _random_gpt2_pair()
+    ids, mask = left_pad([[5, 6, 7, 8, 9], [12, 13]], pad_token_id=0)
+    with torch.no_grad():
+        eos = int(hf.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False,
+                              pad_token_id=0)[0, -1])                       # some beams finish early
+    cases = [dict(num_beams=3, num_return_sequences=1, length_penalty=1.0, early_stopping=False),
+             dict(num_beams=4, num_return_sequences=3, length_penalty=1.0, early_stopping=False,
+                  eos_token_id=eos),
+             dict(num_beams=4, num_return_sequences=2, length_penalty=0.5, early_stopping=True,
+                  eos_token_id=eos)]
+    for i, settings in enumerate(cases):
+        name = f"task 06.5, case {i + 1} of {len(cases)} ({settings}, prompts of 5 and 2 tokens)"
+        with torch.no_grad():
+            expected = hf.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=8,
+                                   pad_token_id=3, output_scores=True, return_dict_in_generate=True,
+                                   **settings)
+            got = ours.generate(ids, 8, attention_mask=mask, pad_token_id=3,
+                                return_dict_in_generate=True, **settings)
+        shape_first(f"{name}: sequences", got.sequences, tuple(expected.sequences.shape),
+                    "num_return_sequences rows per prompt, the prompt then the new tokens")
+        if not torch.equal(got.sequences, expected.sequences):
+            with torch.no_grad():
+                greedy = ours.generate(ids, 8, attention_mask=mask, pad_token_id=3,
+                                       eos_token_id=settings.get("eos_token_id"))
+            hint = ("this is greedy decoding: keep the num_beams best partial sequences by their "
+                    "summed log-probability, ranking all beams' continuations together"
+                    if torch.equal(got.sequences[::settings["num_return_sequences"]], greedy) else
+                    "rank the 2 * num_beams best continuations of all beams together; among the "
+                    "first num_beams, one that ends in EOS is finished, the others go on")
+            raise ExerciseError(f"{name}: sequences differ from transformers' beam search:\n"
+                                f"got      {got.sequences[:, ids.shape[1]:].tolist()}\nexpected "
+                                f"{expected.sequences[:, ids.shape[1]:].tolist()}\nHint: {hint}")
+        compare(f"{name}: sequences_scores (sum of log-probabilities / new_len ** length_penalty)",
+                got.sequences_scores, expected.sequences_scores, atol=1e-5)
+    print(f"task 06.5: beam search equals transformers' on {len(cases)} cases (EOS, length "
+          f"penalty, early stopping)")
+
+
 TASKS = [
     task("06.1", 1, "write KVCache.append", "minimt.attention:KVCache.append",
          "notebook 06, section 3", _check_kv_append_task),
@@ -244,4 +299,7 @@ TASKS = [
          _check_top_k_task),
     task("06.4", 2, "write top_p_filter (the nucleus: smallest set reaching p)",
          "minimt.sampling:top_p_filter", "notebook 06, section 6", _check_top_p_task),
+    task("06.5", 3, "write the decoding loop of beam_search (each step ranks the beams' 2k best "
+         "continuations, finishes or keeps them)", "minimt.generate:beam_search",
+         "notebook 06, section 7", _check_beam_task),
 ]
