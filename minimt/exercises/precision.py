@@ -30,8 +30,12 @@ def gradscaler_trace(pattern, init_scale, growth_factor, backoff_factor, growth_
 
 def check_smallest_loss_scale(fn: Callable) -> None:
     """fn(grads: Tensor) -> float: the smallest power of two S for which no nonzero gradient
-    becomes 0 when `grads * S` is cast to fp16 (minimt.formats.smallest_loss_scale)."""
-    from ..formats import cast, smallest_loss_scale
+    becomes 0 when `grads * S` is cast to fp16; oracle: a search over the powers of two, cast
+    with torch's own float16."""
+    def smallest_loss_scale(grads):
+        nonzero = grads[grads != 0].double()
+        return next(2.0 ** k for k in range(-30, 128)
+                    if (nonzero * 2.0 ** k).to(torch.float16).ne(0).all())
 
     g = torch.Generator().manual_seed(0)
     cases = [(torch.tensor([1e-3, 2.0 ** -30]),), (torch.tensor([2.0 ** -25]),),
@@ -42,7 +46,8 @@ def check_smallest_loss_scale(fn: Callable) -> None:
         expected = smallest_loss_scale(grads)
         if got != expected:
             nonzero = grads[grads != 0]
-            lost = (cast(nonzero * float(got), "fp16") == 0).sum().item() if isinstance(got, (int, float)) else None
+            lost = ((nonzero.double() * float(got)).to(torch.float16) == 0).sum().item() \
+                if isinstance(got, (int, float)) else None
             hint = (f"with S={got!r}, {lost} gradient(s) still flush to zero: S is too small"
                     if lost else "a smaller power of two also works: look for the smallest"
                     if lost == 0 else "return a float power of two")
@@ -86,10 +91,13 @@ def check_prune_half(fn: Callable) -> None:
     weights = [torch.tensor([[0.3, -2.0], [0.1, -0.05]]), torch.randn(8, 6, generator=g),
                torch.randn(32, 16, generator=g) * 0.02]
 
-    def reference(w):
-        keep = torch.zeros(w.numel(), dtype=torch.bool)
-        keep[w.abs().flatten().argsort(descending=True)[:w.numel() // 2]] = True
-        return keep.view_as(w)
+    from torch.nn.utils import prune
+
+    def reference(w):  # torch's own magnitude pruning of half the entries
+        holder = torch.nn.Linear(1, 1, bias=False)
+        holder.weight = torch.nn.Parameter(w.clone())
+        prune.l1_unstructured(holder, "weight", amount=0.5)
+        return holder.weight_mask.bool()
 
     for i, w in enumerate(weights):
         got = call("check_prune_half", fn, w.clone())
