@@ -1,3 +1,4 @@
+# course: instructor only (checks the instructor repository and the copies it writes)
 """The course machinery: solution regions, the student copy (no solution text, every task stubbed,
 a fresh git history), the grader (full points here, 0 on a fresh copy, full again once the
 originals are pasted back with catch_up), and the checkers' teaching messages for wrong answers."""
@@ -136,10 +137,12 @@ def test_student_copy_holds_no_solution_text(student_copy):
 
 
 def test_student_copy_is_the_whole_repository_with_stubs_and_one_commit(student_copy):
+    assert "This is a student copy" in (student_copy / "README.md").read_text()
     for rel in ("README.md", "requirements.txt", "pyproject.toml", ".ci/run", "tests/conftest.py",
                 "notebooks/01_attention.ipynb", "minimt/parallel/tensor.py"):
         assert (student_copy / rel).exists(), rel
     assert not (student_copy / "tests" / "test_exercises.py").exists()  # holds model answers
+    assert not (student_copy / "tests" / "test_course.py").exists()
     for task in TASKS:
         assert f'raise NotImplementedError("task {task.id}: {task.statement}; see {task.section}")' \
             in (student_copy / regions_file(task)).read_text()

@@ -44,6 +44,11 @@ def stub_notebook(text: str) -> str:
     return json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
 
 
+INSTRUCTOR_README = "This repository is the instructor's version: the package is complete."
+STUDENT_README = ("This is a student copy: the package is complete except for the tasks below, "
+                  "which are yours to write.")
+
+
 def write_student_copy(out_dir: Path, root: Path | None = None, git: bool = True) -> Path:
     """Write the student copy of the repository at `root` into `out_dir` (new or empty)."""
     from ..exercises import all_tasks
@@ -63,6 +68,9 @@ def write_student_copy(out_dir: Path, root: Path | None = None, git: bool = True
             if regions.BEGIN in text:
                 text = stub_notebook(text) if rel.endswith(".ipynb") else stub_python(rel, text, tasks)
             destination.write_text(text, encoding="utf-8")
+        elif rel == "README.md":
+            text = source.read_text(encoding="utf-8")
+            destination.write_text(text.replace(INSTRUCTOR_README, STUDENT_README), encoding="utf-8")
         else:
             shutil.copyfile(source, destination)
         shutil.copymode(source, destination)
