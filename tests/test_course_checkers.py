@@ -119,3 +119,16 @@ def test_an_exception_in_the_learners_code_names_the_line_not_the_checker(monkey
     monkeypatch.setattr(sampling, "top_k_filter", broken)
     with pytest.raises(ExerciseError, match=r"task 06.3: your code raised (IndexError|RuntimeError)"):
         minimt.course.check("06.3")
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda x, w, b, ctx, gather: F.linear(comm.reduce_from_tensor_model_parallel_region(x, ctx), w, b),
+     "g instead of f"),
+    (lambda x, w, b, ctx, gather: F.linear(comm.copy_to_tensor_model_parallel_region(x, ctx), w, b),
+     r"gather_output=True\), rank 0: output: shape \(2, 3, 6\), expected \(2, 3, 12\). Hint: "
+     r"gather_output=True asks"),
+], ids=["g-for-f", "gather-ignored"])
+def test_the_column_parallel_exercise_names_g_for_f_and_an_ignored_gather_output(wrong, message):
+    from minimt.exercises import check_column_parallel_forward
+    with pytest.raises(ExerciseError, match=message):
+        check_column_parallel_forward(wrong)

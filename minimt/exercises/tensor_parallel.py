@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from .core import STUB_TASK, ExerciseError, call, compare
+from .core import STUB_TASK, ExerciseError, call, compare, shape_first
 
 
 def _unwritten(exercise: str, rank_error: str) -> ExerciseError:
@@ -32,9 +32,15 @@ def _column_parallel_rank(ctx, fn, gather_output):
     shard_b = serial.bias.detach()[rows].clone().requires_grad_()     # (out/tp,)
     x_mine = x.clone().requires_grad_()
     y = fn(x_mine, shard_w, shard_b, ctx, gather_output)
-    (y * (weights if gather_output else weights[..., rows])).sum().backward()
     expected = y_ref if gather_output else y_ref[..., rows]            # (B, T, out or out/tp)
-    return {"output": y.detach(), "expected output": expected.detach(),
+    with torch.no_grad():  # what g at the entrance (the layer sees tp * x) would give
+        g_at_entrance = (serial(ctx.tp_size * x) if gather_output else
+                         torch.nn.functional.linear(ctx.tp_size * x, shard_w, shard_b))
+    if not isinstance(y, torch.Tensor) or y.shape != expected.shape:   # named before any arithmetic
+        return {"output": y.detach() if isinstance(y, torch.Tensor) else y,
+                "expected output": expected.detach()}
+    (y * (weights if gather_output else weights[..., rows])).sum().backward()
+    return {"output": y.detach(), "expected output": expected.detach(), "g at entrance": g_at_entrance,
             "input grad": x_mine.grad, "expected input grad": x_ref.grad,
             "weight grad": shard_w.grad, "expected weight grad": serial.weight.grad[rows],
             "bias grad": shard_b.grad, "expected bias grad": serial.bias.grad[rows]}
@@ -60,6 +66,16 @@ def check_column_parallel_forward(fn: Callable) -> None:
             raise
         for rank, r in enumerate(results):
             where = f"check_column_parallel_forward(gather_output={gather_output}), rank {rank}"
+            shape_first(f"{where}: output", r["output"], tuple(r["expected output"].shape),
+                        "gather_output=True asks for the whole output on every rank: all-gather "
+                        "the slices (gather_from_tensor_model_parallel_region)" if gather_output else
+                        "gather_output=False leaves y split: return this rank's slice")
+            if torch.allclose(r["output"], r["g at entrance"], atol=1e-5) and not torch.allclose(
+                    r["output"], r["expected output"], atol=1e-5):
+                raise ExerciseError(f"{where}: output differs from nn.Linear's. Hint: g instead of "
+                                    f"f: g all-reduces x, which is the same on every rank, so the "
+                                    f"layer sees 2*x; f (copy_to_tensor_model_parallel_region) is "
+                                    f"the identity forward")
             compare(f"{where}: output", r["output"], r["expected output"])
             for name in ("input grad", "weight grad", "bias grad"):
                 _missing_grad(name, rank, r)
