@@ -122,7 +122,8 @@ def task(id: str, points: int, statement: str, target: str, section: str,
                 raise
             text = getattr(err, "traceback", "") or str(err)
             line = [ln for ln in text.splitlines() if "NotImplementedError" in ln][-1]
-            raise unfinished(id, statement, target, section, line) from None
+            message = line.split("NotImplementedError:", 1)[-1].strip()
+            raise unfinished(id, statement, target, section, message) from None
     guarded.__doc__ = check.__doc__
     return Task(id, points, statement, target, section, guarded)
 
