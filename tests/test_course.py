@@ -182,3 +182,13 @@ def test_the_readme_lists_every_task_with_its_points_and_section():
         row = next((line for line in readme.splitlines() if line.startswith(f"| {task.id} |")), "")
         assert row.startswith(f"| {task.id} | {task.points} |") and row.rstrip().endswith(
             f"| {task.section} |"), f"README's task table: {task.id}"
+
+
+def test_a_notebook_names_the_earlier_task_it_needs(student_copy):
+    minimt.course.require("02.1", "03.4")  # written here
+    env = {**os.environ, "PYTHONPATH": str(student_copy)}
+    done = subprocess.run([sys.executable, "-c", "import minimt.course; minimt.course.require('02.1')"],
+                          cwd=student_copy, env=env, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert ("ExerciseError: this notebook runs task 02.1, not written yet: write Block.forward"
+            in done.stderr)

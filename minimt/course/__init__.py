@@ -39,10 +39,27 @@ def _where(err: Exception, task) -> str:
     return f" (at {path}:{frames[-1].lineno}: {frames[-1].line})" if frames else ""
 
 
-def check(task_id: str) -> None:
-    """Check task `task_id` ("03.2") against its oracle: one line when it passes, else an
+def check(*task_ids: str) -> None:
+    """Check tasks ("03.2", ...) against their oracles: one line each when they pass, else an
     ExerciseError naming the case, expected and got, and a hint (shown without a traceback in Jupyter)."""
-    _as_exercise_error(_task(task_id))
+    for task_id in task_ids:
+        _as_exercise_error(_task(task_id))
+
+
+def require(*task_ids: str) -> None:
+    """Stop with a message naming the first of `task_ids` whose region still holds its stub: a
+    notebook that runs code written in earlier tasks says so before it fails deep inside."""
+    from . import regions
+    from .repo import repo_root, task_file, task_of_region
+    for task_id in task_ids:
+        task = _task(task_id)
+        text = (repo_root() / task_file(task)).read_text(encoding="utf-8")
+        stub = regions.stub(task, "").strip()
+        if any(regions.body(text, r).strip() == stub for r in regions.find_regions(text)
+               if task_of_region(task_file(task), r, [task])):
+            raise ExerciseError(f"this notebook runs task {task_id}, not written yet: "
+                                f"{task.statement} in {task_file(task)}; see {task.section} "
+                                f"(minimt.course.check({task_id!r}) checks it)")
 
 
 def catch_up(task_id: str, pack: str | Path = "catch_up.json", root: str | Path | None = None,
@@ -87,4 +104,4 @@ def catch_up(task_id: str, pack: str | Path = "catch_up.json", root: str | Path 
     print(f"task {task_id}: solution pasted into {task_file(task)} ({task.statement})")
 
 
-__all__ = ["check", "catch_up", "ExerciseError"]
+__all__ = ["check", "require", "catch_up", "ExerciseError"]
