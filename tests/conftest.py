@@ -27,6 +27,8 @@ STUB = re.compile(r"NotImplementedError: (task \d+\.\d+: [^\n\"']*)|^(task \d+\.
 def pytest_configure(config):
     config.addinivalue_line("markers", "task(id): the test runs the code of course task `id` "
                                        "(select with -m \"task(id='03.4')\")")
+    config.addinivalue_line("markers", "instructor_only: holds model answers; left out of student "
+                                       "copies (python -m minimt.course student)")
 
 
 def pytest_collection_modifyitems(items):

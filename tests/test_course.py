@@ -143,6 +143,8 @@ def test_student_copy_is_the_whole_repository_with_stubs_and_one_commit(student_
         assert (student_copy / rel).exists(), rel
     assert not (student_copy / "tests" / "test_exercises.py").exists()  # holds model answers
     assert not (student_copy / "tests" / "test_course.py").exists()
+    for path in (student_copy / "tests").glob("test_*.py"):  # tests holding model answers dropped
+        assert "@pytest.mark.instructor_only" not in path.read_text(), path.name
     for task in TASKS:
         assert f'raise NotImplementedError("task {task.id}: {task.statement}; see {task.section}")' \
             in (student_copy / regions_file(task)).read_text()

@@ -27,6 +27,22 @@ def stub_python(path: str, text: str, tasks) -> str:
     return regions.replace(text, replacements)
 
 
+INSTRUCTOR_ONLY_MARK = "pytest.mark.instructor_only"
+
+
+def drop_instructor_only_tests(text: str) -> str:
+    """Test source without the top-level tests decorated @pytest.mark.instructor_only (they hold
+    model answers to the exercises)."""
+    import ast
+    lines = text.splitlines(keepends=True)
+    spans = [(min(d.lineno for d in node.decorator_list) - 1, node.end_lineno)
+             for node in ast.parse(text).body if isinstance(node, ast.FunctionDef)
+             and any(ast.unparse(d) == INSTRUCTOR_ONLY_MARK for d in node.decorator_list)]
+    for begin, end in sorted(spans, reverse=True):
+        del lines[begin:end]
+    return "".join(lines)
+
+
 def stub_notebook(text: str) -> str:
     """Notebook JSON with every code cell's regions replaced by `raise NotImplementedError` and
     outputs cleared."""
@@ -67,6 +83,8 @@ def write_student_copy(out_dir: Path, root: Path | None = None, git: bool = True
                 continue
             if regions.BEGIN in text:
                 text = stub_notebook(text) if rel.endswith(".ipynb") else stub_python(rel, text, tasks)
+            if rel.endswith(".py") and INSTRUCTOR_ONLY_MARK in text:
+                text = drop_instructor_only_tests(text)
             destination.write_text(text, encoding="utf-8")
         elif rel == "README.md":
             text = source.read_text(encoding="utf-8")
