@@ -194,3 +194,24 @@ def test_a_notebook_names_the_earlier_task_it_needs(student_copy):
     assert done.returncode != 0
     assert ("ExerciseError: this notebook runs task 02.1, not written yet: write Block.forward"
             in done.stderr)
+
+
+def test_a_student_notebook_stops_at_its_first_task_with_the_checkers_message(student_copy,
+                                                                             monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    notebook = nbformat.read(student_copy / "notebooks" / "01_attention.ipynb", as_version=4)
+    client = nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3", resources={
+        "metadata": {"path": str(student_copy / "notebooks")}})
+    monkeypatch.setenv("PYTHONPATH", str(student_copy))  # the kernel imports the copy's package
+    with pytest.raises(nbclient.exceptions.CellExecutionError):
+        client.execute()
+    stopped = [(cell, out) for cell in notebook.cells for out in cell.get("outputs", [])
+               if out.get("output_type") == "error"]
+    assert len(stopped) == 1
+    cell, error = stopped[0]
+    assert "".join(cell.source) == 'minimt.course.check("01.1")'
+    assert error["traceback"] == ["ExerciseError: task 01.1 not written yet: write the attention "
+                                  "formula in scaled_dot_product_attention in minimt/attention.py "
+                                  "(between ### BEGIN SOLUTION and ### END SOLUTION); see notebook "
+                                  "01, section 1"]
