@@ -79,7 +79,9 @@ class GPT(nn.Module):
         super().__init__()
         if not isinstance(config, GPTConfig):
             raise TypeError(f"GPT needs a GPTConfig, got {type(config).__name__}")
-        n = _meta_param_count(config)
+        C = config.n_embd  # matmul weights and embeddings: a lower bound, exact count only near the limit
+        rough = config.n_layer * (4 + 2 * config.mlp_ratio) * C * C + (config.vocab_size + config.block_size) * C
+        n = _meta_param_count(config) if rough > 0.9 * MAX_BUILDABLE_PARAMS else rough
         if n > MAX_BUILDABLE_PARAMS:
             raise ValueError(
                 f"this config has {n / 1e9:.1f}B parameters ({4 * n / 1e12:.2f} TB in fp32): too "
