@@ -88,3 +88,11 @@ def test_every_notebook_from_03_on_has_a_written_answer():
         answers = [c for c in cells if c.metadata.get("nbgrader", {}).get("solution")
                    and c.cell_type == "markdown"]
         assert answers or int(path.name[:2]) < 3, f"{path.name} has no manually graded answer cell"
+
+
+def test_a_cell_of_several_task_checks_becomes_one_test_cell_per_task():
+    nb = nbgrader_tags.tag_notebook(notebook(
+        ("code", 'minimt.course.check("03.1")\nminimt.course.check("03.2")')), {"03.1": 2, "03.2": 3})
+    assert [(c.id, c.source) for c in nb.cells] == [("c0", 'minimt.course.check("03.1")'),
+                                                    ("c0-check2", 'minimt.course.check("03.2")')]
+    assert [(r["grade_id"], r["points"]) for r in roles(nb)] == [("task_03_1", 2), ("task_03_2", 3)]

@@ -68,20 +68,36 @@ def _tests(source: str, points: dict[str, int]) -> tuple[str, int] | None:
     return ("-".join(names), total) if names else None
 
 
+def _is_check(line: str) -> bool:
+    return bool(TASK_CHECK.match(line) or EXERCISE_CHECK.match(line))
+
+
+def _new_cell(cell, source: str, suffix: str):
+    """A copy of `cell` holding `source`, with the id `cell.id + suffix`."""
+    new = nbformat.from_dict(dict(cell))
+    new.source, new.id = source, f"{cell.id}{suffix}"[:64]
+    return new
+
+
 def _split(cell) -> list:
-    """A code cell holding a solution and then a checker call becomes two cells: solution, tests."""
-    regions = _regions(cell)
-    lines = cell.source.split("\n")
-    after = regions[-1][1] + 1 if cell.cell_type == "code" and regions else len(lines)
-    first = next((i for i in range(after, len(lines))
-                  if TASK_CHECK.match(lines[i]) or EXERCISE_CHECK.match(lines[i])), None)
+    """Cells that grade as one unit each: a code cell holding a solution and then checker calls
+    becomes solution + tests; a cell of nothing but checker calls, one cell per call (each task
+    its own points)."""
+    if cell.cell_type != "code":
+        return [cell]
+    regions, lines = _regions(cell), cell.source.split("\n")
+    after = regions[-1][1] + 1 if regions else 0
+    first = next((i for i in range(after, len(lines)) if _is_check(lines[i])), None)
     if first is None:
         return [cell]
-    solution = nbformat.from_dict(dict(cell))
-    solution.source = "\n".join(lines[:first]).rstrip()
-    tests = nbformat.v4.new_code_cell("\n".join(lines[first:]).rstrip())
-    tests.id = f"{cell.id}-check"[:64]
-    return [solution, tests]
+    head = [_new_cell(cell, "\n".join(lines[:first]).rstrip(), "")] if first else []
+    rest = [line for line in lines[first:] if line.strip()]
+    if len(rest) > 1 and all(_is_check(line) for line in rest):
+        tails = [_new_cell(cell, line, f"-check{i + 1}" if head or i else "")
+                 for i, line in enumerate(rest)]
+    else:
+        tails = [_new_cell(cell, "\n".join(lines[first:]).rstrip(), "-check" if head else "")]
+    return head + tails
 
 
 def _metadata(grade_id: str, solution=False, grade=False, locked=False, points=0) -> dict:
