@@ -13,7 +13,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+from nbclient.exceptions import CellExecutionError, CellTimeoutError
 from nbconvert import HTMLExporter
 from nbconvert.filters.markdown import markdown2html
 
@@ -31,6 +31,9 @@ def execute(path: Path, timeout: int):
                                 resources={"metadata": {"path": folder}})
         try:
             client.execute()
+        except CellTimeoutError:
+            raise SystemExit(f"{path.name}: a cell ran longer than {timeout} s; on a busy machine "
+                             f"give it more with --timeout") from None
         except CellExecutionError as err:
             raise SystemExit(f"{path.name} failed while building the site:\n{err}") from None
     return notebook
