@@ -96,3 +96,11 @@ def test_a_cell_of_several_task_checks_becomes_one_test_cell_per_task():
     assert [(c.id, c.source) for c in nb.cells] == [("c0", 'minimt.course.check("03.1")'),
                                                     ("c0-check2", 'minimt.course.check("03.2")')]
     assert [(r["grade_id"], r["points"]) for r in roles(nb)] == [("task_03_1", 2), ("task_03_2", 3)]
+
+
+def test_other_ways_of_calling_a_task_check_take_the_tasks_points():
+    nb = nbgrader_tags.tag_notebook(notebook(
+        ("code", 'TASKS["07.1"].check()'), ("code", "tasks.check_saved_tensor_bytes()")),
+        {"07.1": 3, "08.1": 2, "check_saved_tensor_bytes": 2})
+    assert [(r["grade_id"], r["points"]) for r in roles(nb)] == [("task_07_1", 3),
+                                                                 ("check_saved_tensor_bytes", 2)]

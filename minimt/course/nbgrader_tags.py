@@ -4,7 +4,8 @@ nbgrader metadata its cells' content calls for, so that `nbgrader generate_assig
 A cell's role follows from its text alone, so after editing a notebook, rerunning this is all it takes:
 - code with a solution region                    -> autograded answer (the learner writes it)
 - code calling a checker on a line of its own    -> autograder tests (locked) with points:
-  `minimt.course.check("03.2")` the task's points, `minimt.exercises.check_x(...)` EXERCISE_POINTS
+  a task's check (`minimt.course.check("03.2")`, `TASKS["03.2"].check()`, or a checker function
+  that is a task's `check`) the task's points; `minimt.exercises.check_x(...)` EXERCISE_POINTS
 - code holding both is split in two cells: the solution, then the tests
 - markdown with a solution region                -> manually graded answer, ANSWER_POINTS
 - every other cell                               -> read-only (locked)
@@ -23,15 +24,18 @@ EXERCISE_POINTS = 1   # a warm-up exercise written in a notebook cell
 ANSWER_POINTS = 2     # a written "predict, then measure" answer, graded by hand (rubric: docs/instructor.md)
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 # a checker call at the start of a line (inside try/for it is a demonstration, not a test)
-TASK_CHECK = re.compile(r"^(?:\w+\.)*check\(\s*[\"'](\d\d\.\d+)[\"']", re.M)
+TASK_CHECK = re.compile(r"^(?:\w+\.)*(?:check\(\s*|TASKS\[\s*)[\"'](\d\d\.\d+)[\"']", re.M)
 EXERCISE_CHECK = re.compile(r"^(?:\w+\.)*(check_\w+)\(", re.M)
 DEFINED = re.compile(r"^def (\w+)\(", re.M)
 
 
 def task_points() -> dict[str, int]:
-    """Points of every task of the course, by id."""
+    """Points of every task of the course, by id, and by the name of its check function."""
     from ..exercises import all_tasks
-    return {task.id: task.points for task in all_tasks()}
+    tasks = all_tasks()
+    by_checker = {getattr(t.check, "__name__", ""): t for t in tasks}
+    return {**{name: t.points for name, t in by_checker.items() if name.startswith("check_")},
+            **{t.id: t.points for t in tasks}}
 
 
 def _regions(cell) -> list[tuple[int, int]]:
@@ -59,12 +63,12 @@ def _tests(source: str, points: dict[str, int]) -> tuple[str, int] | None:
     for task_id in TASK_CHECK.findall(source):
         if task_id not in points:
             raise ValueError(f"minimt.course.check({task_id!r}): no such task; the tasks are "
-                             f"{', '.join(points) or '(none)'}")
+                             f"{', '.join(k for k in points if k[:1].isdigit()) or '(none)'}")
         names.append("task_" + task_id.replace(".", "_"))
         total += points[task_id]
     for name in EXERCISE_CHECK.findall(source):
         names.append(name)
-        total += EXERCISE_POINTS
+        total += points.get(name, EXERCISE_POINTS)   # a task's own check function: its points
     return ("-".join(names), total) if names else None
 
 
