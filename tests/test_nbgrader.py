@@ -1,6 +1,9 @@
 """nbgrader, for real: a temporary nbgrader course releases every course notebook
 (`nbgrader generate_assignment`; no solution text may survive), then `nbgrader autograde` grades a
 solved submission (every automatic point) and the unsolved release (zero, and the grader finishes).
+Task cells check the package the kernel imports, so where the autograded notebooks check tasks the
+unsolved release is graded against a student copy of the package, as an instructor grades a
+learner's work (docs/instructor.md).
 
 Autograding executes whole notebooks, twice each, so it runs on a representative subset,
 AUTOGRADED (warm-up exercises checked in notebook cells); every notebook already runs top to
@@ -14,6 +17,7 @@ import nbformat
 import pytest
 from nbgrader.api import Gradebook
 
+from minimt.course import nbgrader_tags
 from minimt.course.notebooks import course_notebooks
 
 ASSIGNMENT = "course"
@@ -24,9 +28,12 @@ c.Execute.timeout = 600   # seconds per cell; nbgrader's default of 30 is too sh
 """
 
 
-def nbgrader(course: Path, *args: str) -> subprocess.CompletedProcess:
-    """Run nbgrader in `course` with this interpreter's bin/ first on PATH (nbgrader runs alembic)."""
+def nbgrader(course: Path, *args: str, package: Path | None = None) -> subprocess.CompletedProcess:
+    """Run nbgrader in `course` with this interpreter's bin/ first on PATH (nbgrader runs alembic),
+    its kernels importing minimt from the repository `package` when given."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    if package is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(package), env.get("PYTHONPATH")) if p)
     done = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course, env=env,
                           capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, f"nbgrader {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
@@ -48,8 +55,22 @@ def course(tmp_path_factory) -> Path:
         submitted.mkdir(parents=True)
         for stem in AUTOGRADED:
             (submitted / f"{stem}.ipynb").write_bytes((folder / f"{stem}.ipynb").read_bytes())
-    nbgrader(root, "autograde", ASSIGNMENT)
+    nbgrader(root, "autograde", ASSIGNMENT, "--student", "solved")
+    nbgrader(root, "autograde", ASSIGNMENT, "--student", "unsolved", package=unsolved_package(root))
     return root
+
+
+def unsolved_package(root: Path) -> Path | None:
+    """A student copy of the package (every task stubbed) when the autograded notebooks check
+    tasks, else None (this package: their exercises live in the notebooks themselves)."""
+    points = nbgrader_tags.task_points()
+    sources = [c.source for stem in AUTOGRADED
+               for c in nbformat.read(root / "source" / ASSIGNMENT / f"{stem}.ipynb", 4).cells]
+    if not any(nbgrader_tags.TASK_CHECK.search(s) or
+               set(nbgrader_tags.EXERCISE_CHECK.findall(s)) & set(points) for s in sources):
+        return None
+    from minimt.course.student import write_student_copy
+    return write_student_copy(root / "student-copy", git=False)
 
 
 def solution_lines(cell) -> list[str]:
