@@ -116,10 +116,11 @@ def layer_activation_terms(s: int, b: int, h: int, a: int, t: int = 1,
     elif attention == "fused":
         terms["q, k, v"] = 3 * s * b * h * e // t
         terms["log-sum-exp per query (fp32)"] = 4 * a // t * s * b
-    else:
-        terms["q, k, v (contiguous copies for the matmuls)"] = 3 * s * b * h * e // t
-        terms["softmax output"] = a // t * s * s * b * e
-        terms["masked weights (input of weights @ v)"] = a // t * s * s * b * e
+    else:  # minimt's formula computes in fp32 at least (16-bit inputs are upcast)
+        ce = max(e, 4)
+        terms["q, k, v (contiguous copies for the matmuls, >= fp32)"] = 3 * s * b * h * ce // t
+        terms["softmax output (>= fp32)"] = a // t * s * s * b * ce
+        terms["masked weights (input of weights @ v, >= fp32)"] = a // t * s * s * b * ce
         terms["causal masks, bool (2 per layer)"] = 2 * s * s
     # the fused kernel writes its output as (B, T, H, D), so concatenating heads is a view of it
     terms["c_proj input (attention output, heads concatenated)"] = s * b * h * e // t

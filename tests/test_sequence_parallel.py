@@ -82,7 +82,8 @@ def _count(ctx, sequence_parallel):
             "grad_sync_numel": sum(r.numel for r in grad_sync) if sequence_parallel else 0,
             "kinds": sorted({(r.kind, r.phase) for r in forward.records + backward.records}),
             "forward_gathers": forward.count("all_gather", "tp"),
-            "forward_reduce_scatters": forward.count("reduce_scatter", "tp")}
+            "forward_reduce_scatters": forward.count("reduce_scatter", "tp"),
+            "summary": backward.summary()}
 
 
 def test_same_bytes_on_the_wire_as_plain_tensor_parallelism():
@@ -97,6 +98,7 @@ def test_same_bytes_on_the_wire_as_plain_tensor_parallelism():
         assert sp["forward_gathers"] == 2 * L + 1
         assert sp["forward_reduce_scatters"] == 2 * L + 1
         assert ("all_reduce", "forward") in sp["kinds"]  # only the loss's three (B, T) ones
+        assert {len(line.split()) for line in sp["summary"].splitlines()} == {6}  # readable
         # and, separately, the replicated parameters' gradients summed over the group:
         # 2 LayerNorms (weight + bias) and 2 row-parallel biases per layer, ln_f, the positions
         assert sp["grad_sync_numel"] == L * (4 * C + 2 * C) + 2 * C + CONFIG.block_size * C

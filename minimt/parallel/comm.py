@@ -94,9 +94,9 @@ class CommCounter:
             calls[key] += 1
             elements[key] += r.numel
             nbytes[key] += r.bytes
-        lines = [f"{'group':<6}{'kind':<12}{'phase':<10}{'calls':>7}{'elements':>12}{'bytes':>13}"]
+        lines = [f"{'group':<6}{'kind':<16}{'phase':<10}{'calls':>7}{'elements':>12}{'bytes':>13}"]
         for key in sorted(calls):
-            lines.append(f"{key[0]:<6}{key[1]:<12}{key[2]:<10}{calls[key]:>7}"
+            lines.append(f"{key[0]:<6}{key[1]:<16}{key[2]:<10}{calls[key]:>7}"
                          f"{elements[key]:>12}{nbytes[key]:>13}")
         return "\n".join(lines)
 
