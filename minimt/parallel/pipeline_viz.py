@@ -37,7 +37,8 @@ def plot_timeline(timeline: Timeline, title: str, unit: str = "time units", ax=N
     ax.set_xlabel(f"time ({unit})")
     ax.set_ylabel("pipeline rank")
     ax.set_title(f"{title}: bubble {timeline.idle_fraction():.1%} of the time\n"
-                 f"(blue forward, green backward; label = micro-batch[.chunk])")
+                 f"(blue forward, green backward, lighter = later chunk; "
+                 f"label = micro-batch[.chunk] where it fits)")
     return fig
 
 
