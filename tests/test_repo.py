@@ -102,7 +102,7 @@ def test_no_code_cell_ends_with_a_stray_value():
 
 def test_notebooks_show_package_code_highlighted_not_as_plain_text():
     for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
-        assert "inspect.getsource" not in path.read_text(), f"{path.name}: use minimt.viz.show_source"
+        assert "inspect.getsource" not in path.read_text(), f"{path.name}: use viz.show_source"
 
 
 def test_corpora_are_the_documented_files():

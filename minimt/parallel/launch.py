@@ -83,8 +83,8 @@ def _choose_start_method(start_method: str | None) -> str:
     """fork where it is safe (Linux); spawn on macOS; native Windows is refused with advice."""
     if sys.platform == "win32":
         raise RuntimeError("launch cannot start ranks on native Windows (its output forwarding "
-                           "uses POSIX pipes): run the course in WSL, or run rank code under "
-                           "torchrun with backend='gloo'")
+                           "uses POSIX pipes): run the course in WSL (Windows Subsystem for "
+                           "Linux), where it works as on Linux")
     start_method = start_method or os.environ.get(START_METHOD_VARIABLE) or (
         "spawn" if sys.platform == "darwin" else "fork")
     if start_method not in ("fork", "spawn"):

@@ -95,7 +95,7 @@ def rank_main(rank: int, fn, args, spec: RankSpec, conn, out_fd: int, err_fd: in
 def spawned_rank_main(rank: int, payload: bytes, spec: RankSpec, conn, out_fd: int, err_fd: int,
                       caller_pid: int) -> None:
     """Body of a spawned rank: a fresh interpreter, so fn and args arrive pickled by value
-    (cloudpickle: a function defined in a notebook cell too); unpickling errors become RankErrors."""
+    (cloudpickle: a notebook cell's function too); an unpickling error becomes a RankError."""
     def run_fn(ctx):
         fn, args = pickle.loads(payload)
         return fn(ctx, *args)

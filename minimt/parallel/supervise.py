@@ -52,9 +52,10 @@ class RankProcess:
             target, rank_args = rank_main, (rank, fn, args, spec, child_conn, out_w, err_w,
                                             inherited, os.getpid())
         else:  # a fresh interpreter: fn by value, and its own copies of the descriptors it needs
-            target, rank_args = spawned_rank_main, (
-                rank, cloudpickle.dumps((fn, args)), replace(spec, store_fd=PassedFd(spec.store_fd)),
-                child_conn, PassedFd(out_w), PassedFd(err_w), os.getpid())
+            spawn_spec = replace(spec, store_fd=PassedFd(spec.store_fd))
+            target, rank_args = spawned_rank_main, (rank, cloudpickle.dumps((fn, args)), spawn_spec,
+                                                    child_conn, PassedFd(out_w), PassedFd(err_w),
+                                                    os.getpid())
         self.process = multiprocessing.get_context(start_method).Process(
             target=target, name=f"minimt-rank-{rank}", args=rank_args)
         self.process.start()
