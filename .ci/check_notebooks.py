@@ -25,7 +25,7 @@ for path in paths:
 if dirty:
     print("Notebooks must be committed without outputs. Install the filter that strips them at\n"
           "commit time (the README's set-up does it):\n"
-          "  git config filter.nbstripout.clean '.venv/bin/nbstripout --keep-id'\n"
+          "  git config filter.nbstripout.clean '.venv/bin/nbstripout --keep-id --extra-keys metadata.language_info'\n"
           "then commit the notebooks again (git add --renormalize notebooks && git commit).\n"
           + "\n".join(dirty))
     sys.exit(1)

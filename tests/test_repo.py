@@ -15,7 +15,8 @@ import nbformat
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-FILTER_SETUP = "git config filter.nbstripout.clean '.venv/bin/nbstripout --keep-id'"
+FILTER = ".venv/bin/nbstripout --keep-id --extra-keys metadata.language_info"
+FILTER_SETUP = f"git config filter.nbstripout.clean '{FILTER}'"
 INSTALL = "python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt && " + FILTER_SETUP
 TEST_COMMAND = INSTALL + " && .venv/bin/python -m pytest"
 JUPYTER = ".venv/bin/jupyter lab"
@@ -58,12 +59,26 @@ def test_the_set_up_filter_strips_outputs_at_commit_time_and_keeps_cell_ids(tmp_
     (tmp_path / "notebooks").mkdir()
     cell = nbformat.v4.new_code_cell("print(6 * 7)", id="kept-id")
     cell.outputs, cell.execution_count = [nbformat.v4.new_output("stream", text="42\n")], 1
-    nbformat.write(nbformat.v4.new_notebook(cells=[cell]), tmp_path / "notebooks" / "n.ipynb")
+    language = {"language_info": {"name": "python", "version": "3.11"}}  # what Jupyter saves
+    executed = nbformat.v4.new_notebook(cells=[cell], metadata=language)
+    nbformat.write(executed, tmp_path / "notebooks" / "n.ipynb")
     git("add", "notebooks/n.ipynb", cwd=tmp_path)
-    staged = json.loads(git("show", ":notebooks/n.ipynb", cwd=tmp_path))["cells"][0]
+    staged_notebook = json.loads(git("show", ":notebooks/n.ipynb", cwd=tmp_path))
+    staged = staged_notebook["cells"][0]
+    assert "language_info" not in staged_notebook["metadata"]
     assert staged["outputs"] == [] and staged["execution_count"] is None
     assert staged["id"] == "kept-id" and "".join(staged["source"]) == "print(6 * 7)"
     assert "42" in (tmp_path / "notebooks" / "n.ipynb").read_text()  # the working copy keeps it
+
+
+def test_committed_notebooks_pass_the_filter_unchanged():
+    """Else every notebook would show as modified right after the set-up installs the filter."""
+    for path in committed_notebooks():
+        committed = git("show", f"HEAD:{path}")
+        command = [sys.executable, "-m", "nbstripout", *shlex.split(FILTER)[1:]]
+        filtered = subprocess.run(command, input=committed, capture_output=True, text=True,
+                                  check=True).stdout
+        assert filtered == committed, f"{path}: commit it through the filter (see the README)"
 
 
 def test_every_course_notebook_is_in_the_course_map_and_run_by_nbval():
