@@ -2,7 +2,8 @@
 (with dynamic loss scaling) and a true fp16 model with fp32 master weights, measured in one run.
 
 Usage: python benchmarks/precision_cpu.py [--iters 20] [--warmup 3] [--threads N]
-Prints a table and a final JSON line. One step = forward + backward + optimizer step (AdamW).
+Prints a table and a final JSON line. One step = the Trainer's forward + backward + optimizer step
+(AdamW; fp32 master weights and dynamic loss scaling where the mode has them).
 The modes are timed round-robin (one step of each in turn) so that load from other processes
 hits them alike. On a CPU with bf16 matrix instructions (Intel AMX, AVX-512 BF16) bf16 matmuls
 are fast; without them there is no gain, and fp16 matmuls on CPU are usually slower than fp32. This is a measurement, never an assertion.
@@ -17,8 +18,9 @@ import time
 import torch
 
 from minimt.config import GPTConfig
-from minimt.precision_train import build, train_step
-from minimt.train import TrainConfig
+from minimt.model import GPT
+from minimt.precision_train import MODES as PRECISION_MODES
+from minimt.train import TrainConfig, Trainer
 
 MODES = ("fp32", "bf16-autocast", "fp16-autocast", "fp16")
 
@@ -37,12 +39,19 @@ def main() -> None:
     x = torch.randint(model_config.vocab_size, (config.batch_size, model_config.block_size),
                       generator=gen)                                    # (B, T)
     y = torch.randint(model_config.vocab_size, x.shape, generator=gen)  # (B, T)
-    runs = {mode: build(mode, model_config, config) for mode in MODES}
+    runs = {}
+    for mode in MODES:  # the package's Trainer, in each mode's weights, autocast and scaling
+        dtype, autocast_dtype, _ = PRECISION_MODES[mode]
+        torch.manual_seed(0)
+        settings = TrainConfig(batch_size=config.batch_size, progress=False,
+                               autocast_dtype=autocast_dtype,
+                               dtype=None if dtype == torch.float32 else "float16")
+        runs[mode] = Trainer(GPT(model_config), lambda *_: (x, y), settings)  # one fixed batch
     times = {mode: [] for mode in MODES}
     for i in range(args.warmup + args.iters):
-        for mode, (model, optimizer, autocast_dtype) in runs.items():
+        for mode, trainer in runs.items():
             start = time.perf_counter()
-            train_step(model, optimizer, x, y, autocast_dtype)
+            trainer.train_step().item()
             if i >= args.warmup:
                 times[mode].append(time.perf_counter() - start)
 

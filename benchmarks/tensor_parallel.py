@@ -1,7 +1,7 @@
 """Time per training step and bytes communicated per step of a tensor-parallel GPT, tp = 1, 2, 4.
 
-Each tp runs on its own launch of forked gloo ranks, one CPU thread each. A step is forward,
-backward and AdamW on one character-level tinyshakespeare batch; its time is the median over
+Each tp runs on its own launch of forked gloo ranks, one CPU thread each. A step is the Trainer's
+forward, backward and AdamW on one character-level tinyshakespeare batch; its time is the median over
 --steps steps after --warmup steps, timed on rank 0 between barriers (so it is the slowest rank's
 time). The bytes are counted by CommCounter during one step and checked against Megatron's
 formula (Shoeybi et al. 2019, arXiv 1909.08053): forward 2L+1 all-reduces of B*T*C (two per
@@ -24,8 +24,8 @@ import torch.distributed as dist
 from minimt.config import GPTConfig
 from minimt.data import char_dataset
 from minimt.model import GPT
+from minimt.train import TrainConfig, Trainer
 from minimt.parallel import CommCounter, launch
-from minimt.parallel.tensor import apply_tensor_parallel
 from minimt.parallel.tp_viz import comm_bytes_per_step, params_per_rank
 
 CONFIG = GPTConfig(vocab_size=65, block_size=128, n_layer=4, n_head=8, n_embd=256)
@@ -38,27 +38,25 @@ def _barrier(ctx) -> None:
 
 
 def _bench_rank(ctx, config: GPTConfig, batch_size: int, warmup: int, steps: int) -> dict:
-    """On one rank: train warmup + steps steps; time each, count one step's communication."""
+    """On one rank: warmup + steps steps of the package's Trainer; time each, count one step's
+    communication. No clipping: its norm all-reduce is not part of Megatron's formula."""
     _, dataset = char_dataset("tinyshakespeare", byte_fallback=False)
-    model = apply_tensor_parallel(GPT(config), ctx)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
-    generator = torch.Generator().manual_seed(0)
+    settings = TrainConfig(batch_size=batch_size, learning_rate=3e-4, decay_lr=False,
+                           warmup_iters=0, grad_clip=0.0, seed=0, progress=False)
+    torch.manual_seed(0)
+    trainer = Trainer(GPT(config), dataset, settings, ctx=ctx)
     times = []
     for step in range(warmup + steps):
-        x, y = dataset.get_batch("train", batch_size, config.block_size, generator)  # (B, T)
         _barrier(ctx)
         start = time.perf_counter()
         with CommCounter() as counter:
-            _, loss = model(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = trainer.train_step()
         _barrier(ctx)
         if step >= warmup:
             times.append(time.perf_counter() - start)
     return {"step_s": statistics.median(times), "bytes": counter.bytes(),
             "all_reduces": counter.count(kind="all_reduce"), "loss": loss.item(),
-            "params": sum(p.numel() for p in model.parameters())}
+            "params": sum(p.numel() for p in trainer.mesh.parameters())}
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""`python -m minimt <demo> [--tp N] [--pp N] [--dp N] [demo options]`: run a demo on every rank.
+"""`python -m minimt train|generate ...` (see minimt/cli.py, `--help` of each) and
+`python -m minimt <demo> [--tp N] [--pp N] [--dp N] [demo options]`: run a demo on every rank.
 
 Under torchrun each process is one rank, e.g.
     torchrun --standalone --nproc-per-node 4 -m minimt allreduce --tp 4
@@ -12,14 +13,21 @@ import argparse
 import os
 import sys
 
+from .cli import COMMANDS
 from .demos import DEMOS
 from .parallel import LaunchTimeout, RankError, launch
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
     listing = "\n".join(f"  {name:<12}{(fn.__doc__ or '').strip().splitlines()[0]}"
                         for name, fn in sorted(DEMOS.items()))
-    parser = argparse.ArgumentParser(prog="python -m minimt", epilog=f"demos:\n{listing}",
+    commands = ("commands (python -m minimt COMMAND --help):\n"
+                "  train       train the course's GPT on any (tp, pp, dp) layout, write a checkpoint\n"
+                "  generate    stream text from a checkpoint of any layout\n")
+    parser = argparse.ArgumentParser(prog="python -m minimt", epilog=f"{commands}demos:\n{listing}",
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Run a minimt demo on every rank.")
     parser.add_argument("demo", choices=sorted(DEMOS), help="which demo to run")

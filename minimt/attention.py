@@ -1,8 +1,10 @@
 """Attention from the formula: softmax(Q K^T / sqrt(d_k)) V (Vaswani et al. 2017, arXiv 1706.03762).
 
-Tensors are shaped (batch, heads, seq, head_dim). Boolean masks follow torch's convention: True
-where attention is allowed. `MultiHeadAttention` uses torch's fused kernel on its fast path and
-the formula here when asked for the attention weights (for plots) or when `fused=False`.
+Tensors are shaped (batch, heads, seq, head_dim). Masks follow torch's convention: a bool mask is
+True where attention is allowed, a float mask is added to the scores (-inf forbids). 16-bit inputs
+are computed in fp32 and the result cast back (a bf16 softmax has 7x the error of torch's kernel).
+`MultiHeadAttention` uses torch's fused kernel on its fast path and the formula here when asked
+for the attention weights (for plots) or when `fused=False`.
 """
 from __future__ import annotations
 
@@ -12,15 +14,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+from torch.utils.checkpoint import checkpoint
 
 
 def scaled_dot_product_attention(q, k, v, mask=None, causal=False, dropout_p=0.0,
                                  return_weights=False):
     """softmax(q k^T / sqrt(d_k) + mask) v, equal to torch's fused kernel.
 
-    q: (B, H, Tq, D); k, v: (B, H, Tk, D); mask: bool, broadcastable to (B, H, Tq, Tk), True =
-    may attend. `causal` lets query i see keys j <= i + (Tk - Tq) (the queries are the last Tq
-    positions). A query that may attend to nothing gets a zero output, as in torch.
+    q: (B, H, Tq, D); k, v: (B, H, Tk, D); mask: broadcastable to (B, H, Tq, Tk), bool (True =
+    may attend) or float (added to the scores). `causal` lets query i see keys j <= i + (Tk - Tq)
+    (the queries are the last Tq positions). A query that may attend to nothing gets a zero
+    output, as in torch. 16-bit inputs are computed in fp32 (as torch's CPU kernel) and cast back.
     Returns the output (B, H, Tq, D) and, if `return_weights`, the weights (B, H, Tq, Tk).
     """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
@@ -29,18 +33,27 @@ def scaled_dot_product_attention(q, k, v, mask=None, causal=False, dropout_p=0.0
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(f"q and k need the same head_dim and k and v the same seq length; got "
                          f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])            # (B, H, Tq, Tk)
+    if not q.shape[1] == k.shape[1] == v.shape[1]:
+        raise ValueError(f"q has {q.shape[1]} heads, k {k.shape[1]} and v {v.shape[1]}: grouped-"
+                         f"query attention is not supported; repeat each key/value head for its "
+                         f"group first, e.g. "
+                         f"k.repeat_interleave({q.shape[1]} // {k.shape[1]}, dim=1)")
+    out_dtype = q.dtype
+    q, k, v = (t.to(torch.promote_types(t.dtype, torch.float32)) for t in (q, k, v))
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])            # (B, H, Tq, Tk), >= fp32
     allowed = combine_masks(mask, causal, q.shape[-2], k.shape[-2], q.device)
-    if allowed is not None:
-        if allowed.dtype != torch.bool:
-            raise TypeError(f"mask must be a bool tensor (True = attend), got {allowed.dtype}")
+    if allowed is not None and allowed.dtype == torch.bool:
         scores = scores.masked_fill(~allowed, float("-inf"))
+    elif allowed is not None:
+        scores = scores + allowed                                         # additive float mask
     weights = torch.softmax(scores, dim=-1)                               # (B, H, Tq, Tk)
     if allowed is not None:  # rows with no allowed key are NaN after softmax; torch gives zeros
-        weights = weights.masked_fill(~allowed, 0.0)
+        blocked = ~allowed if allowed.dtype == torch.bool else allowed == float("-inf")
+        weights = weights.masked_fill(blocked, 0.0)  # the mask's own shape: autograd saves it small
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     out = weights @ v                                                     # (B, H, Tq, D)
+    out, weights = out.to(out_dtype), weights.to(out_dtype)
     return (out, weights) if return_weights else out
 
 
@@ -62,11 +75,16 @@ def local_mask(seq_len, window, device=None):
 
 
 def combine_masks(mask, causal, seq_len, kv_len, device):
-    """The boolean mask that `mask` and `causal` allow together, or None when nothing is masked."""
+    """`mask` (bool: True = attend, or float: added to the scores) with the causal rule applied,
+    in the mask's kind, or None when nothing is masked."""
     if not causal:
         return mask
     causal_part = causal_mask(seq_len, kv_len, device=device)
-    return causal_part if mask is None else mask & causal_part
+    if mask is None:
+        return causal_part
+    if mask.dtype == torch.bool:
+        return mask & causal_part
+    return mask.masked_fill(~causal_part, float("-inf"))
 
 
 def sinusoidal_positions(seq_len, dim):
@@ -120,6 +138,7 @@ class MultiHeadAttention(nn.Module):
         self.causal = causal
         self.fused = fused
         self.dropout = dropout
+        self.recompute_core = False  # selective recomputation (Korthikanti et al. 2022): see GPT
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)   # W^Q, W^K, W^V side by side
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)       # W^O
         self.resid_dropout = nn.Dropout(dropout)
@@ -130,6 +149,19 @@ class MultiHeadAttention(nn.Module):
         q, k, v = rearrange(qkv, "b t (three h d) -> three b h t d", three=3, d=self.head_dim)
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)                                          # (B, H, Tk, D)
+        if self.recompute_core and torch.is_grad_enabled() and not need_weights:
+            # keep only q, k, v; the scores, softmax and weighted sum are recomputed in backward
+            y, weights = checkpoint(self.core_attention, q, k, v, mask, False, use_reentrant=False)
+        else:
+            y, weights = self.core_attention(q, k, v, mask, need_weights)        # (B, H, T, D)
+        y = rearrange(y, "b h t d -> b t (h d)")                                  # (B, T, H*D)
+        y = self.resid_dropout(self.c_proj(y))                                    # (B, T, C)
+        return (y, weights) if need_weights else y
+
+    def core_attention(self, q, k, v, mask=None, need_weights=False):
+        """softmax(q k^T / sqrt(D)) v for q (B, H, T, D), k, v (B, H, Tk, D): the part that
+        selective recomputation recomputes (Megatron's CoreAttention).
+        Returns (y, weights or None)."""
         dropout_p = self.dropout if self.training else 0.0
         weights = None
         if need_weights or not self.fused:
@@ -140,8 +172,6 @@ class MultiHeadAttention(nn.Module):
             is_causal = self.causal and q.shape[-2] == k.shape[-2] and q.shape[-2] > 1
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)
         else:
-            allowed = combine_masks(mask, self.causal, q.shape[-2], k.shape[-2], x.device)
+            allowed = combine_masks(mask, self.causal, q.shape[-2], k.shape[-2], q.device)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
-        y = rearrange(y, "b h t d -> b t (h d)")                                  # (B, T, H*D)
-        y = self.resid_dropout(self.c_proj(y))                                    # (B, T, C)
-        return (y, weights) if need_weights else y
+        return y, weights

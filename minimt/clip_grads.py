@@ -1,91 +1,73 @@
-"""Gradient norm, clipping and overflow checks that stay correct under tensor parallelism.
+"""Gradient norm, clipping and overflow checks of one process's parameters (no communication).
 
-A tensor-parallel rank holds a shard of each split weight and a full copy of each replicated one
-(LayerNorm, row-parallel bias). The global norm must count every parameter once: shards are summed
-over the TP group, replicated parameters are counted on TP rank 0 only (Megatron-LM's
-`param_is_not_tensor_parallel_duplicate`). A sharded parameter carries the attribute
-`tensor_model_parallel = True` (Megatron's name); anything without it is treated as replicated.
-An overflow on any rank must skip the step on every rank, so the found-inf flag is all-reduced
-with MAX over the given groups.
+Tensor, pipeline and data parallelism need the same three steps over the whole mesh, where a
+parameter may be a shard or a copy: `minimt.parallel.grads.MeshGradients` provides them with the
+same names, so code written against this module (MixedPrecisionOptimizer, the Trainer) takes
+either.
 """
 from __future__ import annotations
 
 from typing import Iterable
 
 import torch
-import torch.distributed as dist
-
-def is_tensor_parallel(param: torch.Tensor) -> bool:
-    """True for a parameter sharded across the TP group (marked `tensor_model_parallel = True`)."""
-    return bool(getattr(param, "tensor_model_parallel", False))
 
 
-def _groups(groups) -> list:
-    """A list of process groups from None, one group or a sequence; empty when not distributed."""
-    if groups is None or not (dist.is_available() and dist.is_initialized()):
-        return []
-    return list(groups) if isinstance(groups, (list, tuple)) else [groups]
-
-
-def _grads(params: Iterable[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def grads_of(params: Iterable[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(parameter, gradient) for the parameters that have a gradient."""
     return [(p, p.grad) for p in params if p.grad is not None]
 
 
-def _device(pairs) -> torch.device:
+def grad_device(pairs) -> torch.device:
     """Where the reductions live: the gradients' device (CUDA for NCCL, CPU for gloo)."""
     return pairs[0][1].device if pairs else torch.device("cpu")
 
 
-def get_grad_norm(params: Iterable[torch.Tensor], tp_group=None, norm_type: float = 2.0) -> float:
-    """Global norm of the gradients of `params` over the TP group, each parameter counted once.
-
-    norm_type 2: sqrt(sum over shards on all ranks + replicated params on rank 0 of g^2);
-    norm_type inf: max |g| over all ranks (duplicates do not change a max).
-    tp_group: the TP process group, or a list whose first entry is the TP group and the others
-    groups holding different parameters (e.g. pipeline stages) whose norms are summed as well.
-    """
-    groups = _groups(tp_group)
-    tp_rank = dist.get_rank(groups[0]) if groups else 0
-    pairs = _grads(params)
-    if norm_type == float("inf"):
-        local = max((g.detach().abs().max().float() for _, g in pairs),
-                    default=torch.tensor(0.0, device=_device(pairs)))
-        total = local.clone().reshape(1)
-        for group in groups:
-            dist.all_reduce(total, op=dist.ReduceOp.MAX, group=group)
-        return total.item()
-    if norm_type != 2.0:
+def local_norm_power(grads, norm_type: float = 2.0) -> torch.Tensor:
+    """(1,) float64 tensor: the sum of g^2 over `grads` (norm_type 2, so that ranks can add their
+    sums) or max |g| (norm_type inf), from torch's fused per-tensor norms."""
+    grads = list(grads)
+    if norm_type not in (2.0, float("inf")):
         raise ValueError(f"norm_type={norm_type} is not supported; use 2.0 or float('inf')")
-    counted = [g for p, g in pairs if is_tensor_parallel(p) or tp_rank == 0]
-    total = torch.zeros(1, dtype=torch.float64, device=_device(pairs))
-    for g in counted:
-        total += g.detach().double().pow(2).sum()
-    for group in groups:
-        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
-    return total.sqrt().item()
+    if not grads:
+        return torch.zeros(1, dtype=torch.float64)
+    norm = torch.nn.utils.get_total_norm(grads, norm_type, foreach=True).double().reshape(1)
+    return norm if norm_type == float("inf") else norm.pow(2)
 
 
-def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float, tp_group=None) -> float:
-    """Scale gradients in place so that their global (TP-aware) L2 norm is at most max_norm, as
-    torch.nn.utils.clip_grad_norm_ does serially; returns the norm before clipping."""
+def get_grad_norm(params: Iterable[torch.Tensor], norm_type: float = 2.0) -> float:
+    """Norm of the gradients of `params` (2: sqrt of the sum of squares; inf: max |g|)."""
+    total = local_norm_power([g for _, g in grads_of(params)], norm_type)
+    return (total if norm_type == float("inf") else total.sqrt()).item()
+
+
+def scale_to_max_norm(params, total_norm: float, max_norm: float) -> float:
+    """Multiply the gradients by max_norm / (total_norm + 1e-6) when that is below 1 (the rule
+    of torch.nn.utils.clip_grad_norm_); returns total_norm."""
     if not max_norm > 0:
         raise ValueError(f"max_norm={max_norm} must be positive (leave clipping out instead)")
-    params = list(params)
-    total_norm = get_grad_norm(params, tp_group)
-    clip_coef = max_norm / (total_norm + 1e-6)
-    if clip_coef < 1.0:
-        for _, g in _grads(params):
-            g.detach().mul_(clip_coef)
+    pairs = grads_of(params)
+    if pairs:
+        torch.nn.utils.clip_grads_with_norm_([p for p, _ in pairs], max_norm,
+                                             torch.tensor(total_norm), foreach=True)
     return total_norm
 
 
-def found_inf(params: Iterable[torch.Tensor], groups=None) -> bool:
-    """True if any gradient on any rank of `groups` holds inf or NaN (all-reduce MAX of the flag),
-    so that every rank makes the same skip decision."""
-    pairs = _grads(params)
-    flag = torch.zeros(1, device=_device(pairs))
+def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> float:
+    """Scale gradients in place so that their L2 norm is at most max_norm, as
+    torch.nn.utils.clip_grad_norm_ does; returns the norm before clipping."""
+    params = list(params)
+    return scale_to_max_norm(params, get_grad_norm(params), max_norm)
+
+
+def inf_flag(params: Iterable[torch.Tensor]) -> torch.Tensor:
+    """(1,) tensor, 1.0 if any gradient of `params` holds inf or NaN (no host sync per tensor)."""
+    pairs = grads_of(params)
+    flag = torch.zeros(1, device=grad_device(pairs))
     for _, g in pairs:
-        flag = torch.maximum(flag, (~torch.isfinite(g)).any().float())  # no host sync per tensor
-    for group in _groups(groups):
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
-    return bool(flag.item())
+        flag = torch.maximum(flag, (~torch.isfinite(g)).any().float())
+    return flag
+
+
+def found_inf(params: Iterable[torch.Tensor]) -> bool:
+    """True if any gradient of `params` holds inf or NaN."""
+    return bool(inf_flag(params).item())

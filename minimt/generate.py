@@ -73,10 +73,7 @@ class Decoder:
             mask, positions = padding_mask_and_positions(self.attention_mask, idx.shape[1])
         logits, _ = self.model(idx, kv_caches=self.caches, mask=mask, position_ids=positions)
         logits = logits[:, -1:, :]                                            # (B, 1, V or V/tp)
-        tp_ctx = getattr(self.model, "tp_ctx", None)
-        if tp_ctx is not None:  # tensor parallel: every rank gets the full row of logits
-            from .parallel.tensor import gather_vocab_parallel_logits
-            logits = gather_vocab_parallel_logits(logits, tp_ctx, self.model.config.vocab_size)
+        logits = self.model.gather_logits(logits)  # tensor parallel: every rank gets all of V
         return logits[:, 0, :].float()                                        # (B, V)
 
     def prefill(self):
@@ -122,7 +119,7 @@ def decode_steps(model, input_ids, max_new_tokens, do_sample=False, temperature=
     logits = decoder.prefill()                                                # (B, V)
     for step in range(max_new_tokens):
         scores = process_logits(logits, decoder.ids, repetition_penalty, temperature, top_k, top_p,
-                                do_sample)                                    # (B, V)
+                                do_sample, decoder.attention_mask)            # (B, V)
         if record is not None:
             record["logits"].append(logits)
             record["scores"].append(scores)
@@ -147,8 +144,9 @@ def beam_search(model, input_ids, max_new_tokens, num_beams, eos=None, pad=0, le
                 attention_mask=None, use_cache=True, record=None):
     """Keep the num_beams best partial sequences by summed log-probability (transformers' rules).
 
-    Each step ranks the 2 * num_beams best continuations of all beams: among the first num_beams, one
-    ending in EOS (or at the last step, any) is finished, scored sum_logprob / new_len**length_penalty;
+    Each step ranks the max(2, 1 + n_eos) * num_beams best continuations of all beams (enough for
+    num_beams of them not to end in one of the n_eos EOS ids): among the first num_beams, one ending
+    in EOS (or at the last step, any) is finished, scored sum_logprob / new_len**length_penalty;
     the best num_beams that do not end in EOS go on. A prompt is done when num_beams hypotheses are
     finished and (early_stopping=True, or) no running beam can beat the worst of them.
     Returns (sequences (B * num_return_sequences, T + new), their scores).
@@ -165,13 +163,13 @@ def beam_search(model, input_ids, max_new_tokens, num_beams, eos=None, pad=0, le
     logits = decoder.prefill()                                                # (B*K, V)
     for step in range(max_new_tokens):
         log_probs = apply_repetition_penalty(F.log_softmax(logits, dim=-1), decoder.ids,
-                                             repetition_penalty)              # (B*K, V)
+                                             repetition_penalty, decoder.attention_mask)  # (B*K, V)
         if record is not None:
             record["logits"].append(logits)
             record["scores"].append(log_probs)
         vocab = log_probs.shape[-1]
         total = (log_probs.view(batch, k, vocab) + beam_scores[..., None]).view(batch, k * vocab)
-        top_scores, top_index = total.topk(2 * k, dim=-1)                      # (B, 2K)
+        top_scores, top_index = total.topk(max(2, 1 + len(eos_ids)) * k, dim=-1)  # (B, >= 2K)
         last = step == max_new_tokens - 1
         next_rows = torch.arange(batch * k, device=input_ids.device).view(batch, k)  # (B, K)
         next_tokens = torch.full((batch, k), pad, dtype=torch.long, device=input_ids.device)

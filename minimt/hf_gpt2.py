@@ -88,14 +88,13 @@ def from_hf_state_dict(state_dict) -> dict:
     return out
 
 
-def from_hf_gpt2(source, config=None, model_class=None, **overrides):
-    """A minimt GPT holding a Hugging Face GPT-2's weights.
+def read_hf_gpt2(source, config=None, **overrides) -> tuple[GPTConfig, dict]:
+    """(GPTConfig, state dict under minimt's names) of a Hugging Face GPT-2; GPT.from_hf_gpt2
+    builds the model from them (this module never imports the model: the arrow goes one way).
 
     source: a transformers GPT2LMHeadModel/GPT2Model (uses its .config), a local directory from
     save_pretrained, or a state dict (then `config`, a GPTConfig or GPT2Config, is required).
     """
-    if model_class is None:
-        from .model import GPT as model_class
     if isinstance(source, (str, Path)):
         hf_config, state_dict = _load_dir(Path(source))
     elif hasattr(source, "state_dict") and hasattr(source, "config"):
@@ -112,9 +111,7 @@ def from_hf_gpt2(source, config=None, model_class=None, **overrides):
         config = config_from_hf_gpt2(hf_config if config is None else config, **overrides)
     elif overrides:
         config = config.replace(**overrides)
-    model = model_class(config)
-    model.load_state_dict(from_hf_state_dict(state_dict), strict=True)
-    return model
+    return config, from_hf_state_dict(state_dict)
 
 
 def to_hf_gpt2_state_dict(model) -> dict:

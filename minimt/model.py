@@ -11,12 +11,20 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .attention import MultiHeadAttention
 from .config import GPTConfig
+from .hf_gpt2 import read_hf_gpt2, to_hf_gpt2_state_dict
 
 IGNORE_INDEX = -100  # targets equal to this are left out of the loss (PyTorch's default)
 MAX_BUILDABLE_PARAMS = 2_000_000_000
+RECOMPUTE_MODES = ("none", "selective", "full")  # activation recomputation, see GPT.recompute
+
+
+def full_logits(logits):
+    """The logits as they are: a serial model already holds the whole vocabulary."""
+    return logits
 
 
 def cross_entropy_loss(logits, targets):
@@ -56,9 +64,14 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """Token + position embeddings, n_layer blocks, a final LayerNorm and the tied output layer."""
+    """Token + position embeddings, n_layer blocks, a final LayerNorm and the tied output layer.
 
-    def __init__(self, config: GPTConfig):
+    recompute (Korthikanti et al. 2022, arXiv 2205.05198): "none" keeps every activation for
+    backward; "selective" recomputes each attention core (scores, softmax, weighted sum) in
+    backward; "full" keeps only each block's input and reruns the block in backward.
+    """
+
+    def __init__(self, config: GPTConfig, recompute: str = "none"):
         super().__init__()
         if not isinstance(config, GPTConfig):
             raise TypeError(f"GPT needs a GPTConfig, got {type(config).__name__}")
@@ -79,10 +92,25 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying (Press & Wolf 2017)
         self.loss_fn = cross_entropy_loss  # tensor parallelism swaps in the vocab-parallel loss
+        self.gather_logits = full_logits   # and a gather of the vocabulary slices, for decoding
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2L)
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        self.recompute = recompute
+
+    @property
+    def recompute(self) -> str:
+        """Activation recomputation: "none", "selective" or "full" (settable at any time)."""
+        return self._recompute
+
+    @recompute.setter
+    def recompute(self, mode: str) -> None:
+        if mode not in RECOMPUTE_MODES:
+            raise ValueError(f"recompute={mode!r}: choose one of {RECOMPUTE_MODES}")
+        self._recompute = mode
+        for block in self.transformer.h:
+            block.attn.recompute_core = mode == "selective"
 
     @staticmethod
     def _init_weights(module):
@@ -106,16 +134,31 @@ class GPT(nn.Module):
                 f"sequence of {past + seq_len} tokens is longer than block_size="
                 f"{self.config.block_size}; crop the input to the last {self.config.block_size} "
                 f"tokens or build the model with a larger block_size")
-        if position_ids is None:
-            position_ids = torch.arange(past, past + seq_len, device=idx.device)[None]  # (1, T)
-        x = self.transformer.wte(idx) + self.transformer.wpe(position_ids)            # (B, T, C)
-        x = self.transformer.drop(x)
+        x = self.embed(idx, position_ids, past)                                      # (B, T, C)
         caches = kv_caches if kv_caches is not None else [None] * len(self.transformer.h)
         for block, cache in zip(self.transformer.h, caches):
-            x = block(x, mask=mask, kv_cache=cache)                                   # (B, T, C)
-        logits = self.lm_head(self.transformer.ln_f(x))                               # (B, T, V)
-        loss = None if targets is None else self.loss_fn(logits, targets)
+            x = self.run_block(block, x, mask=mask, kv_cache=cache)                   # (B, T, C)
+        logits, loss = self.head(x, targets)                                          # (B, T, V)
         return logits, loss
+
+    def run_block(self, block, x, mask=None, kv_cache=None):
+        """block(x) on x (B, T, C); under recompute="full" (while training, no cache) autograd
+        keeps only x and reruns the block in backward."""
+        if self.recompute == "full" and kv_cache is None and torch.is_grad_enabled():
+            return checkpoint(block, x, mask, use_reentrant=False)
+        return block(x, mask=mask, kv_cache=kv_cache)
+
+    def embed(self, idx, position_ids=None, past: int = 0):
+        """idx (B, T) -> (B, T, C): token + position embeddings, then dropout (the first step)."""
+        if position_ids is None:
+            position_ids = torch.arange(past, past + idx.shape[1], device=idx.device)[None]  # (1, T)
+        x = self.transformer.wte(idx) + self.transformer.wpe(position_ids)            # (B, T, C)
+        return self.transformer.drop(x)
+
+    def head(self, x, targets=None):
+        """(B, T, C) -> (logits (B, T, V), loss or None): final LayerNorm, tied output layer, loss."""
+        logits = self.lm_head(self.transformer.ln_f(x))                               # (B, T, V)
+        return logits, None if targets is None else self.loss_fn(logits, targets)
 
     def generate(self, input_ids, max_new_tokens, **kwargs):
         """Continue input_ids (B, T) by up to max_new_tokens tokens; Hugging Face generate's
@@ -127,12 +170,13 @@ class GPT(nn.Module):
     def from_hf_gpt2(cls, source, config=None, **overrides):
         """A GPT with a Hugging Face GPT-2's weights: a transformers model, a local directory
         (config.json + weights) or a state dict with `config`; see minimt.hf_gpt2."""
-        from .hf_gpt2 import from_hf_gpt2
-        return from_hf_gpt2(source, config=config, model_class=cls, **overrides)
+        config, state_dict = read_hf_gpt2(source, config, **overrides)
+        model = cls(config)
+        model.load_state_dict(state_dict, strict=True)
+        return model
 
     def to_hf_gpt2_state_dict(self):
         """This model's weights under transformers' GPT2LMHeadModel names and Conv1D layout."""
-        from .hf_gpt2 import to_hf_gpt2_state_dict
         return to_hf_gpt2_state_dict(self)
 
     def num_params(self, exclude_positions=False):

@@ -8,11 +8,18 @@ A dynamic scaler halves S and skips the step when a gradient overflows, and doub
 """
 from __future__ import annotations
 
+import math
+import warnings
+
 import torch
 
-from .clip_grads import clip_grad_norm, found_inf
+from . import clip_grads
 
-FP32_MAX = torch.finfo(torch.float32).max  # the loss is scaled in fp32
+
+def to_fp32(x: float) -> float:
+    """x rounded to the nearest fp32 value (inf beyond fp32's max, 0 below its smallest
+    subnormal 2^-149): torch.amp.GradScaler keeps its scale as an fp32 tensor."""
+    return torch.tensor(x, dtype=torch.float64).float().item()
 
 
 class StaticLossScaler:
@@ -41,22 +48,30 @@ class DynamicLossScaler:
             raise ValueError(f"backoff_factor={backoff_factor} must be in (0, 1)")
         if not (isinstance(growth_interval, int) and growth_interval >= 1):
             raise ValueError(f"growth_interval={growth_interval!r} must be a positive integer")
-        self.scale = float(init_scale)
+        self.scale = to_fp32(init_scale)
         self.growth_factor = float(growth_factor)
         self.backoff_factor = float(backoff_factor)
         self.growth_interval = growth_interval
         self.growth_tracker = 0  # consecutive finite steps since the last change
 
     def update(self, found_inf: bool) -> None:
-        """Adapt the scale after a step; found_inf says whether the gradients overflowed."""
+        """Adapt the scale after a step; found_inf says whether the gradients overflowed.
+
+        The scale is rounded to fp32 after every change, as in GradScaler: enough back-offs take it
+        to exactly 0, after which every step overflows (0 * inf) and is skipped."""
         if found_inf:
-            self.scale *= self.backoff_factor
+            before, self.scale = self.scale, to_fp32(self.scale * self.backoff_factor)
             self.growth_tracker = 0
+            if self.scale == 0.0 < before:
+                warnings.warn("the loss scale underflowed to 0 (fp32) after repeated overflows: "
+                              "every later step will be skipped, as with torch.amp.GradScaler. "
+                              "Find what makes the gradients inf/NaN (learning rate, data, fp16 "
+                              "range) or use bf16", RuntimeWarning, stacklevel=2)
             return
         self.growth_tracker += 1
         if self.growth_tracker == self.growth_interval:
-            grown = self.scale * self.growth_factor
-            if grown <= FP32_MAX:  # as GradScaler: a scale that would overflow fp32 is not taken
+            grown = to_fp32(self.scale * self.growth_factor)
+            if math.isfinite(grown):  # as GradScaler: a scale that would overflow fp32 is not taken
                 self.scale = grown
             self.growth_tracker = 0
 
@@ -66,18 +81,18 @@ class MixedPrecisionOptimizer:
     copies instead (Megatron-LM's Float16OptimizerWithFloat16Params, simplified).
 
     step(): copy the 16-bit grads to fp32 master grads (and free the 16-bit ones), unscale by 1/S,
-    check for inf/NaN on every rank of `groups`, update the scaler, skip or clip + step, then copy
-    the master weights back into the 16-bit model. The optimizer state (Adam's m, v) is fp32 because
-    it is created for the fp32 master parameters.
+    check for inf/NaN, update the scaler, skip or clip + step, then copy the master weights back
+    into the 16-bit model. The optimizer state (Adam's m, v) is fp32 because it is created for the
+    fp32 master parameters. `grads` does the norm and the overflow check: `minimt.clip_grads`
+    (this process) by default, `minimt.parallel.grads.MeshGradients(ctx)` over a mesh.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, loss_scaler=None,
-                 clip_grad: float | None = None, tp_group=None, groups=None):
+                 clip_grad: float | None = None, grads=clip_grads):
         self.optimizer = optimizer
         self.loss_scaler = loss_scaler
         self.clip_grad = clip_grad
-        self.tp_group = tp_group
-        self.groups = groups if groups is not None else tp_group
+        self.grads = grads
         if optimizer.state:
             raise ValueError("wrap the optimizer before its first step: it already has state")
         self.model_params, self.master_params = [], []
@@ -88,8 +103,9 @@ class MixedPrecisionOptimizer:
                     master = p  # already fp32 (e.g. under torch.autocast): its own master
                 elif p.dtype in (torch.float16, torch.bfloat16):
                     master = p.detach().clone().float().requires_grad_(True)  # fp32 master weight
-                    if getattr(p, "tensor_model_parallel", False):
-                        master.tensor_model_parallel = True
+                    for mark in ("tensor_model_parallel", "pipeline_duplicate"):
+                        if getattr(p, mark, False):
+                            setattr(master, mark, True)
                 else:
                     raise ValueError(f"parameter of dtype {p.dtype}: MixedPrecisionOptimizer "
                                      "handles float16, bfloat16 and float32 parameters")
@@ -115,7 +131,7 @@ class MixedPrecisionOptimizer:
 
     def step(self) -> bool:
         """One update; returns False (and leaves the weights alone) when the step was skipped."""
-        inv_scale = 1.0 / self.scale
+        inv_scale = to_fp32(1.0 / self.scale) if self.scale else math.inf  # fp32, as GradScaler
         for p, master in zip(self.model_params, self.master_params):
             if master is p:
                 if p.grad is not None:
@@ -126,7 +142,7 @@ class MixedPrecisionOptimizer:
                 continue
             master.grad = p.grad.float().mul_(inv_scale)  # fp32 copy of the unscaled gradient
             p.grad = None  # the 16-bit gradient is not needed any more
-        overflow = found_inf(self.master_params, self.groups)
+        overflow = self.grads.found_inf(self.master_params)
         if self.loss_scaler is not None:
             self.loss_scaler.update(overflow)
         if overflow:
@@ -135,7 +151,7 @@ class MixedPrecisionOptimizer:
                 master.grad = None
             return False
         if self.clip_grad:
-            clip_grad_norm(self.master_params, self.clip_grad, self.tp_group)
+            self.grads.clip_grad_norm(self.master_params, self.clip_grad)
         self.optimizer.step()
         with torch.no_grad():
             for p, master in zip(self.model_params, self.master_params):

@@ -12,13 +12,14 @@ The loss is computed in fp32 from the logits in every mode (as Megatron-LM does)
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 
 from .model import GPT, cross_entropy_loss
 from .precision import DynamicLossScaler, MixedPrecisionOptimizer
-from .train import TrainConfig, autocast_context, batch_losses, configure_adamw
+from .train import TrainConfig, Trainer, autocast_context, batch_losses, configure_adamw
 
 MODES = {  # mode -> (model dtype, autocast dtype name, dynamic loss scaling)
     "fp32": (torch.float32, None, False),
@@ -93,26 +94,32 @@ def train_precision(mode: str, model_config, data, config: TrainConfig, model_se
                     init_scale: float = 2.0 ** 16, growth_interval: int = 2000,
                     fault_steps=(), fault_value: float = float("inf"), keep_model: bool = False
                     ) -> PrecisionRun:
-    """Train GPT(model_config) from seed `model_seed` for config.max_iters steps in `mode`, on
-    config.device (autocast follows the device: CPU here, CUDA where present).
+    """Train GPT(model_config) from seed `model_seed` for config.max_iters steps in `mode` with the
+    Trainer, on config.device (autocast follows the device: CPU here, CUDA where present).
 
     Batches come from a generator seeded with config.seed, so every mode sees the same data.
     fault_steps: steps whose gradients are overwritten with `fault_value` (inf or NaN) before the
     optimizer step, to show that the step is skipped and the scale backs off.
     """
-    model, optimizer, autocast_dtype = build(mode, model_config, config, model_seed, init_scale,
-                                             growth_interval)
-    generator = torch.Generator().manual_seed(config.seed)
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {list(MODES)}")
+    dtype, autocast_dtype, scaled = MODES[mode]
+    torch.manual_seed(model_seed)
+    model = GPT(model_config)
+    settings = dataclasses.replace(config, autocast_dtype=autocast_dtype, progress=False,
+                                   dtype=None if dtype == torch.float32 else "float16")
+    scaler = DynamicLossScaler(init_scale, growth_interval=growth_interval) if scaled else None
+    trainer = Trainer(model, data, settings, loss_scaler=scaler)
     run = PrecisionRun(mode)
     for it in range(config.max_iters):
-        for group in optimizer.optimizer.param_groups:
-            group["lr"] = config.lr(it)
-        x, y = data.get_batch("train", config.batch_size, model_config.block_size, generator,
-                              device=config.device)
-        run.scales.append(optimizer.scale)
-        loss, stepped = train_step(model, optimizer, x, y, autocast_dtype,
-                                   fault_value if it in fault_steps else None, config.device)
-        if not stepped:
+        run.scales.append(trainer.loss_scale)
+        trainer.zero_grad()
+        loss = trainer.forward_backward()
+        if it in fault_steps:  # an overflow the loss scaler must catch
+            for p in model.parameters():
+                p.grad.fill_(fault_value)
+        trainer.optimizer_step()
+        if trainer.last_step_skipped:
             run.skipped.append(it)
         run.losses.append(loss.item())
     gen = torch.Generator().manual_seed(config.seed + 1)  # validation in fp32, same batches for all

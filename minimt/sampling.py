@@ -6,16 +6,21 @@ A filtered-out token gets the logit -inf, so softmax gives it probability exactl
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
-def apply_repetition_penalty(logits, input_ids, penalty):
+def apply_repetition_penalty(logits, input_ids, penalty, attention_mask=None):
     """CTRL's penalty (Keskar et al. 2019, arXiv 1909.05858) on tokens already in `input_ids`:
-    a positive logit is divided by `penalty`, a negative one multiplied (as transformers does)."""
+    a positive logit is divided by `penalty`, a negative one multiplied (as transformers does).
+    Positions where `attention_mask` (B, T) is 0 (left padding) are not counted as seen."""
     if penalty == 1.0:
         return logits
-    seen = logits.gather(-1, input_ids)                                       # (B, T)
+    if attention_mask is not None:  # padding points at an extra column, dropped below
+        input_ids = input_ids.masked_fill(attention_mask == 0, logits.shape[-1])
+    padded = F.pad(logits, (0, 1))                                            # (B, V + 1)
+    seen = padded.gather(-1, input_ids)                                       # (B, T)
     seen = torch.where(seen < 0, seen * penalty, seen / penalty)
-    return logits.scatter(-1, input_ids, seen)                                # (B, V)
+    return padded.scatter(-1, input_ids, seen)[..., :-1]                      # (B, V)
 
 
 def apply_temperature(logits, temperature):
@@ -46,9 +51,9 @@ def top_p_filter(logits, p):
 
 
 def process_logits(logits, input_ids, repetition_penalty=1.0, temperature=1.0, top_k=None,
-                   top_p=None, do_sample=True):
+                   top_p=None, do_sample=True, attention_mask=None):
     """transformers' order: repetition penalty, then (when sampling) temperature, top-k, top-p."""
-    logits = apply_repetition_penalty(logits, input_ids, repetition_penalty)
+    logits = apply_repetition_penalty(logits, input_ids, repetition_penalty, attention_mask)
     if do_sample:
         logits = apply_temperature(logits, temperature)
         logits = top_k_filter(logits, top_k)

@@ -3,6 +3,11 @@ periodic evaluation, a loss history for plots, and atomic checkpoints (nanoGPT's
 
 `Trainer(model, data, TrainConfig(...)).train()` runs it; `data` is a `TokenDataset` or any callable
 `get_batch(split, batch_size, block_size, generator) -> (x, y)`, so other data sources plug in.
+The same loop drives every layout: pass the rank's ParallelContext (`Trainer(..., ctx=ctx)` inside
+`launch` or torchrun) and it trains this rank's share of the model (minimt.parallel.layout) with
+tensor, pipeline (any schedule) and data parallelism, 16-bit weights with fp32 masters and loss
+scaling, and mesh-aware clipping; batch_size is the global batch, so every layout trains the same
+model on the same data.
 """
 from __future__ import annotations
 
@@ -16,6 +21,13 @@ from typing import Callable
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
+
+from .parallel.context import ParallelContext
+from .parallel.grads import MeshGradients
+from .parallel.layout import MeshModel
+from .parallel.pipeline import SCHEDULES
+from .parallel.zero import DistributedOptimizer
+from .precision import DynamicLossScaler, MixedPrecisionOptimizer
 
 AUTOCAST_DTYPES = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -61,8 +73,14 @@ class TrainConfig:
     seed: int = 1337                     # seeds the batch sampler
     autocast_dtype: str | None = None    # None (fp32), "bfloat16" or "float16": torch.autocast
     fused_adamw: bool = True             # one fused AdamW kernel (CPU and CUDA)
-    progress: bool = True                # show a tqdm progress bar
-    device: str = "cpu"
+    progress: bool = True                # show a tqdm progress bar (rank 0 only)
+    device: str = "cpu"                  # serial runs; a ParallelContext brings its own device
+    # layout (used with a ParallelContext; batch_size above is then the global batch)
+    schedule: str = "1f1b"               # pipeline schedule when pp > 1: see minimt.parallel.pipeline
+    num_microbatches: int | None = None  # pipeline micro-batches per micro-step; None = 2 * pp
+    num_chunks: int = 1                  # model chunks per pipeline rank ("interleaved" only)
+    zero: bool = False                   # ZeRO-1: shard the optimizer state over data parallelism
+    dtype: str | None = None             # None (fp32 weights) or 16-bit weights with fp32 masters
 
     def __post_init__(self):
         if isinstance(self.autocast_dtype, torch.dtype):  # accept torch.bfloat16 as well as "bfloat16"
@@ -96,6 +114,17 @@ class TrainConfig:
         if self.autocast_dtype not in AUTOCAST_DTYPES:
             raise ValueError(f"autocast_dtype={self.autocast_dtype!r}: choose one of "
                              f"{list(AUTOCAST_DTYPES)} (None = full fp32)")
+        self._check_layout_fields()
+
+    def _check_layout_fields(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"TrainConfig.schedule={self.schedule!r}: choose one of {SCHEDULES}")
+        if self.dtype not in AUTOCAST_DTYPES:
+            raise ValueError(f"TrainConfig.dtype={self.dtype!r}: choose one of "
+                             f"{list(AUTOCAST_DTYPES)} (None = fp32 weights)")
+        if self.dtype is not None and self.autocast_dtype is not None:
+            raise ValueError("set dtype (16-bit weights) or autocast_dtype (fp32 weights, 16-bit "
+                             "matmuls), not both")
 
     @property
     def decay_iters(self) -> int:
@@ -161,9 +190,16 @@ class Trainer:
     batches). Batches come from a torch.Generator seeded with `config.seed`, so the same seed and
     the same initial model give the same history. Dropout draws from torch's global RNG (seed it
     with torch.manual_seed); checkpoints save both.
+
+    ctx: this rank's ParallelContext (None = one process). `model` is then the whole serial GPT,
+    built from the same seed on every rank; the Trainer cuts out this rank's share (MeshModel).
+    Every rank draws the same global batch and keeps its 1/dp rows, so losses and weights follow
+    the serial run. loss_scaler: "auto" = dynamic loss scaling when fp16 is involved (dtype or
+    autocast), None = none, or a StaticLossScaler / DynamicLossScaler.
     """
 
-    def __init__(self, model: nn.Module, data, config: TrainConfig | None = None):
+    def __init__(self, model: nn.Module, data, config: TrainConfig | None = None,
+                 ctx: ParallelContext | None = None, loss_scaler="auto"):
         self.config = config or TrainConfig()
         if callable(getattr(data, "get_batch", None)):
             self.get_batch = data.get_batch
@@ -172,7 +208,6 @@ class Trainer:
         else:
             raise TypeError(f"data must be a dataset with .get_batch(split, batch_size, block_size, "
                             f"generator) or such a callable; got {type(data).__name__}")
-        self.model = model.to(self.config.device)
         model_block = getattr(getattr(model, "config", None), "block_size", None)
         self.block_size = self.config.block_size or model_block
         if self.block_size is None:
@@ -181,45 +216,115 @@ class Trainer:
         if model_block is not None and self.block_size > model_block:
             raise ValueError(f"TrainConfig.block_size={self.block_size} exceeds the model's "
                              f"block_size={model_block}; use block_size <= {model_block}")
-        self.optimizer = configure_adamw(self.model, self.config)
-        self.generator = torch.Generator().manual_seed(self.config.seed)
+        cfg = self.config
+        self.ctx = ctx or ParallelContext(device=cfg.device)
+        self.device = self.ctx.device
+        self.mesh = MeshModel(model, self.ctx, cfg.batch_size, cfg.schedule, cfg.num_microbatches,
+                              cfg.num_chunks, AUTOCAST_DTYPES[cfg.dtype] or torch.float32,
+                              zero=cfg.zero)
+        self.model = model
+        self.grads = MeshGradients(self.ctx)
+        if loss_scaler == "auto":
+            loss_scaler = DynamicLossScaler() if "float16" in (cfg.dtype, cfg.autocast_dtype) else None
+        self.loss_scaler = loss_scaler
+        # who clips and skips: ZeRO-1's optimizer and MixedPrecisionOptimizer do it in step()
+        self.mixed_precision = cfg.dtype is not None or loss_scaler is not None
+        self.optimizer_checks = cfg.zero or self.mixed_precision
+        if cfg.zero:  # AdamW on this rank's 1/dp shard (fp32 master for 16-bit weights)
+            self.optimizer = DistributedOptimizer(
+                self.mesh.chunks, self.ctx, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
+                weight_decay=cfg.weight_decay, decay_filter=lambda p: p.dim() >= 2,
+                grad_clip=cfg.grad_clip, loss_scaler=loss_scaler)
+        elif self.optimizer_checks:  # fp32 master weights, loss scaling, mesh-aware checks
+            self.optimizer = MixedPrecisionOptimizer(configure_adamw(self.mesh.module, cfg),
+                                                     loss_scaler, clip_grad=cfg.grad_clip or None,
+                                                     grads=self.grads)
+        else:
+            self.optimizer = configure_adamw(self.mesh.module, cfg)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
         self.iter_num = 0
         self.history = {"train": [], "val": [], "train_eval": []}
         self.last_grad_norm = None  # global gradient norm before clipping, of the last step
+        self.last_step_skipped = False  # True when loss scaling found inf/NaN and skipped a step
+        self.progress_file = None  # where the progress bar goes (None: stderr)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        """The optimizer's parameter groups (for the learning rate), whichever wraps AdamW."""
+        return getattr(self.optimizer, "optimizer", self.optimizer).param_groups
+
+    @property
+    def loss_scale(self) -> float:
+        """The current loss scale S (1.0 without loss scaling)."""
+        return 1.0 if self.loss_scaler is None else self.loss_scaler.scale
+
+    def forward_backward(self) -> torch.Tensor | None:
+        """The gradient_accumulation_steps micro-steps of one optimizer step: each draws the
+        global micro-batch and runs this rank's rows; returns this rank's mean loss (None off the
+        last pipeline stage). Gradients are complete (tied, averaged) afterwards."""
+        cfg = self.config
+        losses = []
+        for k in range(cfg.gradient_accumulation_steps):
+            x, y = self.get_batch("train", cfg.batch_size, self.block_size, self.generator)
+            x, y = self.mesh.local_batch(x, y)                        # (B/dp, T)
+            with autocast_context(self.device, cfg.autocast_dtype):
+                loss = self.mesh.forward_backward(x, y, self.loss_scale,
+                                                  last=k == cfg.gradient_accumulation_steps - 1)
+            if loss is not None:
+                losses.append(loss.float())
+        # mean of k equal micro-batch means = mean over the whole k*B batch
+        self.mesh.finish_gradients(cfg.gradient_accumulation_steps)
+        return torch.stack(losses).mean() if losses else None
 
     def train_step(self) -> torch.Tensor:
         """One optimizer step over gradient_accumulation_steps micro-batches; returns the mean
-        micro-batch loss as a 0-d tensor (no .item(): no device sync each step)."""
-        cfg = self.config
-        for group in self.optimizer.param_groups:
-            group["lr"] = cfg.lr(self.iter_num)
-        self.optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=cfg.device)
-        for _ in range(cfg.gradient_accumulation_steps):
-            x, y = self.get_batch("train", cfg.batch_size, self.block_size, self.generator)
-            with autocast_context(cfg.device, cfg.autocast_dtype):
-                _, loss = self.model(x.to(cfg.device), y.to(cfg.device))
-            # mean of k equal micro-batch means = mean over the whole k*B batch
-            (loss / cfg.gradient_accumulation_steps).backward()
-            total += loss.detach().float()
-        if cfg.grad_clip > 0:
-            self.last_grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip,
-                                                           foreach=True)
-        self.optimizer.step()
+        micro-batch loss of the global batch as a 0-d tensor (no .item(): no device sync)."""
+        self.zero_grad()
+        loss = self.forward_backward()
+        self.optimizer_step()
+        return self.mesh.global_mean(loss)
+
+    def zero_grad(self) -> None:
+        """Forget the last step's gradients and set this step's learning rate."""
+        for group in self.param_groups:
+            group["lr"] = self.config.lr(self.iter_num)
+        self.optimizer.zero_grad()
+
+    def optimizer_step(self) -> None:
+        """Clip (over the whole mesh) and step; with loss scaling or ZeRO-1 the optimizer also
+        unscales, checks for inf/NaN on every rank and skips the step if any (ZeRO: after
+        averaging the gradients over dp itself)."""
+        if self.optimizer_checks:
+            self.last_step_skipped = not self.optimizer.step()
+            self.last_grad_norm = getattr(self.optimizer, "last_grad_norm", None)
+        else:
+            if self.config.grad_clip > 0:
+                self.last_grad_norm = self.grads.clip_grad_norm(self.mesh.parameters(),
+                                                                self.config.grad_clip)
+            self.optimizer.step()
         self.iter_num += 1
-        return total / cfg.gradient_accumulation_steps
 
     def evaluate(self, eval_iters: int | None = None) -> dict[str, float]:
         """Mean loss over eval_iters batches of each split. The batches come from a generator
         re-seeded every call, so every evaluation sees the same batches (a smoother curve)."""
         cfg = self.config
         n = eval_iters or cfg.eval_iters
+        was_training = self.mesh.module.training
+        self.mesh.module.eval()
         out = {}
         for k, split in enumerate(("train", "val")):
             gen = torch.Generator().manual_seed(cfg.seed + 1 + k)
-            out[split] = batch_losses(self.model, self.get_batch, split, n, cfg.batch_size,
-                                      self.block_size, gen, cfg.autocast_dtype,
-                                      cfg.device).mean().item()
+            losses = []
+            for _ in range(n):
+                x, y = self.mesh.local_batch(*self.get_batch(split, cfg.batch_size,
+                                                             self.block_size, gen))
+                with autocast_context(self.device, cfg.autocast_dtype):
+                    loss = self.mesh.loss(x, y)
+                if loss is not None:
+                    losses.append(loss.float())
+            mean = torch.stack(losses).mean() if losses else None
+            out[split] = self.mesh.global_mean(mean).item()
+        self.mesh.module.train(was_training)
         return out
 
     def _record_eval(self):
@@ -234,9 +339,10 @@ class Trainer:
         a run split into pieces has the same history as one run."""
         cfg = self.config
         stop = cfg.max_iters if num_iters is None else min(cfg.max_iters, self.iter_num + num_iters)
-        self.model.train()
+        self.mesh.module.train()
         pending = []  # (iter, 0-d loss tensor) not yet turned into floats
-        bar = tqdm(total=stop - self.iter_num, disable=not cfg.progress, desc="train")
+        bar = tqdm(total=stop - self.iter_num, disable=not cfg.progress or self.ctx.rank != 0,
+                   desc="train", file=self.progress_file, mininterval=1.0)
         while self.iter_num < stop:
             if evaluate and self.iter_num % cfg.eval_interval == 0:
                 if not self.history["val"] or self.history["val"][-1][0] != self.iter_num:
@@ -260,7 +366,9 @@ class Trainer:
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Write model, optimizer, iteration, configs, history and RNG states to `path`
-        atomically (a temp file in the same folder, then os.replace): a crash leaves the old file."""
+        atomically (a temp file in the same folder, then os.replace): a crash leaves the old file.
+        One process only; a mesh writes minimt.parallel.checkpoint's layout-free checkpoints."""
+        self._refuse_mesh("save_checkpoint")
         model_config = getattr(self.model, "config", None)
         state = {
             "model": self.model.state_dict(),
@@ -285,6 +393,7 @@ class Trainer:
     def load_checkpoint(self, path: str | os.PathLike) -> dict:
         """Restore a checkpoint written by save_checkpoint into this trainer (same model shape);
         training then continues exactly as if never stopped. Returns the raw checkpoint dict."""
+        self._refuse_mesh("load_checkpoint")
         state = load_checkpoint(path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -293,6 +402,13 @@ class Trainer:
         self.generator.set_state(state["rng"]["batch"])
         torch.set_rng_state(state["rng"]["torch"])
         return state
+
+
+    def _refuse_mesh(self, what: str) -> None:
+        if self.ctx.world_size > 1 or self.mixed_precision:
+            raise ValueError(f"Trainer.{what} writes one process's fp32 state; on a mesh or in 16 "
+                             f"bits use minimt.parallel.checkpoint.{what}(directory, "
+                             f"trainer.mesh.chunks, trainer.optimizer, ctx), which any layout reads")
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

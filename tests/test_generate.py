@@ -70,6 +70,21 @@ def test_repetition_penalty_and_temperature_follow_transformers():
     assert torch.equal(process_logits(logits, seen, 1.0, 0.5, 1, 0.1, do_sample=False), logits)
 
 
+def test_repetition_penalty_ignores_left_padding_as_transformers():
+    """transformers' generate passes the padding lengths as prompt_ignore_length: a pad id that
+    only fills the padding is not 'seen'."""
+    transformers = pytest.importorskip("transformers")
+    ids, mask = left_pad([[5, 6, 7, 8], [3, 9], [1]], pad_token_id=2)            # (3, 4)
+    logits = torch.randn(3, 11, generator=torch.Generator().manual_seed(0))
+    processor = transformers.RepetitionPenaltyLogitsProcessor(
+        1.7, prompt_ignore_length=(mask != 0).int().argmax(dim=1))
+    expected = processor(ids, logits.clone())
+    got = apply_repetition_penalty(logits, ids, 1.7, attention_mask=mask)
+    assert torch.equal(got, expected)
+    assert not torch.equal(apply_repetition_penalty(logits, ids, 1.7), expected)  # pad 2 counted
+    assert torch.equal(process_logits(logits, ids, 1.7, do_sample=False, attention_mask=mask), got)
+
+
 # ------------------------------------------------------------------ the KV cache
 
 @pytest.mark.parametrize("num_beams", [1, 3])

@@ -55,6 +55,25 @@ def test_greedy_output_matches_transformers(pair, kwargs):
     assert torch.equal(got, expected)
 
 
+@pytest.mark.parametrize("num_beams, penalty", [(1, 2.0), (3, 20.0)])
+def test_repetition_penalty_on_a_left_padded_batch_matches_transformers(pair, num_beams, penalty):
+    """The pad id is the token the short row, alone, generates first: penalising it because it
+    fills the padding (attention_mask 0) changes the output; transformers ignores those positions.
+    (Beam search penalises log-probabilities, near 0 for the best token: it takes a large
+    penalty to change its choice.)"""
+    hf, ours = pair
+    prompts = [[5, 6, 7, 8, 9], [30, 31]]
+    settings = dict(max_new_tokens=8, do_sample=False, repetition_penalty=penalty,
+                    num_beams=num_beams)
+    wanted = int(hf.generate(torch.tensor([prompts[1]]), pad_token_id=0, **settings)[0, 2])
+    assert wanted not in prompts[1]
+    ids, mask = left_pad(prompts, pad_token_id=wanted)
+    expected = hf.generate(ids, attention_mask=mask, pad_token_id=wanted, **settings)
+    got = ours.generate(ids, attention_mask=mask, pad_token_id=wanted, **settings)
+    assert got[1, ids.shape[1]] == wanted
+    assert torch.equal(got, expected)
+
+
 @pytest.mark.parametrize("length_penalty, early_stopping", [(1.0, False), (0.5, True), (2.0, False)])
 def test_beam_search_matches_transformers(pair, length_penalty, early_stopping):
     hf, ours = pair
@@ -69,6 +88,50 @@ def test_beam_search_matches_transformers(pair, length_penalty, early_stopping):
     assert (got.sequences[:, ids.shape[1]:] == eos).any(), "no beam finished: the test is too weak"
     assert torch.equal(got.sequences, expected.sequences)
     assert torch.allclose(got.sequences_scores, expected.sequences_scores, atol=1e-5)
+
+
+def eos_heavy_pair(eos_ids, boost=4.0):
+    """The random GPT-2 with the EOS ids made likely after any context (their embeddings share a
+    direction with the final layer norm's bias), so several beams rank EOS among their best."""
+    hf = random_hf_gpt2()
+    with torch.no_grad():
+        bias = torch.randn(hf.config.n_embd, generator=torch.Generator().manual_seed(0))
+        hf.transformer.ln_f.bias.copy_(bias)
+        hf.transformer.wte.weight[eos_ids] += boost * bias / bias.norm()
+    return hf, GPT.from_hf_gpt2(hf).eval()
+
+
+def rescored(model, prompt, new_tokens, eos_ids, length_penalty):
+    """sum of log p(token | prefix) over a hypothesis' tokens (up to its first EOS) / len ** lp."""
+    ends = [i for i, t in enumerate(new_tokens) if t in eos_ids]
+    new_tokens = new_tokens[:ends[0] + 1] if ends else new_tokens
+    seq = torch.tensor([prompt + new_tokens])
+    with torch.no_grad():
+        log_probs = model(seq)[0][0, len(prompt) - 1:-1].log_softmax(-1)        # (new, V)
+    total = log_probs.gather(-1, torch.tensor(new_tokens)[:, None]).sum().item()
+    return total / len(new_tokens) ** length_penalty
+
+
+@pytest.mark.parametrize("n_eos", [1, 2, 3])
+def test_beam_search_with_several_eos_ids_matches_transformers(n_eos):
+    """With n EOS ids, more than num_beams of the 2 * num_beams best candidates can end in EOS:
+    transformers ranks max(2, 1 + n) * num_beams; every returned score is the sequence's own."""
+    eos_ids = [40, 41, 42][:n_eos]
+    hf, ours = eos_heavy_pair(eos_ids)
+    prompts = [[5, 6, 7, 8, 9], [12, 13]]
+    ids, mask = left_pad(prompts, pad_token_id=0)
+    settings = dict(max_new_tokens=8, num_beams=3, num_return_sequences=3, eos_token_id=eos_ids,
+                    pad_token_id=3, length_penalty=2.0, early_stopping="never")
+    expected = hf.generate(ids, attention_mask=mask, do_sample=False, output_scores=True,
+                           return_dict_in_generate=True, **settings)
+    got = ours.generate(ids, attention_mask=mask, return_dict_in_generate=True, **settings)
+    new = got.sequences[:, ids.shape[1]:]
+    assert torch.isin(new, torch.tensor(eos_ids)).any(), "no beam finished: the test is too weak"
+    assert torch.equal(got.sequences, expected.sequences)
+    assert torch.allclose(got.sequences_scores, expected.sequences_scores, atol=1e-5)
+    for row, (tokens, score) in enumerate(zip(new.tolist(), got.sequences_scores.tolist())):
+        prompt = prompts[row // 3]
+        assert score == pytest.approx(rescored(ours, prompt, tokens, eos_ids, 2.0), abs=1e-4), row
 
 
 def test_round_trip_through_the_hf_state_dict(pair):

@@ -1,6 +1,8 @@
 """Schedules as data: shapes, validity, deadlock detection, simulated bubble vs theory, memory."""
 import pytest
+import torch
 
+from minimt.parallel import launch
 from minimt.parallel.pipeline import (SCHEDULES, Action, ScheduleDeadlockError, ScheduleError,
                                       bubble_fraction, bubble_time_ratio, num_warmup_microbatches,
                                       p2p_messages, peak_in_flight, pipeline_schedule, simulate,
@@ -26,7 +28,7 @@ def test_warmup_counts_follow_megatron():
     assert [num_warmup_microbatches("1f1b", 4, r, 8) for r in range(4)] == [3, 2, 1, 0]
     assert num_warmup_microbatches("1f1b", 4, 0, 2) == 2  # capped at m
     assert [num_warmup_microbatches("interleaved", 2, r, 4, 2) for r in range(2)] == [4, 2]
-    assert num_warmup_microbatches("interleaved", 2, 0, 2, 2) == 4  # m == p: all warm-up
+    assert num_warmup_microbatches("interleaved", 2, 1, 2, 2) == 2  # m == p: same rule (not all)
 
 
 @pytest.mark.parametrize("kind,p,m,v", CASES)
@@ -41,6 +43,35 @@ def test_every_schedule_is_valid_and_matches_bubble_theory(kind, p, m, v):
         bubble = timeline.makespan - ideal
         expected = bubble_time_ratio(p, 1 if kind == "naive" else m, v) * ideal
         assert bubble == pytest.approx(expected, abs=1e-9)
+
+
+def torch_interleaved_orders(ctx, cases):
+    """Per (v, m): each rank's order in torch's ScheduleInterleaved1F1B, as minimt Actions."""
+    from torch.distributed.pipelining import PipelineStage, ScheduleInterleaved1F1B
+    from torch.distributed.pipelining.schedules import _ComputationType
+
+    p = ctx.pp_size
+    orders = {}
+    for v, m in cases:
+        stages = [PipelineStage(torch.nn.Identity(), chunk * p + ctx.pp_rank, p * v,
+                                torch.device("cpu"), group=ctx.pp_group) for chunk in range(v)]
+        schedule = ScheduleInterleaved1F1B(stages, n_microbatches=m, loss_fn=lambda y, t: y)
+        ops = {_ComputationType.FORWARD: "F", _ComputationType.FULL_BACKWARD: "B"}
+        orders[v, m] = [[Action(ops[a.computation_type], a.microbatch_index, a.stage_index // p)
+                         for a in schedule.pipeline_order[rank] if a is not None]
+                        for rank in range(p)]
+    return orders
+
+
+@pytest.mark.parametrize("p", [2, 4])
+def test_interleaved_order_equals_torch_distributed_pipelining(p):
+    cases = [(v, m) for v in (2, 3) for m in (p, 2 * p)]
+    torch_orders = launch(torch_interleaved_orders, cases, pp=p, timeout_s=60)[0]
+    for v, m in cases:
+        ours = pipeline_schedule("interleaved", p, m, v)
+        assert ours == torch_orders[v, m], (p, v, m)
+        if m == p:  # the current warm-up holds fewer activations than running every forward first
+            assert peak_in_flight(ours)[-1] < m * v
 
 
 @pytest.mark.parametrize("p,m", [(2, 1), (2, 4), (4, 4), (4, 8), (3, 12)])

@@ -8,8 +8,7 @@ from minimt.model import GPT
 from minimt.parallel import ParallelContext, RankError, launch
 from minimt.parallel.pipeline import (Action, bubble_fraction, peak_in_flight, pipeline_schedule)
 from minimt.parallel.pipeline_runtime import (ActionCost, GPTStage, build_stages, pipeline_step,
-                                              sync_tied_grads,
-                                              pipeline_train_step, stage_layers,
+                                              sync_tied_grads, stage_layers,
                                               stage_parameters,
                                               timeline_from_records)
 
@@ -60,7 +59,10 @@ def train_every_schedule(ctx):
         schedule = pipeline_schedule(kind, ctx.pp_size, m, v)
         losses, grads = [], None
         for idx, targets in batches():
-            record = pipeline_train_step(stages, optimizer, schedule, ctx, idx, targets)
+            optimizer.zero_grad(set_to_none=True)
+            record = pipeline_step(stages, schedule, ctx, idx, targets)
+            sync_tied_grads(stages, ctx)
+            optimizer.step()
             grads = grads or {n: p.grad.clone() for n, p in params.items()}
             losses.append(record.loss)
         out[(kind, m, v)] = (losses, grads, {n: p.detach().clone() for n, p in params.items()},
@@ -227,3 +229,30 @@ def test_torch_distributed_pipelining_gives_the_same_gradients():
             for n, grad in results[rank][name][1].items():
                 torch.testing.assert_close(grad, ref_grads[TIED if n == "lm_head.weight" else n],
                                            atol=1e-5, rtol=0, msg=f"{name} rank {rank} {n}")
+
+
+def _counted_step(ctx, kind, m, v):
+    from minimt.parallel import CommCounter
+    stages = build_stages(CONFIG, ctx.pp_rank, ctx.pp_size, v, seed=0)
+    idx, targets = batches(1)[0]
+    with CommCounter() as counter:
+        pipeline_step(stages, pipeline_schedule(kind, ctx.pp_size, m, v), ctx, idx, targets)
+        sync_tied_grads(stages, ctx)
+    return {(k, ph): counter.bytes(kind=k, group="pp", phase=ph)
+            for k in ("send", "recv") for ph in ("forward", "backward")}
+
+
+@pytest.mark.parametrize("kind,m,v", [("1f1b", 4, 1), ("interleaved", 2, 2)])
+def test_the_counter_sees_every_pipeline_message(kind, m, v):
+    """Activations forward and gradients back between neighbouring virtual stages, plus the tied
+    embedding's gradient between the first and the last rank, all counted by CommCounter."""
+    p = 2
+    message = 4 * (BATCH // m) * CONFIG.block_size * CONFIG.n_embd  # one (B/m, T, C) fp32
+    tied = 4 * CONFIG.vocab_size * CONFIG.n_embd
+    crossings = p * v - 1  # boundaries between virtual stages, each crossed by a rank change
+    results = launch(_counted_step, kind, m, v, pp=p, timeout_s=60)
+    total_sent = sum(r[("send", "forward")] for r in results)
+    assert total_sent == crossings * m * message
+    for rank, counted in enumerate(results):
+        assert counted[("send", "backward")] == counted[("recv", "forward")] + tied, rank
+        assert counted[("recv", "backward")] == counted[("send", "forward")] + tied, rank

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from minimt import GPTConfig
-from minimt.clip_grads import clip_grad_norm, found_inf, get_grad_norm
+from minimt.clip_grads import clip_grad_norm, get_grad_norm
 from minimt.data import TokenDataset
 from minimt.formats import (FORMATS, cast, format_info, relative_rounding_error,
                             subnormal_fraction, underflow_fraction)
 from minimt.parallel.launch import launch
 from minimt.precision import (DynamicLossScaler, MixedPrecisionOptimizer, StaticLossScaler,
                               bytes_per_param, training_state_bytes)
+from minimt.parallel.grads import MeshGradients
 from minimt.precision_train import gradient_underflow, train_precision
 from minimt.train import TrainConfig
 
@@ -68,15 +69,17 @@ def gradscaler_decisions(pattern, **kwargs):
     p = torch.nn.Parameter(torch.ones(1))
     opt = torch.optim.SGD([p], lr=0.1)
     scaler = torch.amp.GradScaler("cpu", **kwargs)
+    steps = []
+    opt.register_step_post_hook(lambda *_: steps.append(1))  # GradScaler calls step() or skips it
     scales, skipped = [], []
     for overflow in pattern:
         opt.zero_grad()
-        before = p.detach().clone()
+        before = len(steps)
         scaler.scale((p * (math.inf if overflow else 1.0)).sum()).backward()
         scaler.step(opt)
         scaler.update()
         scales.append(scaler.get_scale())
-        skipped.append(bool(torch.equal(before, p.detach())))
+        skipped.append(len(steps) == before)
     return scales, skipped
 
 
@@ -104,6 +107,41 @@ def test_dynamic_scaler_matches_torch_gradscaler(kwargs):
     assert ours[1] == theirs[1], "skipped steps differ"
     assert ours[0] == theirs[0], "scale after each step differs"
     assert len(set(ours[0])) > 2  # the pattern really grew and backed off
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(init_scale=2.0 ** 16, growth_factor=2.0, backoff_factor=0.5, growth_interval=2),
+    dict(init_scale=1000.0, growth_factor=1.7, backoff_factor=0.3, growth_interval=3),
+])
+def test_long_run_with_many_overflows_makes_gradscaler_decisions(kwargs):
+    """10,000 steps, 60% overflowing: the scale backs off to fp32's subnormals and then to 0.0,
+    where GradScaler skips every step; a float64 scale would shrink on to 1e-300 instead."""
+    g = torch.Generator().manual_seed(0)
+    pattern = (torch.rand(10_000, generator=g) < 0.6).tolist()
+    with pytest.warns(RuntimeWarning, match="underflowed to 0"):
+        ours = our_decisions(pattern, **kwargs)
+    theirs = gradscaler_decisions(pattern, **kwargs)
+    first_diff = next((i for i, (a, b) in enumerate(zip(ours[0], theirs[0])) if a != b), None)
+    assert first_diff is None, f"scale differs from step {first_diff}: {ours[0][first_diff]} vs " \
+                               f"{theirs[0][first_diff]}"
+    assert ours[1] == theirs[1], "skipped steps differ"
+    assert 0 < min(s for s in ours[0] if s > 0) < 2.0 ** -126  # went through the subnormals
+    assert ours[0][-1] == 0.0                                   # then exactly 0, as GradScaler
+
+
+def test_optimizer_skips_every_step_once_the_scale_is_zero():
+    """1/0 is inf in fp32, as GradScaler's inv_scale: the gradients become NaN and the step is
+    skipped (no ZeroDivisionError), so the weights stay finite."""
+    p = torch.nn.Parameter(torch.ones(2, dtype=torch.float16))
+    opt = MixedPrecisionOptimizer(torch.optim.SGD([p], lr=0.1),
+                                  DynamicLossScaler(init_scale=2.0 ** -149, growth_interval=1))
+    opt.scale_loss((p.float() * math.inf).sum()).backward()
+    with pytest.warns(RuntimeWarning, match="underflowed to 0"):
+        assert not opt.step()
+    assert opt.scale == 0.0
+    opt.zero_grad()
+    opt.scale_loss(p.float().sum()).backward()
+    assert not opt.step() and torch.equal(p, torch.ones(2, dtype=torch.float16))
 
 
 def test_dynamic_scaler_defaults_and_bad_arguments():
@@ -241,12 +279,13 @@ def _sharded_grads(ctx, inf_on_rank):
     w.grad = full_w[ctx.tp_rank * rows:(ctx.tp_rank + 1) * rows].clone()
     b = torch.nn.Parameter(torch.zeros(6))
     b.grad = bias_grad.clone()
-    norm = get_grad_norm([w, b], ctx.tp_group)
-    max_norm = get_grad_norm([w, b], ctx.tp_group, norm_type=math.inf)
-    clipped_from = clip_grad_norm([w, b], 1.0, ctx.tp_group)
+    mesh = MeshGradients(ctx)
+    norm = mesh.get_grad_norm([w, b])
+    max_norm = mesh.get_grad_norm([w, b], norm_type=math.inf)
+    clipped_from = mesh.clip_grad_norm([w, b], 1.0)
     if ctx.tp_rank == inf_on_rank:
         w.grad[0, 0] = math.inf
-    return norm, max_norm, clipped_from, w.grad.clone(), b.grad.clone(), found_inf([w, b], ctx.tp_group)
+    return norm, max_norm, clipped_from, w.grad.clone(), b.grad.clone(), mesh.found_inf([w, b])
 
 
 @pytest.mark.parametrize("tp", [2, 4])
@@ -274,7 +313,7 @@ def test_overflow_on_one_rank_skips_the_step_on_all():
 def _wrapped_step(ctx):
     w = torch.nn.Parameter(torch.ones(4, dtype=torch.float16))
     opt = MixedPrecisionOptimizer(torch.optim.SGD([w], lr=0.1), DynamicLossScaler(init_scale=8.0),
-                                  tp_group=ctx.tp_group)
+                                  grads=MeshGradients(ctx))
     w.grad = torch.full((4,), math.inf if ctx.tp_rank == 1 else 1.0, dtype=torch.float16)
     return opt.step(), opt.scale, w.detach().clone()
 
@@ -291,7 +330,7 @@ def _tp_gpt_grad_norm(ctx, config, x, y):
     torch.manual_seed(0)
     model = apply_tensor_parallel(GPT(config), ctx)
     model(x, y)[1].backward()
-    return get_grad_norm(model.parameters(), ctx.tp_group)
+    return MeshGradients(ctx).get_grad_norm(model.parameters())
 
 
 def test_grad_norm_of_the_tensor_parallel_gpt_equals_the_serial_norm():

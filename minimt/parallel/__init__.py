@@ -1,18 +1,26 @@
 """minimt.parallel: processes and process groups (launch, ParallelContext), the communication
-primitives (comm), Megatron's tensor-parallel layers (tensor, cross_entropy) and pipeline
-schedules with their runtime (pipeline, pipeline_runtime)."""
+primitives (comm, and the ring algorithm in ring), Megatron's tensor-parallel layers (tensor,
+cross_entropy), pipeline schedules with their runtime (pipeline, pipeline_runtime), data
+parallelism and ZeRO-1 (data_parallel, zero), checkpoints that change layout (checkpoint), and a
+rank's share of the model on the mesh with mesh-wide gradient checks (layout, grads)."""
 from .comm import (
     CommCounter,
     CommRecord,
     all_gather,
     all_reduce,
+    all_reduce_async,
+    barrier,
+    broadcast,
     copy_to_tensor_model_parallel_region,
+    exchange,
     gather_from_tensor_model_parallel_region,
     isend,
     recv,
     recv_backward,
     recv_forward,
     reduce_from_tensor_model_parallel_region,
+    reduce_scatter,
+    ring_bytes_per_rank,
     scatter_to_tensor_model_parallel_region,
     send,
     send_backward,
@@ -27,8 +35,16 @@ from .pipeline import (SCHEDULES, Action, ScheduleDeadlockError, ScheduleError, 
                        peak_in_flight, pipeline_schedule, simulate, validate_schedule)
 from .pipeline_runtime import (ActionCost, GPTStage, StepRecord, build_stages, pipeline_step,
                                stage_parameters,
-                               pipeline_train_step, stage_layers, sync_tied_grads,
+                               stage_layers, sync_tied_grads,
                                timeline_from_records)
 from .cross_entropy import vocab_parallel_cross_entropy
 from .tensor import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
                      VocabParallelLMHead, apply_tensor_parallel, gather_vocab_parallel_logits)
+from .ring import ring_all_gather, ring_all_reduce, ring_reduce_scatter
+from .data_parallel import DistributedDataParallel, unique_parameters
+from .zero import DistributedOptimizer
+from .checkpoint import (checkpoint_to_hf_gpt2_state_dict, full_state_dict, load_checkpoint,
+                         load_serial_model, read_checkpoint, save_checkpoint)
+from .mesh import build_mesh_model, bytes_per_step, rank_holdings, stage_numel
+from .grads import MeshGradients
+from .layout import MeshModel, check_layout

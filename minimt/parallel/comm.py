@@ -4,8 +4,9 @@
   arXiv 1909.08053, section 3): `copy_to_...` is their f (identity forward, all-reduce backward),
   `reduce_from_...` is g (all-reduce forward, identity backward), plus gather/scatter along the
   last dimension. Each takes the ParallelContext and is the identity when tp_size == 1.
-- Plain collectives (`all_reduce`, `all_gather`) for code outside autograd (gradient sync,
-  the max of a vocab-parallel cross entropy).
+- Plain collectives (`all_reduce`, `all_gather`, `reduce_scatter`, `broadcast`) for code outside
+  autograd (gradient sync, ZeRO's sharded optimizer, the max of a vocab-parallel cross entropy);
+  `ring_bytes_per_rank` says how many bytes each rank sends for one of them in the ring algorithm.
 - Point-to-point ops between pipeline stages (`send_forward`, `recv_forward`, ...).
 - `CommCounter`: every op above that communicates is recorded in every active counter of this
   process (kind, group, elements, bytes, forward/backward), so tests can assert e.g. "a
@@ -26,9 +27,10 @@ from .context import ParallelContext, divide
 @dataclass(frozen=True)
 class CommRecord:
     """One communication op as seen by this rank."""
-    kind: str          # "all_reduce", "all_gather", "send" or "recv"
+    kind: str          # "all_reduce", "all_gather", "reduce_scatter", "broadcast", "send", "recv"
     group: str         # "tp", "pp", "dp" or "world"
-    numel: int         # elements of the whole tensor: the reduced one, the gathered result, the message
+    numel: int         # elements of the whole tensor: the reduced one (before a reduce-scatter),
+                       # the gathered result, the broadcast tensor, the message
     bytes: int         # numel * element size
     phase: str | None  # "forward", "backward", or None when the caller did not say
 
@@ -75,6 +77,12 @@ class CommCounter:
         """Total bytes of the ops matching the filters."""
         return sum(r.bytes for r in self.select(kind, group, phase))
 
+    def ring_bytes_per_rank(self, ctx: ParallelContext, kind=None, group=None, phase=None) -> float:
+        """Bytes each rank sends for the matching collectives if each runs the ring algorithm
+        (`ring_bytes_per_rank` of every record, with its group's size from `ctx`)."""
+        return sum(ring_bytes_per_rank(r.kind, r.bytes, ctx.size(r.group))
+                   for r in self.select(kind, group, phase))
+
     def reset(self) -> None:
         self.records.clear()
 
@@ -110,6 +118,58 @@ def all_reduce(tensor: torch.Tensor, ctx: ParallelContext, group: str,
     _record("all_reduce", group, tensor, phase)
     dist.all_reduce(tensor, op=op, group=ctx.group(group))
     return tensor
+
+
+def all_reduce_async(tensor: torch.Tensor, ctx: ParallelContext, group: str,
+                     phase: str | None = None):
+    """Start an in-place sum all-reduce and return its work handle (call .wait() before reading
+    `tensor`), or None on a group of size 1. Lets computation overlap the communication."""
+    if ctx.size(group) == 1:
+        return None
+    _record("all_reduce", group, tensor, phase)
+    return dist.all_reduce(tensor, group=ctx.group(group), async_op=True)
+
+
+def reduce_scatter(tensor: torch.Tensor, ctx: ParallelContext, group: str,
+                   op=dist.ReduceOp.SUM, phase: str | None = None) -> torch.Tensor:
+    """Reduce `tensor` over the group and return this rank's 1/n chunk along dim 0 (a new tensor):
+    (n*k, ...) -> (k, ...), chunk r on group rank r. The first half of an all-reduce."""
+    size = ctx.size(group)
+    if size == 1:
+        return tensor
+    tensor = tensor.contiguous()
+    rows = divide(tensor.shape[0], size, "dimension 0 of a reduce-scatter", f"the {group} size")
+    out = torch.empty((rows, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    _record("reduce_scatter", group, tensor, phase)
+    dist.reduce_scatter_single(out, tensor, op=op, group=ctx.group(group))
+    return out
+
+
+def broadcast(tensor: torch.Tensor, ctx: ParallelContext, group: str, src: int = 0,
+              phase: str | None = None) -> torch.Tensor:
+    """In place: every rank's `tensor` becomes group rank `src`'s; returns `tensor`."""
+    if ctx.size(group) == 1:
+        return tensor
+    _record("broadcast", group, tensor, phase)
+    ranks = list(range(ctx.world_size)) if group == "world" else getattr(ctx, f"{group}_ranks")
+    dist.broadcast(tensor, ranks[src], group=ctx.group(group))
+    return tensor
+
+
+def barrier(ctx: ParallelContext, group: str = "world") -> None:
+    """Wait until every rank of the group got here (no data: nothing is recorded)."""
+    if ctx.size(group) > 1:
+        dist.barrier(group=ctx.group(group))
+
+
+def ring_bytes_per_rank(kind: str, nbytes: float, n: int) -> float:
+    """Bytes one rank sends for a collective over n ranks on a tensor of `nbytes` (the whole one)
+    in the ring algorithm: a reduce-scatter or an all-gather passes n-1 chunks of nbytes/n around
+    the ring, an all-reduce does both: 2(n-1)/n * nbytes (Patarasuk & Yuan 2009)."""
+    halves = {"reduce_scatter": 1, "all_gather": 1, "all_reduce": 2}
+    if kind not in halves:
+        raise ValueError(f"kind={kind!r}: the ring formula covers {sorted(halves)}")
+    return halves[kind] * (n - 1) / n * nbytes
 
 
 def all_gather(tensor: torch.Tensor, ctx: ParallelContext, group: str, dim: int = -1,
@@ -209,32 +269,104 @@ def scatter_to_tensor_model_parallel_region(x: torch.Tensor, ctx: ParallelContex
     return x if ctx.tp_size == 1 else _ScatterToTensorModelParallelRegion.apply(x, ctx)
 
 
+# ---------------------------------------------------------------------------- sequence parallelism
+# Korthikanti et al. 2022 (arXiv 2205.05198), section 4.2.2: outside the tensor-parallel regions
+# (LayerNorms, dropout, residual adds) each tp rank holds s/t of the tokens. g (all-reduce) becomes
+# a reduce-scatter along the sequence and f (identity) an all-gather, so a ring moves the same
+# bytes: an all-reduce of N bytes sends 2(t-1)/t N per rank, an all-gather plus a reduce-scatter
+# (t-1)/t N each. Megatron's layout is (s, b, h); minimt's is (B, T, C): the sequence is dim 1.
+SEQUENCE_DIM = 1
+
+
+def _reduce_scatter_sequence(tensor: torch.Tensor, ctx: ParallelContext, group: str, dim: int,
+                             phase: str | None = None) -> torch.Tensor:
+    """Sum `tensor` over the group and keep this rank's 1/size slice of `dim` (a new tensor),
+    recorded as "reduce_scatter" with the elements of the whole tensor, like an all-reduce."""
+    size = ctx.size(group)
+    if size == 1:
+        return tensor
+    chunk = divide(tensor.size(dim), size, f"sequence length (dimension {dim})",
+                   f"{group} size (sequence parallelism splits the tokens)")
+    parts = [part.contiguous() for part in tensor.split(chunk, dim=dim)]
+    out = torch.empty_like(parts[0])
+    _record("reduce_scatter", group, tensor, phase)
+    dist.reduce_scatter(out, parts, group=ctx.group(group))
+    return out                                                        # (..., n / size, ...)
+
+
+class _GatherFromSequenceParallelRegion(torch.autograd.Function):
+    """All-gather the sequence forward (B, T/t, C) -> (B, T, C); reduce-scatter the gradient."""
+
+    @staticmethod
+    def forward(ctx, x, pctx):
+        ctx.pctx = pctx
+        return all_gather(x, pctx, "tp", dim=SEQUENCE_DIM, phase="forward")
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _reduce_scatter_sequence(grad, ctx.pctx, "tp", SEQUENCE_DIM, phase="backward"), None
+
+
+class _ReduceScatterToSequenceParallelRegion(torch.autograd.Function):
+    """Reduce-scatter partial sums forward (B, T, C) -> (B, T/t, C); all-gather the gradient."""
+
+    @staticmethod
+    def forward(ctx, x, pctx):
+        ctx.pctx = pctx
+        return _reduce_scatter_sequence(x, pctx, "tp", SEQUENCE_DIM, phase="forward")
+
+    @staticmethod
+    def backward(ctx, grad):
+        return all_gather(grad, ctx.pctx, "tp", dim=SEQUENCE_DIM, phase="backward"), None
+
+
+def gather_from_sequence_parallel_region(x: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:
+    """(B, T/t, C) -> (B, T, C) before a column-parallel layer (replaces f under sequence
+    parallelism); backward reduce-scatters the gradient."""
+    return x if ctx.tp_size == 1 else _GatherFromSequenceParallelRegion.apply(x, ctx)
+
+
+def reduce_scatter_to_sequence_parallel_region(x: torch.Tensor,
+                                               ctx: ParallelContext) -> torch.Tensor:
+    """Partial (B, T, C) -> summed (B, T/t, C) after a row-parallel layer (replaces g under
+    sequence parallelism); backward all-gathers the gradient."""
+    return x if ctx.tp_size == 1 else _ReduceScatterToSequenceParallelRegion.apply(x, ctx)
+
+
+def ring_bytes_of_records(records, group_size: int) -> float:
+    """Bytes each rank sends for these recorded collectives with ring algorithms on a group of
+    `group_size` (`ring_bytes_per_rank` of each). Compares plain and sequence-parallel tensor
+    parallelism on equal terms."""
+    return sum(ring_bytes_per_rank(r.kind, r.bytes, group_size) for r in records)
+
+
 # ---------------------------------------------------------------------------- point to point
 # Messages between pipeline stages use global ranks (ctx.next_rank / ctx.prev_rank) and are
 # recorded with group "pp". A blocking send waits for the matching recv, so two neighbours that
 # both send first deadlock: use isend, or the paired ops below, when a stage sends and receives.
 def send(tensor: torch.Tensor, dst: int, ctx: ParallelContext, phase: str | None = None,
-         tag: int = 0) -> None:
-    """Blocking send of `tensor` to global rank `dst` (returns once `dst` received it)."""
+         tag: int = 0, group: str = "pp") -> None:
+    """Blocking send of `tensor` to global rank `dst` (returns once `dst` received it);
+    `group` only labels the record (a ring inside the "dp" group, say)."""
     tensor = tensor.detach().contiguous()
-    _record("send", "pp", tensor, phase)
+    _record("send", group, tensor, phase)
     dist.send(tensor, dst, tag=tag)
 
 
 def isend(tensor: torch.Tensor, dst: int, ctx: ParallelContext, phase: str | None = None,
-          tag: int = 0):
+          tag: int = 0, group: str = "pp"):
     """Non-blocking send; returns the work handle: call .wait() before reusing `tensor`'s memory."""
     tensor = tensor.detach().contiguous()
-    _record("send", "pp", tensor, phase)
+    _record("send", group, tensor, phase)
     return dist.isend(tensor, dst, tag=tag)
 
 
 def recv(shape, dtype: torch.dtype, src: int, ctx: ParallelContext, phase: str | None = None,
-         tag: int = 0) -> torch.Tensor:
+         tag: int = 0, group: str = "pp") -> torch.Tensor:
     """Blocking receive of a tensor of known shape and dtype from global rank `src`.
     A message matches a receive by (source, tag)."""
     buffer = torch.empty(shape, dtype=dtype, device=ctx.device)
-    _record("recv", "pp", buffer, phase)
+    _record("recv", group, buffer, phase)
     dist.recv(buffer, src, tag=tag)
     return buffer
 
@@ -273,6 +405,14 @@ def _send_and_recv(tensor: torch.Tensor, peer: int, shape, dtype, ctx: ParallelC
     for work in dist.batch_isend_irecv(ops):
         work.wait()
     return buffer
+
+
+def exchange(tensor: torch.Tensor, peer: int, ctx: ParallelContext,
+             phase: str | None = None) -> torch.Tensor:
+    """Swap a tensor with global rank `peer` (both post the send and the receive together): the
+    peer's tensor of the same shape and dtype. E.g. the tied embedding's gradient between the first
+    and the last pipeline stage."""
+    return _send_and_recv(tensor, peer, tensor.shape, tensor.dtype, ctx, phase, phase)
 
 
 def send_forward_recv_backward(output: torch.Tensor, shape, ctx: ParallelContext,

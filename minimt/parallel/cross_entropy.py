@@ -2,7 +2,8 @@
 
 Each tensor-parallel rank holds the logits of its slice of the vocabulary, (B, T, V/tp). The loss
 needs only three all-reduces of (B, T) numbers: the max, the logit of the target token and the
-sum of exponentials. The full (B, T, V) logits never exist on any rank.
+sum of exponentials. The full (B, T, V) logits never exist on any rank. As in Megatron-LM, 16-bit
+logits are upcast to fp32 first: a bf16 exp-sum-log of 50k terms is off by ~0.02 in the loss.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets, pctx):
+        ctx.logits_dtype = logits.dtype
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # 16-bit -> fp32
         vocab_per_rank = logits.shape[-1]
         start = pctx.tp_rank * vocab_per_rank                      # first global id of my slice
 
@@ -53,7 +56,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         softmax, index, mine = ctx.saved_tensors
         grad = softmax.clone()                                     # (B, T, V/tp)
         grad.scatter_add_(-1, index, -mine.to(grad.dtype).unsqueeze(-1))
-        return grad * grad_loss.unsqueeze(-1), None, None
+        return (grad * grad_loss.unsqueeze(-1)).to(ctx.logits_dtype), None, None
 
 
 def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
@@ -62,6 +65,7 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
 
     logits: (B, T, V/tp), this rank's slice (rank r holds ids r*V/tp .. (r+1)*V/tp - 1; padding
     ids carry -inf); targets: (B, T) global ids, IGNORE_INDEX to leave a token out.
+    The loss is fp32 for 16-bit logits (fp64 stays fp64); their gradient has the logits' dtype.
     """
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must "

@@ -41,6 +41,22 @@ class ScheduleDeadlockError(ScheduleError):
     """Every unfinished rank waits for a message that no rank will ever send."""
 
 
+def stage_owner(stage: int, num_stages: int) -> tuple[int, int]:
+    """(pipeline rank, chunk) that holds virtual stage `stage` = chunk * p + rank."""
+    return stage % num_stages, stage // num_stages
+
+
+def message_route(op: str, stage: int, num_virtual: int) -> tuple[int | None, int | None]:
+    """(stage that sends the input of `op` on `stage`, stage that receives its output).
+
+    F takes activations from stage - 1 and sends to stage + 1; B takes the gradient from stage + 1
+    and sends to stage - 1. None past either end of the pipeline (the batch, the loss).
+    """
+    before = stage - 1 if stage > 0 else None
+    after = stage + 1 if stage + 1 < num_virtual else None
+    return (before, after) if op == "F" else (after, before)
+
+
 def _check_sizes(num_stages, num_microbatches, num_chunks):
     for name, value in (("num_stages", num_stages), ("num_microbatches", num_microbatches),
                         ("num_chunks", num_chunks)):
@@ -53,14 +69,13 @@ def num_warmup_microbatches(kind: str, num_stages: int, rank: int, num_microbatc
     """Forwards a rank runs before its first backward in 1F1B (Megatron's num_warmup_microbatches).
 
     1F1B: p - rank - 1 (the later stages must fill up first). Interleaved: 2(p - rank - 1) +
-    (v - 1) p, or everything when m == p (Megatron's all_warmup_microbatches). Capped at the total.
+    (v - 1) p, also when m == p (Megatron-LM since late 2024 and torch's ScheduleInterleaved1F1B;
+    older Megatron ran every forward first then, holding more activations). Capped at the total.
     """
     total = num_microbatches * num_chunks
     if kind == "1f1b":
         return min(num_stages - rank - 1, total)
     if kind == "interleaved":
-        if num_microbatches == num_stages:
-            return total
         return min(2 * (num_stages - rank - 1) + (num_chunks - 1) * num_stages, total)
     raise ValueError(f"warm-up is defined for '1f1b' and 'interleaved', not {kind!r}")
 
@@ -129,17 +144,12 @@ def p2p_messages(schedule) -> tuple[list[tuple], list[tuple]]:
     sends, recvs = [], []
     for rank, actions in enumerate(schedule):
         for a in actions:
-            stage = a.chunk * p + rank
-            if a.op == "F" and stage + 1 < p * v:
-                dst = (stage + 1) % p
-                sends.append((rank, dst, "F", a.microbatch, (stage + 1) // p))
-            if a.op == "B" and stage > 0:
-                dst = (stage - 1) % p
-                sends.append((rank, dst, "B", a.microbatch, (stage - 1) // p))
-            if a.op == "F" and stage > 0:
-                recvs.append(((stage - 1) % p, rank, "F", a.microbatch, a.chunk))
-            if a.op == "B" and stage + 1 < p * v:
-                recvs.append(((stage + 1) % p, rank, "B", a.microbatch, a.chunk))
+            source, target = message_route(a.op, a.chunk * p + rank, p * v)
+            if target is not None:
+                dst, chunk = stage_owner(target, p)
+                sends.append((rank, dst, a.op, a.microbatch, chunk))
+            if source is not None:
+                recvs.append((stage_owner(source, p)[0], rank, a.op, a.microbatch, a.chunk))
     return sends, recvs
 
 
@@ -213,13 +223,10 @@ def simulate(schedule, forward_cost: float = 1.0, backward_cost: float = 2.0,
 
     def ready_time(rank, a):
         """When a's input is available, or None if it has not been produced yet."""
-        stage = a.chunk * p + rank
-        if a.op == "F" and stage > 0:
-            src = (stage - 1) % p
-            key, delay = (src, "F", a.microbatch, (stage - 1) // p), comm_cost * (src != rank)
-        elif a.op == "B" and stage + 1 < p * v:
-            src = (stage + 1) % p
-            key, delay = (src, "B", a.microbatch, (stage + 1) // p), comm_cost * (src != rank)
+        source, _ = message_route(a.op, a.chunk * p + rank, p * v)
+        if source is not None:
+            src, chunk = stage_owner(source, p)
+            key, delay = (src, a.op, a.microbatch, chunk), comm_cost * (src != rank)
         elif a.op == "B":  # last virtual stage: the loss needs this rank's own forward
             key, delay = (rank, "F", a.microbatch, a.chunk), 0.0
         else:

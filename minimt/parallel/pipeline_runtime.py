@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
 from ..model import GPT
-from .pipeline import Action, Timeline, schedule_shape, validate_schedule
+from . import comm
+from .pipeline import Action, Timeline, message_route, schedule_shape, stage_owner, validate_schedule
 
 
 def stage_layers(n_layer: int, num_stages: int) -> list[range]:
@@ -39,8 +39,11 @@ class GPTStage(nn.Module):
     """Consecutive blocks of a GPT; the first stage also embeds, the last also computes the loss.
 
     Parameter names are the serial model's (transformer.h.3.attn..., lm_head.weight), so gradients
-    can be compared name by name. The modules are shared with `model`, not copied.
+    can be compared name by name. The modules are shared with `model`, not copied, and the first
+    and last steps are GPT's own `embed` and `head`.
     """
+
+    embed, head = GPT.embed, GPT.head
 
     def __init__(self, model: GPT, stage: int, num_stages: int):
         super().__init__()
@@ -55,21 +58,20 @@ class GPTStage(nn.Module):
             self.lm_head = model.lm_head  # tied to wte: the same Parameter when both are here
             self.loss_fn = model.loss_fn
         self.transformer = nn.ModuleDict(parts)
+        self.config = model.config  # a dataclass, not a module: what checkpoints record
         self.num_layers, self.n_embd = len(layers), model.config.n_embd
 
     def forward(self, x, targets=None):
         """First stage: idx (B, T) -> hidden; middle: hidden (B, T, C) -> hidden; last: -> the
         loss, or the logits (B, T, V) without targets (as torch.distributed.pipelining wants)."""
         if self.is_first:
-            pos = torch.arange(x.shape[1], device=x.device)[None]                  # (1, T)
-            x = self.transformer.wte(x) + self.transformer.wpe(pos)                # (B, T, C)
-            x = self.transformer.drop(x)
+            x = self.embed(x)                                                       # (B, T, C)
         for block in self.transformer.h.values():
             x = block(x)                                                            # (B, T, C)
         if not self.is_last:
             return x
-        logits = self.lm_head(self.transformer.ln_f(x))                             # (B, T, V)
-        return logits if targets is None else self.loss_fn(logits, targets)
+        logits, loss = self.head(x, targets)                                        # (B, T, V)
+        return logits if targets is None else loss
 
 
 def build_stages(config, pp_rank: int, pp_size: int, num_chunks: int = 1, seed: int = 0):
@@ -143,6 +145,15 @@ class StepRecord:
     peak_in_flight: int                        # most (micro-batch, chunk) activations held at once
 
 
+PHASE = {"F": "forward", "B": "backward"}  # how CommCounter records each op's messages
+
+
+def activation_dtype(stages) -> torch.dtype:
+    """The dtype of the hidden states between stages: the blocks' weights' (fp32, or 16-bit for
+    a model cast to bf16/fp16; under autocast the residual stream stays fp32)."""
+    return next(stages[0].transformer.h.parameters()).dtype
+
+
 def _tag(op: str, microbatch: int, chunk: int, num_chunks: int) -> int:
     """A gloo message tag naming the receiving action."""
     return 2 * (microbatch * num_chunks + chunk) + (op == "B")
@@ -154,7 +165,7 @@ def pipeline_step(stages, schedule, ctx, idx, targets,
 
     idx, targets: the whole batch (B, T); B must be divisible by the schedule's micro-batches.
     The first stage reads idx, the last targets. Call `optimizer.zero_grad()` before, and
-    `sync_tied_grads` after, as the training loop `pipeline_train_step` does.
+    `sync_tied_grads` after, as the Trainer does (minimt.parallel.layout.MeshModel).
     """
     validate_schedule(schedule)  # refuse a schedule that would deadlock, before any message
     p, m, v = schedule_shape(schedule)
@@ -166,38 +177,38 @@ def pipeline_step(stages, schedule, ctx, idx, targets,
                          f"choose a batch size that is a multiple of {m}")
     idx_mb, targets_mb = idx.chunk(m), targets.chunk(m)          # m x (B/m, T)
     shape = (idx.shape[0] // m, idx.shape[1], stages[0].n_embd)  # (B/m, T, C) of every message
+    dtype = activation_dtype(stages)
     rank, ranks = ctx.pp_rank, ctx.pp_ranks
     local, sends, held, events, losses = {}, [], {}, [], []
     peak = 0
 
     def deliver(tensor, op, microbatch, stage):
         """Hand `tensor` to virtual stage `stage` (F: activation, B: gradient)."""
-        dst, chunk = stage % p, stage // p
+        dst, chunk = stage_owner(stage, p)
         if dst == rank:
             local[(op, microbatch, chunk)] = tensor.detach()
         else:
-            sends.append(dist.isend(tensor.detach().contiguous(), ranks[dst],
+            sends.append(comm.isend(tensor, ranks[dst], ctx, PHASE[op],
                                     tag=_tag(op, microbatch, chunk, v)))
 
     def receive(op, microbatch, chunk, stage):
-        src = stage % p
+        src = stage_owner(stage, p)[0]
         if src == rank:
             return local.pop((op, microbatch, chunk))
-        buffer = torch.empty(shape, device=ctx.device)
-        dist.recv(buffer, ranks[src], tag=_tag(op, microbatch, chunk, v))
-        return buffer
+        return comm.recv(shape, dtype, ranks[src], ctx, PHASE[op],
+                         tag=_tag(op, microbatch, chunk, v))
 
-    if p > 1:  # start together, so that the ranks' timelines line up
-        dist.barrier(group=ctx.pp_group)
+    comm.barrier(ctx, "pp")  # start together, so that the ranks' timelines line up
     start = time.perf_counter()
     for a in schedule[rank]:
         stage_module, s = stages[a.chunk], a.chunk * p + rank
+        source, target = message_route(a.op, s, p * v)
         if a.op == "F":
-            x = (idx_mb[a.microbatch] if stage_module.is_first
-                 else receive("F", a.microbatch, a.chunk, s - 1).requires_grad_())
+            x = (idx_mb[a.microbatch] if source is None
+                 else receive("F", a.microbatch, a.chunk, source).requires_grad_())
             t0 = time.perf_counter()
-            out = stage_module(x, targets_mb[a.microbatch] if stage_module.is_last else None)
-            if stage_module.is_last:
+            out = stage_module(x, targets_mb[a.microbatch] if target is None else None)
+            if target is None:
                 out = out / m                  # mean over micro-batches = the whole batch's mean
                 losses.append(out.detach())
             if cost is not None:
@@ -205,22 +216,47 @@ def pipeline_step(stages, schedule, ctx, idx, targets,
             events.append((a, t0, time.perf_counter()))
             held[(a.microbatch, a.chunk)] = (x, out)
             peak = max(peak, len(held))
-            if not stage_module.is_last:
-                deliver(out, "F", a.microbatch, s + 1)
+            if target is not None:
+                deliver(out, "F", a.microbatch, target)
         else:
             x, out = held.pop((a.microbatch, a.chunk))
-            grad = None if stage_module.is_last else receive("B", a.microbatch, a.chunk, s + 1)
+            grad = None if source is None else receive("B", a.microbatch, a.chunk, source)
             t0 = time.perf_counter()
             torch.autograd.backward(out, grad)
             if cost is not None:
                 cost.spend("B", stage_module.num_layers)
             events.append((a, t0, time.perf_counter()))
-            if not stage_module.is_first:
-                deliver(x.grad, "B", a.microbatch, s - 1)
+            if target is not None:
+                deliver(x.grad, "B", a.microbatch, target)
     for work in sends:
         work.wait()
     loss = float(torch.stack(losses).sum()) if losses else None
     return StepRecord(loss, events, start, peak)
+
+
+@torch.no_grad()
+def pipeline_forward(stages, ctx, idx, targets=None):
+    """Forward only (evaluation): the whole batch idx (B, T) walks through the virtual stages in
+    order, blocking send/recv between ranks. Returns the loss (with targets) or the logits on the
+    rank holding the last stage, None on the others."""
+    p = ctx.pp_size
+    num_virtual = p * len(stages)
+    shape, dtype = (*idx.shape, stages[0].n_embd), activation_dtype(stages)   # (B, T, C)
+    x, result = idx, None
+    for stage in range(num_virtual):
+        rank, chunk = stage_owner(stage, p)
+        if rank != ctx.pp_rank:
+            continue
+        source, target = message_route("F", stage, num_virtual)
+        if source is not None and stage_owner(source, p)[0] != rank:
+            x = comm.recv(shape, dtype, ctx.pp_ranks[stage_owner(source, p)[0]], ctx, "forward")
+        out = stages[chunk](x, targets if target is None else None)
+        if target is None:
+            result = out
+        elif stage_owner(target, p)[0] != rank:
+            comm.send(out, ctx.pp_ranks[stage_owner(target, p)[0]], ctx, "forward")
+        x = out
+    return result
 
 
 def sync_tied_grads(stages, ctx) -> None:
@@ -232,25 +268,14 @@ def sync_tied_grads(stages, ctx) -> None:
     """
     if ctx.pp_size == 1 or not (ctx.is_first_stage or ctx.is_last_stage):
         return
-    weight = (stages[0].transformer.wte.weight if ctx.is_first_stage else stages[-1].lm_head.weight)
+    weight = tied_weight(stages, ctx)
     peer = ctx.pp_ranks[-1] if ctx.is_first_stage else ctx.pp_ranks[0]
-    mine = weight.grad.detach().clone()
-    theirs = torch.empty_like(mine)
-    works = dist.batch_isend_irecv([dist.P2POp(dist.isend, mine, peer),
-                                    dist.P2POp(dist.irecv, theirs, peer)])
-    for work in works:
-        work.wait()
-    weight.grad.add_(theirs)
+    weight.grad.add_(comm.exchange(weight.grad, peer, ctx, phase="backward"))
 
 
-def pipeline_train_step(stages, optimizer, schedule, ctx, idx, targets,
-                        cost: ActionCost | None = None) -> StepRecord:
-    """One optimizer step: zero the gradients, run the schedule, sum the tied gradients, step."""
-    optimizer.zero_grad(set_to_none=True)
-    record = pipeline_step(stages, schedule, ctx, idx, targets, cost)
-    sync_tied_grads(stages, ctx)
-    optimizer.step()
-    return record
+def tied_weight(stages, ctx) -> nn.Parameter:
+    """This rank's copy of the tied embedding / output weight (first or last pipeline stage)."""
+    return stages[0].transformer.wte.weight if ctx.is_first_stage else stages[-1].lm_head.weight
 
 
 def timeline_from_records(records) -> Timeline:

@@ -16,8 +16,8 @@ import torch
 from ..config import GPTConfig
 from ..data import char_dataset
 from ..model import GPT
+from ..train import Trainer, TrainConfig  # a demo: it sits on top, beside the Trainer's users
 from .context import ParallelContext
-from .tensor import apply_tensor_parallel
 
 # nanoGPT's character-level Shakespeare, shrunk so a step takes milliseconds on one CPU thread
 DEMO_CONFIG = GPTConfig(vocab_size=65, block_size=32, n_layer=2, n_head=4, n_embd=64)
@@ -26,32 +26,23 @@ DEMO_CONFIG = GPTConfig(vocab_size=65, block_size=32, n_layer=2, n_head=4, n_emb
 def train_steps(ctx: ParallelContext | None, config: GPTConfig = DEMO_CONFIG, steps: int = 10,
                 batch_size: int = 8, lr: float = 1e-3, seed: int = 0,
                 verbose: bool = True) -> list[float]:
-    """Train GPT(config) for `steps` AdamW steps on character batches; return the loss per step.
-
-    ctx=None trains the serial model in this process; a ParallelContext trains this rank's
-    tensor-parallel share. Rank 0 of each tensor-parallel group prints the loss when `verbose`.
+    """Train GPT(config) for `steps` AdamW steps on character batches with the Trainer; return
+    the loss per step. ctx=None trains the serial model in this process; a ParallelContext trains
+    this rank's share. Rank 0 of each tensor-parallel group prints the loss when `verbose`.
     """
     _, dataset = char_dataset("tinyshakespeare", byte_fallback=False)
     vocab = int(dataset.train.max()) + 1
     if config.vocab_size < vocab:
         raise ValueError(f"config.vocab_size={config.vocab_size} is smaller than the {vocab} "
                          f"characters of tinyshakespeare; use vocab_size >= {vocab}")
-    device = torch.device("cpu") if ctx is None else ctx.device
     torch.manual_seed(seed)
-    model = GPT(config)
-    if ctx is not None:
-        apply_tensor_parallel(model, ctx)
-    model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
-    generator = torch.Generator().manual_seed(seed)  # the same batches on every rank
+    settings = TrainConfig(max_iters=steps, batch_size=batch_size, learning_rate=lr,
+                           decay_lr=False, warmup_iters=0, grad_clip=0.0, seed=seed,
+                           progress=False)  # the same batches on every rank
+    trainer = Trainer(GPT(config), dataset, settings, ctx=ctx)
     losses = []
     for step in range(steps):
-        x, y = dataset.get_batch("train", batch_size, config.block_size, generator, device)
-        _, loss = model(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+        losses.append(trainer.train_step().item())
         if verbose and (ctx is None or ctx.tp_rank == 0):
             print(f"step {step:3d}  loss {losses[-1]:.4f}", flush=True)
     return losses

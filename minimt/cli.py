@@ -1,0 +1,231 @@
+"""`python -m minimt train` and `python -m minimt generate`: the course's model on any layout.
+
+Run directly, minimt forks one process per rank (launch); under
+`torchrun --standalone --nproc-per-node N -m minimt train ...` each process is one rank. The
+batch size is the global batch, so the same flags train the same model at every layout.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+from .config import PRESETS, GPTConfig
+from .data import char_dataset
+from .generate import stream
+from .model import GPT, param_count
+from .parallel import LaunchTimeout, ParallelContext, RankError, launch
+from .parallel.checkpoint import load_serial_model, read_checkpoint, save_checkpoint
+from .parallel.layout import check_layout
+from .parallel.launch import TORCHRUN_VARIABLES
+from .parallel.pipeline import SCHEDULES
+from .parallel.rank_main import seed_everything
+from .parallel.tensor import apply_tensor_parallel
+from .parallel.zero import DistributedOptimizer
+from .train import TrainConfig, Trainer
+
+CORPUS = "tinyshakespeare"  # the course data: nanoGPT's character-level Shakespeare
+DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _mesh_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size (splits heads, "
+                        "MLP and vocabulary; must divide n_head)")
+    parser.add_argument("--backend", choices=("gloo", "nccl"), default=None,
+                        help="default: nccl with one GPU per rank, else gloo (CPU processes)")
+    parser.add_argument("--timeout-s", type=float, default=120.0,
+                        help="how long a rank may wait on its peers before the run fails")
+
+
+def train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m minimt train", description="Train the course's GPT on character-level "
+        "tinyshakespeare on a (dp, pp, tp) mesh and write a checkpoint that any layout can read.",
+        epilog="example: python -m minimt train --tp 2 --pp 2 --dp 2 --iters 20 --out runs/3d\n"
+               "under torchrun: torchrun --standalone --nproc-per-node 8 -m minimt train "
+               "--tp 2 --pp 2 --dp 2 --iters 20 --out runs/3d",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="nanogpt-shakespeare-cpu",
+                        help="model shape (default: nanoGPT's shakespeare_char CPU recipe)")
+    _mesh_options(parser)
+    parser.add_argument("--pp", type=int, default=1,
+                        help="pipeline-parallel size (stages of consecutive blocks)")
+    parser.add_argument("--dp", type=int, default=1, help="data-parallel size (replicas, each "
+                        "reading batch-size/dp sequences)")
+    parser.add_argument("--zero", action="store_true", help="ZeRO-1: shard the AdamW state over "
+                        "the data-parallel replicas instead of copying it")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="1f1b",
+                        help="pipeline schedule when --pp > 1")
+    parser.add_argument("--chunks", type=int, default=None, help="model chunks per pipeline rank "
+                        "for --schedule interleaved (default 2)")
+    parser.add_argument("--microbatches", type=int, default=None,
+                        help="pipeline micro-batches per step (default 2 x pp)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weights: fp32, "
+                        "or bf16/fp16 with fp32 master weights (fp16 adds dynamic loss scaling)")
+    parser.add_argument("--batch-size", type=int, default=12,
+                        help="global batch: sequences per step over all replicas")
+    parser.add_argument("--seed", type=int, default=1337,
+                        help="seeds the initial weights and the batches")
+    parser.add_argument("--iters", type=int, required=True, help="optimizer steps")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="warm-up steps (default: a tenth of --iters, at most 100)")
+    parser.add_argument("--eval-interval", type=int, default=250,
+                        help="evaluate every this many steps (and at the end)")
+    parser.add_argument("--eval-iters", type=int, default=20, help="batches per evaluation")
+    parser.add_argument("--out", required=True, help="checkpoint directory to write")
+    return parser
+
+
+def train_settings(args) -> TrainConfig:
+    """The TrainConfig the flags ask for."""
+    chunks = args.chunks or (2 if args.schedule == "interleaved" else 1)
+    warmup = min(100, args.iters // 10) if args.warmup is None else args.warmup
+    return TrainConfig(max_iters=args.iters, batch_size=args.batch_size, learning_rate=args.lr,
+                       min_lr=args.lr / 10, warmup_iters=warmup, eval_interval=args.eval_interval,
+                       eval_iters=args.eval_iters, seed=args.seed, schedule=args.schedule,
+                       num_microbatches=args.microbatches, num_chunks=chunks, zero=args.zero,
+                       dtype=DTYPES[args.dtype])
+
+
+def _train_rank(ctx, args) -> dict:
+    """One rank: build the serial GPT from the seed, train this rank's share, save."""
+    _, data = char_dataset(CORPUS, byte_fallback=False)
+    torch.manual_seed(args.seed)
+    trainer = Trainer(GPT(GPTConfig.from_preset(args.preset)), data, train_settings(args), ctx=ctx)
+    if ctx.rank == 0:
+        print(f"training {args.preset} ({param_count(trainer.model.config) / 1e6:.2f}M parameters) on "
+              f"tp={ctx.tp_size} pp={ctx.pp_size} dp={ctx.dp_size}{' + ZeRO-1' if args.zero else ''}"
+              f" ({ctx.backend or 'one process'}, {ctx.device}), global batch {args.batch_size}, "
+              f"{args.dtype}", flush=True)
+    if not _in_process(ctx) and not _under_torchrun():  # launch forwards output line by line
+        trainer.progress_file = ProgressLines(sys.stderr)
+    history = trainer.train()
+    optimizer = trainer.optimizer  # fp32 AdamW and ZeRO-1 save their state; MixedPrecision not
+    keep = isinstance(optimizer, (torch.optim.AdamW, DistributedOptimizer))
+    folder = save_checkpoint(args.out, trainer.mesh.chunks, optimizer if keep else None, ctx,
+                             step=trainer.iter_num)
+    if ctx.rank == 0:
+        it, train_loss = history["train"][-1]
+        print(f"step {it + 1}: train loss {train_loss:.4f}, val loss {history['val'][-1][1]:.4f}; "
+              f"checkpoint written to {folder}", flush=True)
+    return history
+
+
+def train_main(argv: list[str]) -> int:
+    args = train_parser().parse_args(argv)
+    config = GPTConfig.from_preset(args.preset)
+    try:
+        settings = train_settings(args)
+        check_layout(config, args.tp, args.pp, args.dp, args.batch_size, settings.schedule,
+                     settings.num_microbatches, settings.num_chunks)
+    except ValueError as error:
+        train_parser().error(str(error))
+    return _run(_train_rank, args, args.tp, args.pp, args.dp, "train")
+
+
+def generate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m minimt generate", description="Stream text from a checkpoint written by "
+        "`python -m minimt train` at any layout (greedy unless --do-sample).",
+        epilog='example: python -m minimt generate --checkpoint runs/3d --prompt "ROMEO:" '
+               "--max-new-tokens 100 --tp 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="directory written by train --out")
+    parser.add_argument("--prompt", default="\n", help="text to continue")
+    parser.add_argument("--max-new-tokens", type=int, default=100, help="characters to generate")
+    _mesh_options(parser)
+    parser.add_argument("--do-sample", action="store_true",
+                        help="sample instead of taking the most likely token")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="divide the logits by this before sampling")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely")
+    parser.add_argument("--top-p", type=float, default=None,
+                        help="sample among the most likely tokens holding probability p")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the sampling (every rank "
+                        "draws the same numbers, so tensor-parallel ranks pick the same tokens)")
+    return parser
+
+
+def _generate_rank(ctx, args) -> str:
+    """One rank: the serial model from the checkpoint, this rank's tensor-parallel slice, then
+    decode; rank 0 prints each character as it comes."""
+    tokenizer, _ = char_dataset(CORPUS, byte_fallback=False)
+    model = load_serial_model(args.checkpoint).float()
+    if ctx.tp_size > 1:
+        apply_tensor_parallel(model, ctx)
+    model.to(ctx.device).eval()
+    ids = torch.tensor([tokenizer.encode(args.prompt)], device=ctx.device)  # (1, T)
+    text = args.prompt
+    if ctx.rank == 0:
+        print(args.prompt, end="", flush=True)
+    torch.manual_seed(args.seed)  # the same draws on every rank, whatever building the model took
+    for _ in range(args.max_new_tokens):  # one token at a time: the context slides past block_size
+        window = ids[:, 1 - model.config.block_size:]                        # (1, < block_size)
+        token = next(stream(model, window, 1, do_sample=args.do_sample,
+                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p))
+        ids = torch.cat((ids, token[:, None]), dim=1)                        # (1, T + 1)
+        piece = tokenizer.decode(token.tolist())
+        text += piece
+        if ctx.rank == 0:
+            print(piece, end="", flush=True)
+    if ctx.rank == 0:
+        print(flush=True)
+    return text
+
+
+def generate_main(argv: list[str]) -> int:
+    args = generate_parser().parse_args(argv)
+    try:
+        meta, _, _ = read_checkpoint(args.checkpoint)
+        check_layout(GPTConfig(**meta["config"]), args.tp, 1, 1, 1)
+    except (FileNotFoundError, ValueError) as error:
+        generate_parser().error(str(error))
+    return _run(_generate_rank, args, args.tp, 1, 1, "generate")
+
+
+class ProgressLines:
+    """A stream for tqdm that turns each redraw ("\r" + bar) into a line of its own: a forked
+    rank's output reaches the terminal through launch line by line."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "").strip("\n")
+        if text:
+            self.stream.write(text + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _in_process(ctx) -> bool:
+    """True for a one-process run without torchrun: no ranks forked, output goes straight out."""
+    return ctx.world_size == 1 and ctx.backend is None
+
+
+def _under_torchrun() -> bool:
+    return all(v in os.environ for v in TORCHRUN_VARIABLES)
+
+
+def _run(fn, args, tp: int, pp: int, dp: int, name: str) -> int:
+    """fn(ctx, args) in this process for one rank (streamed output, a live progress bar), on
+    forked ranks for a mesh, or on this process's rank under torchrun."""
+    if tp * pp * dp == 1 and not _under_torchrun():
+        seed_everything(args.seed)
+        device = "cuda" if args.backend != "gloo" and torch.cuda.is_available() else "cpu"
+        fn(ParallelContext(device=device), args)
+        return 0
+    try:
+        launch(fn, args, tp=tp, pp=pp, dp=dp, backend=args.backend, timeout_s=args.timeout_s,
+               seed=args.seed)
+    except (RankError, LaunchTimeout) as error:
+        print(f"minimt {name} failed: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+COMMANDS = {"train": train_main, "generate": generate_main}

@@ -1,0 +1,164 @@
+"""Tasks of 08_memory_and_scale: the saved-bytes counter, the MLP's activation bytes, and the
+layout that fits a GPU with the least bubble. Each is checked against an independent oracle:
+bytes worked out by hand, a measurement with torch's own saved-tensor hooks, a brute-force search
+over `minimt.scale.estimate`."""
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from .core import ExerciseError, Task
+
+
+def _target(module: str, name: str):
+    """The learner's function or class, imported at call time (so an edit is picked up)."""
+    return getattr(importlib.import_module(module), name)
+
+
+def _not_written(task_id: str, what: str, err: NotImplementedError) -> ExerciseError:
+    return ExerciseError(f"task {task_id} not written yet: {what} ({err})")
+
+
+def check_saved_tensor_bytes() -> None:
+    """SavedTensorBytes.pack counts each saved storage once and skips excluded parameters."""
+    SavedTensorBytes = _target("minimt.memory", "SavedTensorBytes")
+    x = torch.randn(4, 8, requires_grad=True)                     # 128 bytes
+    linear = torch.nn.Linear(8, 24, bias=False)
+    cases = [  # (name, forward, expected bytes worked out by hand, likely mistake)
+        ("y = x.exp() saves its output (4 x 8 fp32)", lambda: x.exp(), 128, None),
+        ("y = x * x saves x twice: one storage", lambda: x * x, 128,
+         "the same storage saved twice is in memory once: key by untyped_storage().data_ptr()"),
+        ("q, k, v = split of one (4, 24) tensor; q * k * v", lambda: _qkv_product(x), 384 + 128,
+         "q, k and v are views of one storage: count tensor.untyped_storage().nbytes() once"),
+        ("linear(x): x is an activation, the weight is a parameter", lambda: linear(x), 128,
+         "skip storages listed in self.excluded (the model's parameters)"),
+        ("x.bfloat16().sin() saves a 2-byte copy", lambda: x.bfloat16().sin(), 64,
+         "count bytes of the storage (element size 2 for bf16), not elements"),
+    ]
+    for i, (name, forward, expected, hint) in enumerate(cases):
+        try:
+            with SavedTensorBytes(exclude=linear) as saved:
+                forward()
+            got = saved.bytes
+        except NotImplementedError as err:
+            raise _not_written("08.1", "SavedTensorBytes.pack in minimt/memory.py", err) from None
+        if got != expected:
+            raise ExerciseError(f"task 08.1, case {i + 1} of {len(cases)} ({name}): counted {got} "
+                                f"bytes, expected {expected}" + (f". Hint: {hint}" if hint else ""))
+    print(f"task 08.1: SavedTensorBytes.pack passes all {len(cases)} cases")
+
+
+def _qkv_product(x):
+    qkv = torch.cat([x, x, x], dim=-1)                           # (4, 24): a new 384-byte storage
+    q, k, v = qkv.split(8, dim=-1)
+    return q * k * v                                               # saves q, k (qkv) and q*k, v
+
+
+def _measured_mlp_bytes(s, b, h, t, dtype, ratio):
+    """One tensor-parallel rank's MLP (c_fc out r*h/t, GELU, c_proj in r*h/t), measured with
+    torch's hooks: the storages of all saved tensors but the weights."""
+    torch.manual_seed(0)
+    c_fc = torch.nn.Linear(h, ratio * h // t, dtype=dtype)
+    c_proj = torch.nn.Linear(ratio * h // t, h, dtype=dtype)
+    weights = {p.untyped_storage().data_ptr() for p in [*c_fc.parameters(), *c_proj.parameters()]}
+    storages = {}
+
+    def pack(tensor):
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr not in weights:
+            storages[ptr] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    x = torch.randn(b, s, h, dtype=dtype, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        c_proj(torch.nn.functional.gelu(c_fc(x)))
+    return sum(storages.values())
+
+
+def check_mlp_activation_bytes() -> None:
+    """mlp_activation_bytes(s, b, h, t, dtype_bytes, mlp_ratio) equals what autograd saves."""
+    mlp_activation_bytes = _target("minimt.memory", "mlp_activation_bytes")
+    cases = [(16, 2, 32, 1, torch.float32, 4), (16, 2, 32, 2, torch.float32, 4),
+             (8, 3, 64, 4, torch.bfloat16, 4), (12, 1, 48, 2, torch.float32, 2)]
+    for i, (s, b, h, t, dtype, ratio) in enumerate(cases):
+        e = torch.finfo(dtype).bits // 8
+        try:
+            got = mlp_activation_bytes(s, b, h, t, e, ratio)
+        except NotImplementedError as err:
+            raise _not_written("08.2", "mlp_activation_bytes in minimt/memory.py", err) from None
+        expected = _measured_mlp_bytes(s, b, h, t, dtype, ratio)
+        if got != expected:
+            sbh = s * b * h * e
+            hint = ("the GELU input and the c_proj input are split over t ranks; the c_fc input "
+                    "is not" if got == sbh * (1 + 2 * ratio) and t > 1 else
+                    "the c_fc input (s*b*h) is saved too" if got == expected - sbh else
+                    "three tensors: c_fc input (s*b*h), GELU input and c_proj input "
+                    "(s*b*r*h/t each), times the bytes per element")
+            raise ExerciseError(f"task 08.2, case {i + 1} of {len(cases)} (s={s}, b={b}, h={h}, "
+                                f"t={t}, dtype_bytes={e}, mlp_ratio={ratio}): got {got}, measured "
+                                f"{expected}. Hint: {hint}")
+    print(f"task 08.2: mlp_activation_bytes equals the measurement in all {len(cases)} cases")
+
+
+def _brute_force_layout(config, num_gpus, global_batch_size, gpu_bytes, options):
+    from ..scale import estimate
+
+    found = []
+    for tp in range(1, 9):
+        for pp in range(1, num_gpus + 1):
+            dp, rest = divmod(num_gpus, tp * pp)
+            if rest:
+                continue
+            try:
+                est = estimate(config, tp, pp, dp, 1, global_batch_size, **options)
+            except ValueError:
+                continue
+            if est.memory_bytes_per_gpu["total"] <= gpu_bytes:
+                found.append(((est.bubble, tp * pp, tp), (tp, pp, dp)))
+    return min(found)[1] if found else None
+
+
+def check_best_layout() -> None:
+    """best_layout picks, among the layouts that divide and fit, the one with the least bubble."""
+    from ..config import GPTConfig
+
+    best_layout = _target("minimt.scale", "best_layout")
+    mt_nlg = GPTConfig.from_preset("mt-nlg-530b")
+    small = GPTConfig(vocab_size=50257, block_size=1024, n_layer=24, n_head=16, n_embd=2048)
+    cases = [(mt_nlg, 2240, 1920, 80 * 2**30, {}),
+             (mt_nlg, 2240, 1920, 40 * 2**30, {"zero": True}),
+             (mt_nlg, 1120, 960, 80 * 2**30, {"sequence_parallel": True, "recompute": "selective"}),
+             (small, 16, 64, 16 * 2**30, {"recompute": "none"}),
+             (mt_nlg, 8, 1920, 80 * 2**30, {})]
+    for i, (config, gpus, batch, gpu_bytes, options) in enumerate(cases):
+        expected = _brute_force_layout(config, gpus, batch, gpu_bytes, options)
+        name = (f"task 08.3, case {i + 1} of {len(cases)} ({config.n_layer} layers, {gpus} GPUs, "
+                f"batch {batch}, {gpu_bytes / 2**30:.0f} GiB, {options or 'defaults'})")
+        try:
+            est = best_layout(config, gpus, batch, gpu_bytes=gpu_bytes, **options)
+            got = (est.tp, est.pp, est.dp)
+        except NotImplementedError as err:
+            raise _not_written("08.3", "best_layout in minimt/scale.py", err) from None
+        except ValueError as err:
+            if expected is None:
+                continue
+            raise ExerciseError(f"{name}: raised {err!r}, but (tp, pp, dp) = {expected} fits")
+        if expected is None:
+            raise ExerciseError(f"{name}: returned {got}, but no layout fits: raise ValueError")
+        if got != expected:
+            raise ExerciseError(f"{name}: got (tp, pp, dp) = {got}, expected {expected}. Hint: "
+                                f"keep only layouts whose estimate fits gpu_bytes, then take the "
+                                f"least bubble (p-1)/m, ties to the smaller tp*pp, then tp")
+    print(f"task 08.3: best_layout picks the right layout in all {len(cases)} cases")
+
+
+TASKS = [
+    Task("08.1", 2, "write SavedTensorBytes.pack: count each saved storage once",
+         "minimt.memory:SavedTensorBytes.pack", "notebook 08, section 2", check_saved_tensor_bytes),
+    Task("08.2", 2, "write mlp_activation_bytes: the bytes the MLP saves on one tp rank",
+         "minimt.memory:mlp_activation_bytes", "notebook 08, section 2",
+         check_mlp_activation_bytes),
+    Task("08.3", 3, "write best_layout: the layout that fits with the least bubble",
+         "minimt.scale:best_layout", "notebook 08, section 6", check_best_layout),
+]

@@ -1,0 +1,261 @@
+"""The scale calculator: parameters, FLOPs, time and memory per GPU of a training layout.
+
+`estimate(config, tp, pp, dp, micro_batch_size, global_batch_size, ...)` answers, without
+building anything, the questions a 530B run starts with: how long is an iteration at a given
+throughput (Narayanan et al. 2021, arXiv 2104.04473, eq. 3), how long is the whole run, and does
+the most loaded GPU fit its memory (ZeRO's bytes per parameter, Rajbhandari et al. 2019, arXiv
+1910.02054; activations per layer from Korthikanti et al. 2022, arXiv 2205.05198, Table 2, or
+minimt's own measured formula). `best_layout` picks a layout that fits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .config import GPTConfig
+from .memory import layer_activation_bytes
+from .model import RECOMPUTE_MODES, param_count
+
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+ACTIVATION_MODELS = ("megatron", "minimt")
+GPU_BYTES = 80 * 2**30  # an 80 GB A100 or H100 (80 GiB)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def layout_error(config: GPTConfig, tp: int, pp: int, dp: int, micro_batch_size: int,
+                 global_batch_size: int, sequence_parallel: bool = False) -> str | None:
+    """Why this layout does not divide the model or the batch, naming the fix; None when it does."""
+    L, a, s = config.n_layer, config.n_head, config.block_size
+    mlp = config.mlp_ratio * config.n_embd
+    per_step = dp * micro_batch_size
+    rules = [  # (n, d, what, by, the fix: a function, so divisors are listed only on failure)
+        (L, pp, "n_layer", "pp", lambda: f"every stage needs as many layers; use pp in "
+                                         f"{_divisors(L)}"),
+        (a, tp, "n_head", "tp", lambda: f"every rank needs whole heads; use tp in {_divisors(a)}"),
+        (mlp, tp, "MLP hidden size", "tp", lambda: f"use tp in {_divisors(mlp)[:12]}"),
+        (global_batch_size, per_step, "global_batch_size", "dp x micro_batch_size",
+         lambda: f"{dp} x {micro_batch_size} = {per_step} sequences per micro-step; use a global "
+                 f"batch that is a multiple of {per_step} (e.g. "
+                 f"{max(1, global_batch_size // per_step) * per_step}) or dp x micro_batch_size "
+                 f"in {_divisors(global_batch_size)[:12]}"),
+    ]
+    if sequence_parallel:
+        rules.append((s, tp, "sequence length (block_size)", "tp",
+                      lambda: f"sequence parallelism splits the tokens; use tp in "
+                              f"{_divisors(s)[:12]}"))
+    for n, d, what, by, fix in rules:
+        if n % d:
+            return f"{what}={n} is not divisible by {by}={d}: {fix()}"
+    return None
+
+
+def megatron_layer_activation_bytes(s: int, b: int, h: int, a: int, t: int = 1,
+                                    sequence_parallel: bool = False,
+                                    recompute: str = "none") -> float:
+    """Korthikanti et al. 2022, Table 2: 16-bit activations and 1-byte dropout masks per layer.
+
+    none: sbh(10 + 24/t + 5as/(ht)) (t = 1: sbh(34 + 5as/h)); with sequence parallelism
+    sbh(34/t + 5as/(ht)); selective recomputation drops the 5as/(ht) term; full recomputation
+    keeps the layer input, 2sbh (2sbh/t when it is sequence-parallel).
+    """
+    if recompute not in RECOMPUTE_MODES:
+        raise ValueError(f"recompute={recompute!r}: choose one of {RECOMPUTE_MODES}")
+    if recompute == "full":
+        return 2 * s * b * h / (t if sequence_parallel else 1)
+    attention_core = 0.0 if recompute == "selective" else 5 * a * s / (h * t)
+    linear_part = 34 / t if sequence_parallel else 10 + 24 / t
+    return s * b * h * (linear_part + attention_core)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What one layout costs. Memory is per GPU of the most loaded pipeline stage, in bytes."""
+    config: GPTConfig
+    tp: int
+    pp: int
+    dp: int
+    micro_batch_size: int
+    global_batch_size: int
+    recompute: str
+    sequence_parallel: bool
+    zero: bool
+    dtype: str
+    achieved_tflops: float | None
+    params: int                    # the whole model (minimt.model.param_count)
+    flops_per_iteration: float     # one global batch, forward + backward (+ recomputation)
+    num_microbatches: int          # per data-parallel replica per iteration
+    bubble: float                  # pipeline bubble time / ideal time, (p - 1) / m
+    memory_bytes_per_gpu: dict = field(default_factory=dict)
+
+    @property
+    def num_gpus(self) -> int:
+        return self.tp * self.pp * self.dp
+
+    @property
+    def tokens_per_iteration(self) -> int:
+        return self.global_batch_size * self.config.block_size
+
+    @property
+    def iteration_time_s(self) -> float | None:
+        """flops_per_iteration / (GPUs x achieved FLOP/s per GPU); None without a throughput."""
+        if self.achieved_tflops is None:
+            return None
+        return self.flops_per_iteration / (self.num_gpus * self.achieved_tflops * 1e12)
+
+    def training_time_s(self, tokens: float) -> float:
+        """Seconds to train on `tokens` at the achieved throughput: iterations x iteration time."""
+        if self.achieved_tflops is None:
+            raise ValueError("training_time_s needs achieved_tflops (per GPU) in estimate(...)")
+        return tokens / self.tokens_per_iteration * self.iteration_time_s
+
+    def fits(self, gpu_bytes: float = GPU_BYTES) -> bool:
+        """True when the most loaded GPU's total is at most gpu_bytes."""
+        return self.memory_bytes_per_gpu["total"] <= gpu_bytes
+
+    @property
+    def dominant(self) -> str:
+        """The largest memory term: "weights", "gradients", "optimizer" or "activations"."""
+        terms = {k: v for k, v in self.memory_bytes_per_gpu.items() if k != "total"}
+        return max(terms, key=terms.get)
+
+    def summary(self, gpu_bytes: float = GPU_BYTES) -> str:
+        """A few readable lines: layout, time, memory per GPU, whether it fits."""
+        mem = self.memory_bytes_per_gpu
+        lines = [f"tp={self.tp} pp={self.pp} dp={self.dp} ({self.num_gpus} GPUs), micro-batch "
+                 f"{self.micro_batch_size} x {self.num_microbatches}, recompute={self.recompute}, "
+                 f"SP={self.sequence_parallel}, ZeRO-1={self.zero}, {self.dtype}",
+                 f"params {self.params / 1e9:.1f}B, {self.flops_per_iteration:.3e} FLOP per "
+                 f"iteration, bubble (p-1)/m = {self.bubble:.3f}"]
+        if self.achieved_tflops is not None:
+            lines.append(f"iteration {self.iteration_time_s:.1f} s at "
+                         f"{self.achieved_tflops:g} TFLOP/s per GPU")
+        lines.append("memory per GPU (GiB): " + ", ".join(
+            f"{k} {v / 2**30:.1f}" for k, v in mem.items()))
+        verdict = "fits" if self.fits(gpu_bytes) else "does NOT fit"
+        lines.append(f"{verdict} in {gpu_bytes / 2**30:.0f} GiB; largest term: {self.dominant}")
+        return "\n".join(lines)
+
+
+def flops_per_iteration(config: GPTConfig, global_batch_size: int,
+                        recompute: str = "full") -> float:
+    """Forward + backward FLOPs of one batch (Narayanan et al. 2021, eq. 3 and its derivation).
+
+    A layer's forward: (8 + 4r) B s h^2 for its matmuls (24 B s h^2 with r = 4) and 4 B s^2 h
+    for attention; the logits 2 B s h V. Backward costs 2x forward; full recomputation adds one
+    more forward of every layer, selective only of the attention core. With r = 4 and "full":
+    96 B s l h^2 (1 + s/(6h) + V/(16 l h)).
+    """
+    if recompute not in RECOMPUTE_MODES:
+        raise ValueError(f"recompute={recompute!r}: choose one of {RECOMPUTE_MODES}")
+    B, s, h = global_batch_size, config.block_size, config.n_embd
+    l, V, r = config.n_layer, config.vocab_size, config.mlp_ratio
+    layer_matmuls, attention = (8 + 4 * r) * B * s * h * h, 4 * B * s * s * h
+    logits = 2 * B * s * h * V
+    extra = {"none": 0, "selective": attention, "full": layer_matmuls + attention}[recompute]
+    return 3 * (l * (layer_matmuls + attention) + logits) + l * extra
+
+
+def end_to_end_training_time_s(tokens: float, params: float, num_gpus: int,
+                               achieved_tflops: float, recompute: str = "full") -> float:
+    """Narayanan et al. 2021, eq. 4: about 8 T P / (n X) seconds with full recomputation (6 T P /
+    (n X) without): eq. 3 per token without its s/(6h) and V/(16lh) terms, so ~2-3% below
+    Estimate.training_time_s."""
+    factor = 8 if recompute == "full" else 6
+    return factor * tokens * params / (num_gpus * achieved_tflops * 1e12)
+
+
+def stage_params_per_gpu(config: GPTConfig, tp: int, pp: int) -> int:
+    """Parameters one GPU of the most loaded pipeline stage holds: its layers' share (matmul
+    weights and column biases split over tp, LayerNorms and row biases replicated) plus the
+    first stage's embeddings or the last stage's LayerNorm and copy of the tied output layer."""
+    C, r, V, T = config.n_embd, config.mlp_ratio, config.vocab_size, config.block_size
+    b = 1 if config.bias else 0
+    sharded = 4 * C * C + 2 * r * C * C + b * (3 * C + r * C)
+    replicated = 2 * C * (1 + b) + 2 * C * b
+    layers = config.n_layer // pp * (sharded // tp + replicated)
+    vocab = -(-V // tp) * C  # vocabulary padded to a multiple of tp, split over tp
+    first = vocab + T * C + (C * (1 + b) if pp == 1 else 0)
+    last = vocab + C * (1 + b)
+    return layers + (first if pp == 1 else max(first, last))
+
+
+def estimate(config: GPTConfig, tp: int, pp: int, dp: int, micro_batch_size: int,
+             global_batch_size: int, achieved_tflops: float | None = None,
+             recompute: str = "full", sequence_parallel: bool = False, zero: bool = False,
+             dtype: str = "bf16", activation_model: str = "megatron") -> Estimate:
+    """Time and memory of training `config` on tp x pp x dp GPUs with 1F1B pipelining.
+
+    Memory per GPU (ZeRO's accounting): 16-bit weights and gradients (2 + 2 bytes per
+    parameter) and fp32 Adam state (master weight, momentum, variance: 12), the 12 sharded over
+    dp when zero=True (ZeRO stage 1); fp32 training: 4 + 4 + 8. Activations: the stage's layers
+    times the micro-batches in flight on the first stage of 1F1B, min(pp, m); per layer
+    Korthikanti's Table 2 (activation_model="megatron") or minimt's measured formula ("minimt",
+    fused attention). Left out: the embeddings' and the loss's activations, the working memory
+    of a layer being recomputed, communication buffers and allocator fragmentation.
+    """
+    if not isinstance(config, GPTConfig):
+        raise TypeError(f"estimate needs a GPTConfig, got {type(config).__name__}")
+    for name, value in (("tp", tp), ("pp", pp), ("dp", dp), ("micro_batch_size", micro_batch_size),
+                        ("global_batch_size", global_batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"dtype={dtype!r}: choose one of {sorted(DTYPE_BYTES)}")
+    if activation_model not in ACTIVATION_MODELS:
+        raise ValueError(f"activation_model={activation_model!r}: choose one of "
+                         f"{ACTIVATION_MODELS}")
+    if recompute not in RECOMPUTE_MODES:
+        raise ValueError(f"recompute={recompute!r}: choose one of {RECOMPUTE_MODES}")
+    problem = layout_error(config, tp, pp, dp, micro_batch_size, global_batch_size,
+                           sequence_parallel)
+    if problem:
+        raise ValueError(problem)
+    L, a, s = config.n_layer, config.n_head, config.block_size
+    m = global_batch_size // (dp * micro_batch_size)
+    e = DTYPE_BYTES[dtype]
+    n_params = stage_params_per_gpu(config, tp, pp)
+    weight_bytes, grad_bytes, optimizer_bytes = (e, e, 12) if e == 2 else (4, 4, 8)
+    if activation_model == "megatron":
+        per_layer = megatron_layer_activation_bytes(s, micro_batch_size, config.n_embd, a, tp,
+                                                    sequence_parallel, recompute) * e / 2
+    else:
+        per_layer = layer_activation_bytes(s, micro_batch_size, config.n_embd, a, tp,
+                                           sequence_parallel, recompute, "fused", e,
+                                           config.mlp_ratio)
+    memory = {"weights": n_params * weight_bytes, "gradients": n_params * grad_bytes,
+              "optimizer": n_params * optimizer_bytes / (dp if zero else 1),
+              "activations": per_layer * (L // pp) * min(pp, m)}
+    memory["total"] = sum(memory.values())
+    return Estimate(config, tp, pp, dp, micro_batch_size, global_batch_size, recompute,
+                    sequence_parallel, zero, dtype, achieved_tflops, param_count(config),
+                    flops_per_iteration(config, global_batch_size, recompute), m,
+                    (pp - 1) / m, memory)
+
+
+def best_layout(config: GPTConfig, num_gpus: int, global_batch_size: int,
+                gpu_bytes: float = GPU_BYTES, max_tp: int = 8, **options) -> Estimate:
+    """Among the layouts tp x pp x dp = num_gpus (tp <= max_tp, one node) that divide the model
+    and the batch and fit gpu_bytes, the one with the least bubble; ties go to the least model
+    parallelism (tp x pp), then the smaller tp. `options` go to estimate (micro_batch_size 1
+    unless given). Raises ValueError when nothing fits."""
+    ### BEGIN SOLUTION
+    micro_batch_size = options.pop("micro_batch_size", 1)
+    best = None
+    for tp in range(1, min(max_tp, num_gpus) + 1):
+        for pp in range(1, num_gpus // tp + 1):
+            dp = num_gpus // (tp * pp)
+            if tp * pp * dp != num_gpus or layout_error(
+                    config, tp, pp, dp, micro_batch_size, global_batch_size,
+                    options.get("sequence_parallel", False)):
+                continue
+            est = estimate(config, tp, pp, dp, micro_batch_size, global_batch_size, **options)
+            key = (est.bubble, tp * pp, tp)
+            if est.fits(gpu_bytes) and (best is None or key < best[0]):
+                best = (key, est)
+    if best is None:
+        raise ValueError(f"no layout of {num_gpus} GPUs fits {gpu_bytes / 2**30:.0f} GiB per GPU; "
+                         f"add GPUs, recompute activations, or shard the optimizer (zero=True)")
+    return best[1]
+    ### END SOLUTION
