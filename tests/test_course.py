@@ -121,6 +121,13 @@ def test_pasted_back_copy_gives_full_points(student_copy, pack, tmp_path):
     assert record["points"] == record["max_points"], table
 
 
+def notebook_cells(root: Path):
+    """(relative path, cell) of every cell of the notebooks in `root`/notebooks."""
+    for path in sorted((root / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            yield str(path.relative_to(root)), cell
+
+
 def regions_file(task) -> str:
     return task.target.partition(":")[0].replace(".", "/") + ".py"
 
@@ -130,6 +137,11 @@ def regions_file(task) -> str:
 def test_student_copy_holds_no_solution_text(student_copy):
     lines = solution_lines(ROOT)
     assert len(lines) > 50  # the detector knows the solutions it looks for
+    written = [regions.body("".join(cell["source"]), region).splitlines()
+               for _, cell in notebook_cells(ROOT) if cell["cell_type"] == "markdown"
+               for region in regions.find_regions("".join(cell["source"]), python=False)]
+    assert len(written) >= 4  # the "predict, then measure" answers: prose is looked for too
+    assert all(line.strip() in lines for answer in written for line in answer if len(line) > 20)
     assert find_leaks(student_copy, lines) == []
     leaky = ROOT / "minimt" / "attention.py"  # and it finds a pasted one
     assert find_leaks(ROOT, lines) and any(str(leaky.relative_to(ROOT)) in leak
@@ -151,11 +163,11 @@ def test_student_copy_is_the_whole_repository_with_stubs_and_one_commit(student_
     log = subprocess.run(["git", "log", "--oneline"], cwd=student_copy, capture_output=True,
                          text=True, check=True).stdout.splitlines()
     assert len(log) == 1
-    for path in (student_copy / "notebooks").glob("*.ipynb"):
-        for cell in json.loads(path.read_text())["cells"]:
-            source = "".join(cell["source"])
-            for region in regions.find_regions(source, python=False):
-                assert regions.body(source, region).strip() == "raise NotImplementedError", path
+    stubs = {"code": "raise NotImplementedError", "markdown": "YOUR ANSWER HERE"}  # nbgrader's
+    for rel, cell in notebook_cells(student_copy):
+        source = "".join(cell["source"])
+        for region in regions.find_regions(source, python=False):
+            assert regions.body(source, region).strip() == stubs[cell["cell_type"]], rel
     env = {**os.environ, "PYTHONPATH": str(student_copy)}
     done = subprocess.run([sys.executable, "-c", "import minimt, minimt.course; "
                            "print(minimt.__file__)"], cwd=student_copy, env=env,

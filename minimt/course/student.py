@@ -43,20 +43,24 @@ def drop_instructor_only_tests(text: str) -> str:
     return "".join(lines)
 
 
+ANSWER_STUB = "YOUR ANSWER HERE"  # nbgrader's text for a written answer still to write
+
+
 def stub_notebook(text: str) -> str:
-    """Notebook JSON with every code cell's regions replaced by `raise NotImplementedError` and
-    outputs cleared."""
+    """Notebook JSON with every region replaced by its stub (code: `raise NotImplementedError`;
+    a written answer in markdown: nbgrader's "YOUR ANSWER HERE") and outputs cleared."""
     notebook = json.loads(text)
     for cell in notebook["cells"]:
-        if cell["cell_type"] != "code":
+        if cell["cell_type"] not in ("code", "markdown"):
             continue
         source = "".join(cell["source"])
         found = regions.find_regions(source, python=False)
         if found:
-            source = regions.replace(source, {r: f"{r.indent}raise NotImplementedError"
-                                              for r in found})
+            stub = "raise NotImplementedError" if cell["cell_type"] == "code" else ANSWER_STUB
+            source = regions.replace(source, {r: f"{r.indent}{stub}" for r in found})
             cell["source"] = source.splitlines(keepends=True)
-        cell["outputs"], cell["execution_count"] = [], None
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
     return json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
 
 
@@ -135,8 +139,8 @@ def _outside_regions(root: Path) -> set[str]:
 
 
 def solution_lines(root: Path | None = None, min_length: int = 20) -> dict[str, str]:
-    """The distinctive code lines of every solution region of the repository at `root` (package
-    and notebooks), each mapped to where it comes from; short lines, and lines the package also
+    """The distinctive lines of every solution region of the repository at `root` (package code,
+    notebook code and the written answers of markdown cells), each mapped to where it comes from; short lines, and lines the package also
     has outside any region, are left out."""
     root = repo_root() if root is None else root
     generic = _outside_regions(root)
@@ -148,7 +152,8 @@ def solution_lines(root: Path | None = None, min_length: int = 20) -> dict[str, 
         if regions.BEGIN not in text:
             continue
         sources = ([("".join(c["source"]), False) for c in json.loads(text)["cells"]
-                    if c["cell_type"] == "code"] if rel.endswith(".ipynb") else [(text, True)])
+                    if c["cell_type"] in ("code", "markdown")]  # markdown: written answers
+                   if rel.endswith(".ipynb") else [(text, True)])
         for source, python in sources:
             for region in regions.find_regions(source, python):
                 for line in regions.body(source, region).splitlines():
