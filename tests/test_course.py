@@ -21,12 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 TASKS = all_tasks()
 
 
-def grade_in(root: Path, *args: str) -> tuple[dict, str]:
-    """Run `python -m minimt.course grade` at `root` with its package first on the path."""
+def grade_in(root: Path, *args: str, exit_code: int = 0) -> tuple[dict, str]:
+    """Run `python -m minimt.course grade` at `root` with its package first on the path; it must
+    exit with `exit_code` (1: some task failed)."""
     env = {**os.environ, "PYTHONPATH": str(root)}
     done = subprocess.run([sys.executable, "-m", "minimt.course", "grade", *args], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == exit_code, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stdout
 
 
@@ -96,7 +97,7 @@ def test_grade_gives_full_points_on_this_repository():
 
 
 def test_student_copy_gives_0_and_every_task_fails_with_its_own_message(student_copy):
-    record, table = grade_in(student_copy)
+    record, table = grade_in(student_copy, exit_code=1)
     assert record["points"] == 0 and record["max_points"] == sum(t.points for t in TASKS)
     assert [t["id"] for t in record["tasks"]] == [t.id for t in TASKS]
     rows = [line for line in table.splitlines() if line[:2].isdigit()]
@@ -105,7 +106,7 @@ def test_student_copy_gives_0_and_every_task_fails_with_its_own_message(student_
 
 
 def test_one_task_can_be_graded_alone(student_copy):
-    record, table = grade_in(student_copy, "--task", "05.1")
+    record, table = grade_in(student_copy, "--task", "05.1", exit_code=1)
     assert [t["id"] for t in record["tasks"]] == ["05.1"]
     assert "task 05.1 not written yet" in table and "minimt/precision.py" in table
 
