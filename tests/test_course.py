@@ -4,6 +4,7 @@ a fresh git history), the grader (full points here, 0 on a fresh copy, full agai
 originals are pasted back with catch_up), and the checkers' teaching messages for wrong answers."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -174,6 +175,20 @@ def test_student_copy_is_the_whole_repository_with_stubs_and_one_commit(student_
                            "print(minimt.__file__)"], cwd=student_copy, env=env,
                           capture_output=True, text=True, check=True)
     assert done.stdout.startswith(str(student_copy))
+
+
+def test_student_copy_leaves_out_the_guides_and_its_links_all_resolve(student_copy):
+    for guide in ("docs/instructor.md", "docs/workshop.md"):  # a rubric; solution steps
+        assert (ROOT / guide).exists() and not (student_copy / guide).exists(), guide
+    readme = (student_copy / "README.md").read_text()
+    assert "instructor guide" in readme and "instructor's repository" in readme
+    assert "instructor only" not in readme.split("## Teaching with minimt")[1]
+    for path in student_copy.rglob("*.md"):
+        if ".git" in path.parts:
+            continue
+        for target in re.findall(r"\]\(([^)#\s]+)", path.read_text()):
+            if not re.match(r"\w+:", target):  # a file of the copy, not a web address
+                assert (path.parent / target).exists(), f"{path.name} links to missing {target}"
 
 
 def test_catch_up_keeps_the_learners_own_code_unless_forced(student_copy, pack, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -67,6 +68,22 @@ def stub_notebook(text: str) -> str:
 INSTRUCTOR_README = "This repository is the instructor's version: the package is complete."
 STUDENT_README = ("This is a student copy: the package is complete except for the tasks below, "
                   "which are yours to write.")
+INSTRUCTOR_SPAN = re.compile(r"<!-- course: instructor only, begin -->\n.*?"
+                             r"<!-- course: instructor only, end -->\n", re.S)
+STUDENT_GUIDES = ("- **Instructors and workshop hosts**: the instructor guide (rubric, answers to the\n"
+                  "  discussion questions) and the workshop plan ship with the instructor's repository\n"
+                  "  only, not with this student copy.\n")
+
+
+def student_readme(text: str) -> str:
+    """The README of a student copy: says it is one, and names the instructor-only guides (left
+    out of the copy) without linking to them."""
+    return INSTRUCTOR_SPAN.sub(STUDENT_GUIDES, text.replace(INSTRUCTOR_README, STUDENT_README))
+
+
+def instructor_only(text: str) -> bool:
+    """True when the file's first lines mark it as left out of student copies."""
+    return INSTRUCTOR_ONLY in "\n".join(text.splitlines()[:5])
 
 
 def write_student_copy(out_dir: Path, root: Path | None = None, git: bool = True) -> Path:
@@ -80,19 +97,20 @@ def write_student_copy(out_dir: Path, root: Path | None = None, git: bool = True
     for rel in repo_files(root):
         source = root / rel
         destination = out_dir / rel
+        if rel.endswith((".py", ".ipynb", ".md")) and instructor_only(
+                source.read_text(encoding="utf-8")):
+            continue
         destination.parent.mkdir(parents=True, exist_ok=True)
         if rel.endswith((".py", ".ipynb")):
             text = source.read_text(encoding="utf-8")
-            if INSTRUCTOR_ONLY in "\n".join(text.splitlines()[:5]):
-                continue
             if regions.BEGIN in text:
                 text = stub_notebook(text) if rel.endswith(".ipynb") else stub_python(rel, text, tasks)
             if rel.endswith(".py") and INSTRUCTOR_ONLY_MARK in text:
                 text = drop_instructor_only_tests(text)
             destination.write_text(text, encoding="utf-8")
         elif rel == "README.md":
-            text = source.read_text(encoding="utf-8")
-            destination.write_text(text.replace(INSTRUCTOR_README, STUDENT_README), encoding="utf-8")
+            destination.write_text(student_readme(source.read_text(encoding="utf-8")),
+                                   encoding="utf-8")
         else:
             shutil.copyfile(source, destination)
         shutil.copymode(source, destination)
