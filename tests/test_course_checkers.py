@@ -32,6 +32,12 @@ def row_bias_before_g(self, x):
     return comm.reduce_from_tensor_model_parallel_region(F.linear(x, self.weight, self.bias), self.ctx)
 
 
+def row_without_g(self, x):  # the partial product returned: no all-reduce
+    if not self.input_is_parallel:
+        x = comm.scatter_to_tensor_model_parallel_region(x, self.ctx)
+    return F.linear(x, self.weight) + self.bias
+
+
 def row_without_scatter(self, x):
     y = comm.reduce_from_tensor_model_parallel_region(F.linear(x, self.weight), self.ctx)
     return y + self.bias
@@ -70,6 +76,9 @@ WRONG = [
     ("03.3", tensor.ColumnParallelLinear, "forward", column_transposed,
      r"output: shape \(3, 2, 6\), expected \(2, 3, 6\)"),
     ("03.4", tensor.RowParallelLinear, "forward", row_bias_before_g, "the bias is counted 2 times"),
+    ("03.4", tensor.RowParallelLinear, "forward", row_without_g,
+     r"rank 0 of 2, input_is_parallel=True, x \(2, 3, 6\) -> 8: output differs from nn.Linear's .*"
+     r"at index \(\d+, \d+, \d+\): got -?\d.*, expected -?\d.*Hint: .*partial sum: all-reduce it with g"),
     ("03.4", tensor.RowParallelLinear, "forward", row_without_scatter,
      "input_is_parallel=False.*scatter_to_tensor_model_parallel_region"),
     ("01.1", attention, "scaled_dot_product_attention", unscaled_attention, "no 1/sqrt"),
