@@ -4,6 +4,7 @@ a fresh git history), the grader (full points here, 0 on a fresh copy, full agai
 originals are pasted back with catch_up), and the checkers' teaching messages for wrong answers."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,12 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
 TASKS = all_tasks()
 
 
-def grade_in(root: Path, *args: str) -> tuple[dict, str]:
-    """Run `python -m minimt.course grade` at `root` with its package first on the path."""
+def grade_in(root: Path, *args: str, exit_code: int = 0) -> tuple[dict, str]:
+    """Run `python -m minimt.course grade` at `root` with its package first on the path; it must
+    exit with `exit_code` (1: some task failed)."""
     env = {**os.environ, "PYTHONPATH": str(root)}
     done = subprocess.run([sys.executable, "-m", "minimt.course", "grade", *args], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == exit_code, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stdout
 
 
@@ -96,7 +98,7 @@ def test_grade_gives_full_points_on_this_repository():
 
 
 def test_student_copy_gives_0_and_every_task_fails_with_its_own_message(student_copy):
-    record, table = grade_in(student_copy)
+    record, table = grade_in(student_copy, exit_code=1)
     assert record["points"] == 0 and record["max_points"] == sum(t.points for t in TASKS)
     assert [t["id"] for t in record["tasks"]] == [t.id for t in TASKS]
     rows = [line for line in table.splitlines() if line[:2].isdigit()]
@@ -105,7 +107,7 @@ def test_student_copy_gives_0_and_every_task_fails_with_its_own_message(student_
 
 
 def test_one_task_can_be_graded_alone(student_copy):
-    record, table = grade_in(student_copy, "--task", "05.1")
+    record, table = grade_in(student_copy, "--task", "05.1", exit_code=1)
     assert [t["id"] for t in record["tasks"]] == ["05.1"]
     assert "task 05.1 not written yet" in table and "minimt/precision.py" in table
 
@@ -121,6 +123,13 @@ def test_pasted_back_copy_gives_full_points(student_copy, pack, tmp_path):
     assert record["points"] == record["max_points"], table
 
 
+def notebook_cells(root: Path):
+    """(relative path, cell) of every cell of the notebooks in `root`/notebooks."""
+    for path in sorted((root / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            yield str(path.relative_to(root)), cell
+
+
 def regions_file(task) -> str:
     return task.target.partition(":")[0].replace(".", "/") + ".py"
 
@@ -130,6 +139,11 @@ def regions_file(task) -> str:
 def test_student_copy_holds_no_solution_text(student_copy):
     lines = solution_lines(ROOT)
     assert len(lines) > 50  # the detector knows the solutions it looks for
+    written = [regions.body("".join(cell["source"]), region).splitlines()
+               for _, cell in notebook_cells(ROOT) if cell["cell_type"] == "markdown"
+               for region in regions.find_regions("".join(cell["source"]), python=False)]
+    assert len(written) >= 4  # the "predict, then measure" answers: prose is looked for too
+    assert all(line.strip() in lines for answer in written for line in answer if len(line) > 20)
     assert find_leaks(student_copy, lines) == []
     leaky = ROOT / "minimt" / "attention.py"  # and it finds a pasted one
     assert find_leaks(ROOT, lines) and any(str(leaky.relative_to(ROOT)) in leak
@@ -151,16 +165,30 @@ def test_student_copy_is_the_whole_repository_with_stubs_and_one_commit(student_
     log = subprocess.run(["git", "log", "--oneline"], cwd=student_copy, capture_output=True,
                          text=True, check=True).stdout.splitlines()
     assert len(log) == 1
-    for path in (student_copy / "notebooks").glob("*.ipynb"):
-        for cell in json.loads(path.read_text())["cells"]:
-            source = "".join(cell["source"])
-            for region in regions.find_regions(source, python=False):
-                assert regions.body(source, region).strip() == "raise NotImplementedError", path
+    stubs = {"code": "raise NotImplementedError", "markdown": "YOUR ANSWER HERE"}  # nbgrader's
+    for rel, cell in notebook_cells(student_copy):
+        source = "".join(cell["source"])
+        for region in regions.find_regions(source, python=False):
+            assert regions.body(source, region).strip() == stubs[cell["cell_type"]], rel
     env = {**os.environ, "PYTHONPATH": str(student_copy)}
     done = subprocess.run([sys.executable, "-c", "import minimt, minimt.course; "
                            "print(minimt.__file__)"], cwd=student_copy, env=env,
                           capture_output=True, text=True, check=True)
     assert done.stdout.startswith(str(student_copy))
+
+
+def test_student_copy_leaves_out_the_guides_and_its_links_all_resolve(student_copy):
+    for guide in ("docs/instructor.md", "docs/workshop.md"):  # a rubric; solution steps
+        assert (ROOT / guide).exists() and not (student_copy / guide).exists(), guide
+    readme = (student_copy / "README.md").read_text()
+    assert "instructor guide" in readme and "instructor's repository" in readme
+    assert "instructor only" not in readme.split("## Teaching with minimt")[1]
+    for path in student_copy.rglob("*.md"):
+        if ".git" in path.parts:
+            continue
+        for target in re.findall(r"\]\(([^)#\s]+)", path.read_text()):
+            if not re.match(r"\w+:", target):  # a file of the copy, not a web address
+                assert (path.parent / target).exists(), f"{path.name} links to missing {target}"
 
 
 def test_catch_up_keeps_the_learners_own_code_unless_forced(student_copy, pack, tmp_path):

@@ -9,8 +9,10 @@ import torch.nn.functional as F
 
 import minimt.course
 from minimt import attention, precision, sampling
-from minimt.exercises import ExerciseError
+from minimt.exercises import ExerciseError, all_tasks
 from minimt.parallel import comm, pipeline, tensor
+
+TASKS = all_tasks()
 
 
 def column_with_g(self, x):  # g where f belongs
@@ -30,6 +32,12 @@ def row_bias_before_g(self, x):
     if not self.input_is_parallel:
         x = comm.scatter_to_tensor_model_parallel_region(x, self.ctx)
     return comm.reduce_from_tensor_model_parallel_region(F.linear(x, self.weight, self.bias), self.ctx)
+
+
+def row_without_g(self, x):  # the partial product returned: no all-reduce
+    if not self.input_is_parallel:
+        x = comm.scatter_to_tensor_model_parallel_region(x, self.ctx)
+    return F.linear(x, self.weight) + self.bias
 
 
 def row_without_scatter(self, x):
@@ -70,6 +78,9 @@ WRONG = [
     ("03.3", tensor.ColumnParallelLinear, "forward", column_transposed,
      r"output: shape \(3, 2, 6\), expected \(2, 3, 6\)"),
     ("03.4", tensor.RowParallelLinear, "forward", row_bias_before_g, "the bias is counted 2 times"),
+    ("03.4", tensor.RowParallelLinear, "forward", row_without_g,
+     r"rank 0 of 2, input_is_parallel=True, x \(2, 3, 6\) -> 8: output differs from nn.Linear's .*"
+     r"at index \(\d+, \d+, \d+\): got -?\d.*, expected -?\d.*Hint: .*partial sum: all-reduce it with g"),
     ("03.4", tensor.RowParallelLinear, "forward", row_without_scatter,
      "input_is_parallel=False.*scatter_to_tensor_model_parallel_region"),
     ("01.1", attention, "scaled_dot_product_attention", unscaled_attention, "no 1/sqrt"),
@@ -111,6 +122,27 @@ def test_an_unwritten_task_says_what_to_write_and_where(monkeypatch):
     with pytest.raises(ExerciseError, match=r"task 06.3 not written yet: write top_k_filter in "
                                             r"minimt/sampling.py \(between ### BEGIN SOLUTION"):
         minimt.course.check("06.3")
+
+
+@pytest.mark.parametrize("task_id", ["07.1", "08.1"])
+def test_every_unwritten_task_says_it_the_same_way(monkeypatch, task_id):
+    """Also where the stub runs on a rank (07.1) or inside a hook (08.1)."""
+    import importlib
+    task = next(t for t in TASKS if t.id == task_id)
+    module, _, qualname = task.target.partition(":")
+    owner, name = importlib.import_module(module), qualname
+    if "." in qualname:
+        cls, name = qualname.split(".")
+        owner = getattr(owner, cls)
+
+    def stub(*args, **kwargs):
+        raise NotImplementedError(f"task {task_id}: {task.statement}; see {task.section}")
+    monkeypatch.setattr(owner, name, stub)
+    with pytest.raises(ExerciseError) as caught:
+        minimt.course.check(task_id)
+    assert str(caught.value) == (f"task {task_id} not written yet: {task.statement} in "
+                                 f"{module.replace('.', '/')}.py (between ### BEGIN SOLUTION and "
+                                 f"### END SOLUTION); see {task.section}")
 
 
 def test_an_exception_in_the_learners_code_names_the_line_not_the_checker(monkeypatch):

@@ -1,5 +1,6 @@
 """`python -m minimt.course grade [--task ID]`: run every task's check, print a table of points
-and the first failure message of each task, then one JSON line with the results."""
+and the first failure message of each task, then one JSON line with the results; exit 1 when a
+task fails."""
 from __future__ import annotations
 
 import argparse
@@ -59,5 +60,5 @@ def main(argv: list[str]) -> int:
                                      description="run every task's check and print the points")
     parser.add_argument("--task", action="append", metavar="ID", help="run only this task (repeatable)")
     args = parser.parse_args(argv)
-    grade(args.task)
-    return 0
+    record = grade(args.task)
+    return 0 if all(task["passed"] for task in record["tasks"]) else 1  # scripts and CI see a failure

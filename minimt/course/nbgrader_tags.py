@@ -21,7 +21,7 @@ import nbformat
 from .notebooks import select
 
 EXERCISE_POINTS = 1   # a warm-up exercise written in a notebook cell
-ANSWER_POINTS = 2     # a written "predict, then measure" answer, graded by hand (rubric: docs/instructor.md)
+ANSWER_POINTS = 2     # a written "predict, then measure" answer, graded by hand (rubric: the instructor guide)
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 # a checker call at the start of a line (inside try/for it is a demonstration, not a test)
 TASK_CHECK = re.compile(r"^(?:\w+\.)*(?:check\(\s*|TASKS\[\s*)[\"'](\d\d\.\d+)[\"']", re.M)

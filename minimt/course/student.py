@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -43,26 +44,46 @@ def drop_instructor_only_tests(text: str) -> str:
     return "".join(lines)
 
 
+ANSWER_STUB = "YOUR ANSWER HERE"  # nbgrader's text for a written answer still to write
+
+
 def stub_notebook(text: str) -> str:
-    """Notebook JSON with every code cell's regions replaced by `raise NotImplementedError` and
-    outputs cleared."""
+    """Notebook JSON with every region replaced by its stub (code: `raise NotImplementedError`;
+    a written answer in markdown: nbgrader's "YOUR ANSWER HERE") and outputs cleared."""
     notebook = json.loads(text)
     for cell in notebook["cells"]:
-        if cell["cell_type"] != "code":
+        if cell["cell_type"] not in ("code", "markdown"):
             continue
         source = "".join(cell["source"])
         found = regions.find_regions(source, python=False)
         if found:
-            source = regions.replace(source, {r: f"{r.indent}raise NotImplementedError"
-                                              for r in found})
+            stub = "raise NotImplementedError" if cell["cell_type"] == "code" else ANSWER_STUB
+            source = regions.replace(source, {r: f"{r.indent}{stub}" for r in found})
             cell["source"] = source.splitlines(keepends=True)
-        cell["outputs"], cell["execution_count"] = [], None
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
     return json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
 
 
 INSTRUCTOR_README = "This repository is the instructor's version: the package is complete."
 STUDENT_README = ("This is a student copy: the package is complete except for the tasks below, "
                   "which are yours to write.")
+INSTRUCTOR_SPAN = re.compile(r"<!-- course: instructor only, begin -->\n.*?"
+                             r"<!-- course: instructor only, end -->\n", re.S)
+STUDENT_GUIDES = ("- **Instructors and workshop hosts**: the instructor guide (rubric, answers to the\n"
+                  "  discussion questions) and the workshop plan ship with the instructor's repository\n"
+                  "  only, not with this student copy.\n")
+
+
+def student_readme(text: str) -> str:
+    """The README of a student copy: says it is one, and names the instructor-only guides (left
+    out of the copy) without linking to them."""
+    return INSTRUCTOR_SPAN.sub(STUDENT_GUIDES, text.replace(INSTRUCTOR_README, STUDENT_README))
+
+
+def instructor_only(text: str) -> bool:
+    """True when the file's first lines mark it as left out of student copies."""
+    return INSTRUCTOR_ONLY in "\n".join(text.splitlines()[:5])
 
 
 def write_student_copy(out_dir: Path, root: Path | None = None, git: bool = True) -> Path:
@@ -76,19 +97,20 @@ def write_student_copy(out_dir: Path, root: Path | None = None, git: bool = True
     for rel in repo_files(root):
         source = root / rel
         destination = out_dir / rel
+        if rel.endswith((".py", ".ipynb", ".md")) and instructor_only(
+                source.read_text(encoding="utf-8")):
+            continue
         destination.parent.mkdir(parents=True, exist_ok=True)
         if rel.endswith((".py", ".ipynb")):
             text = source.read_text(encoding="utf-8")
-            if INSTRUCTOR_ONLY in "\n".join(text.splitlines()[:5]):
-                continue
             if regions.BEGIN in text:
                 text = stub_notebook(text) if rel.endswith(".ipynb") else stub_python(rel, text, tasks)
             if rel.endswith(".py") and INSTRUCTOR_ONLY_MARK in text:
                 text = drop_instructor_only_tests(text)
             destination.write_text(text, encoding="utf-8")
         elif rel == "README.md":
-            text = source.read_text(encoding="utf-8")
-            destination.write_text(text.replace(INSTRUCTOR_README, STUDENT_README), encoding="utf-8")
+            destination.write_text(student_readme(source.read_text(encoding="utf-8")),
+                                   encoding="utf-8")
         else:
             shutil.copyfile(source, destination)
         shutil.copymode(source, destination)
@@ -135,8 +157,8 @@ def _outside_regions(root: Path) -> set[str]:
 
 
 def solution_lines(root: Path | None = None, min_length: int = 20) -> dict[str, str]:
-    """The distinctive code lines of every solution region of the repository at `root` (package
-    and notebooks), each mapped to where it comes from; short lines, and lines the package also
+    """The distinctive lines of every solution region of the repository at `root` (package code,
+    notebook code and the written answers of markdown cells), each mapped to where it comes from; short lines, and lines the package also
     has outside any region, are left out."""
     root = repo_root() if root is None else root
     generic = _outside_regions(root)
@@ -148,7 +170,8 @@ def solution_lines(root: Path | None = None, min_length: int = 20) -> dict[str, 
         if regions.BEGIN not in text:
             continue
         sources = ([("".join(c["source"]), False) for c in json.loads(text)["cells"]
-                    if c["cell_type"] == "code"] if rel.endswith(".ipynb") else [(text, True)])
+                    if c["cell_type"] in ("code", "markdown")]  # markdown: written answers
+                   if rel.endswith(".ipynb") else [(text, True)])
         for source, python in sources:
             for region in regions.find_regions(source, python):
                 for line in regions.body(source, region).splitlines():

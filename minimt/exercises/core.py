@@ -108,6 +108,14 @@ def unfinished(task_id: str, statement: str, target: str, section: str, message:
                          f"### BEGIN SOLUTION and ### END SOLUTION); see {section}")
 
 
+def rank_stub_message(err: Exception) -> str | None:
+    """The message of a stub's NotImplementedError that a rank raised (quoted in the error `launch`
+    raises), or None when `err` comes from something else."""
+    text = f"{err}\n{getattr(err, 'traceback', '')}"
+    lines = [line for line in text.splitlines() if "NotImplementedError" in line]
+    return lines[-1].split("NotImplementedError:", 1)[-1].strip() if lines else None
+
+
 def task(id: str, points: int, statement: str, target: str, section: str,
          check: Callable[[], None]) -> Task:
     """A Task whose check turns a stub's NotImplementedError, raised here or on a rank, into an
@@ -118,11 +126,9 @@ def task(id: str, points: int, statement: str, target: str, section: str,
         except NotImplementedError as err:
             raise unfinished(id, statement, target, section, str(err)) from None
         except Exception as err:  # a rank's stub arrives as a RankError quoting its traceback
-            if isinstance(err, ExerciseError) or "NotImplementedError" not in str(err):
+            message = None if isinstance(err, ExerciseError) else rank_stub_message(err)
+            if message is None:
                 raise
-            text = getattr(err, "traceback", "") or str(err)
-            line = [ln for ln in text.splitlines() if "NotImplementedError" in ln][-1]
-            message = line.split("NotImplementedError:", 1)[-1].strip()
             raise unfinished(id, statement, target, section, message) from None
     guarded.__doc__ = check.__doc__
     return Task(id, points, statement, target, section, guarded)

@@ -10,18 +10,21 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .core import ExerciseError, Task, compare
+from .core import ExerciseError, Task, compare, rank_stub_message, unfinished
 
 
-def _launch(task_id: str, statement: str, fn, *args, **sizes):
-    """launch(fn, *args, **sizes); a stub's NotImplementedError on a rank says what to write."""
+def _launch(task_id: str, fn, *args, **sizes):
+    """launch(fn, *args, **sizes); a stub's NotImplementedError on a rank says what to write and
+    where, as every task does."""
     from ..parallel import launch
     try:
         return launch(fn, *args, timeout_s=30, **sizes)
     except Exception as err:
-        if "NotImplementedError" in str(err) or "NotImplementedError" in getattr(err, "traceback", ""):
-            raise ExerciseError(f"task {task_id} not written yet: {statement}; see notebook 07") from None
-        raise
+        message = None if isinstance(err, ExerciseError) else rank_stub_message(err)
+        if message is None:
+            raise
+        task = next(t for t in TASKS if t.id == task_id)
+        raise unfinished(task.id, task.statement, task.target, task.section, message) from None
 
 
 # ---------------------------------------------------------------------------- 07.1 ring reduce-scatter
@@ -41,8 +44,7 @@ def _check_ring_reduce_scatter() -> None:
     bytes sent by each rank."""
     k = 5
     for n in (2, 3, 4):
-        results = _launch("07.1", "write ring_reduce_scatter in minimt/parallel/ring.py",
-                          _ring_rank, k, dp=n)
+        results = _launch("07.1", _ring_rank, k, dp=n)
         for rank, (got, total, mine, sent) in enumerate(results):
             name = f"task 07.1, n={n} ranks, rank {rank} (tensor of {n * k} floats)"
             if not isinstance(got, torch.Tensor) or got.shape != (k,):
@@ -98,8 +100,7 @@ def _check_ddp_hook() -> None:
     x, y = _data()
     ((model(x) - y) ** 2).mean().backward()                         # the oracle: serial autograd
     expected = [p.grad for p in model.parameters()]
-    results = _launch("07.2", "write DistributedDataParallel._on_grad_ready in "
-                      "minimt/parallel/data_parallel.py", _ddp_rank, dp=2)
+    results = _launch("07.2", _ddp_rank, dp=2)
     for rank, (grads, timeline, num_buckets, num_reduces) in enumerate(results):
         name = f"task 07.2, rank {rank} of 2, an MLP in {num_buckets} buckets"
         for i, (got, want) in enumerate(zip(grads, expected)):
@@ -143,8 +144,7 @@ def _check_zero_step() -> None:
         ((model(x) - y) ** 2).mean().backward()
         opt.step()
         opt.zero_grad()
-    results = _launch("07.3", "write DistributedOptimizer.step in minimt/parallel/zero.py",
-                      _zero_rank, steps, lr, dp=2)
+    results = _launch("07.3", _zero_rank, steps, lr, dp=2)
     for rank, (params, kinds, shard) in enumerate(results):
         name = f"task 07.3, rank {rank} of 2, {steps} AdamW steps"
         expected_kinds = [("reduce_scatter", 2 * shard), ("all_gather", 2 * shard)] * steps

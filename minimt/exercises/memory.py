@@ -8,7 +8,7 @@ import importlib
 
 import torch
 
-from .core import ExerciseError, Task
+from .core import ExerciseError, Task, unfinished
 
 
 def _target(module: str, name: str):
@@ -16,8 +16,10 @@ def _target(module: str, name: str):
     return getattr(importlib.import_module(module), name)
 
 
-def _not_written(task_id: str, what: str, err: NotImplementedError) -> ExerciseError:
-    return ExerciseError(f"task {task_id} not written yet: {what} ({err})")
+def _not_written(task_id: str, err: NotImplementedError) -> ExerciseError:
+    """What to write and where, as every task says it (or which earlier task is missing)."""
+    task = next(t for t in TASKS if t.id == task_id)
+    return unfinished(task.id, task.statement, task.target, task.section, str(err))
 
 
 def check_saved_tensor_bytes() -> None:
@@ -42,7 +44,7 @@ def check_saved_tensor_bytes() -> None:
                 forward()
             got = saved.bytes
         except NotImplementedError as err:
-            raise _not_written("08.1", "SavedTensorBytes.pack in minimt/memory.py", err) from None
+            raise _not_written("08.1", err) from None
         if got != expected:
             raise ExerciseError(f"task 08.1, case {i + 1} of {len(cases)} ({name}): counted {got} "
                                 f"bytes, expected {expected}" + (f". Hint: {hint}" if hint else ""))
@@ -86,7 +88,7 @@ def check_mlp_activation_bytes() -> None:
         try:
             got = mlp_activation_bytes(s, b, h, t, e, ratio)
         except NotImplementedError as err:
-            raise _not_written("08.2", "mlp_activation_bytes in minimt/memory.py", err) from None
+            raise _not_written("08.2", err) from None
         expected = _measured_mlp_bytes(s, b, h, t, dtype, ratio)
         if got != expected:
             sbh = s * b * h * e
@@ -139,7 +141,7 @@ def check_best_layout() -> None:
             est = best_layout(config, gpus, batch, gpu_bytes=gpu_bytes, **options)
             got = (est.tp, est.pp, est.dp)
         except NotImplementedError as err:
-            raise _not_written("08.3", "best_layout in minimt/scale.py", err) from None
+            raise _not_written("08.3", err) from None
         except ValueError as err:
             if expected is None:
                 continue

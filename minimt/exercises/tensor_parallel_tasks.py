@@ -33,6 +33,14 @@ def _on_ranks(task_id: str, rank_fn, *args) -> list[dict]:
     return results
 
 
+def _worst(got, expected) -> str:
+    """Where two tensors of one shape differ most: the index, the got and the expected value."""
+    diff = (got - expected).abs()
+    where = tuple(torch.nonzero(diff == diff.max())[0].tolist())
+    return (f"largest error {diff.max().item():.3g} at index {where}: got {got[where].item():.6g}, "
+            f"expected {expected[where].item():.6g}")
+
+
 def _close(a, b, atol=1e-5) -> bool:
     return a.shape == b.shape and torch.allclose(a, b, atol=atol)
 
@@ -172,8 +180,8 @@ def _check_column_task() -> None:
                         f"every rank, so the layer sees {TP}*x. f (copy_to_tensor_model_parallel_region) "
                         "is the identity forward" if _close(r["y"], r["g at entrance"])
                         else "y = x A_r^T + b_r with this rank's rows A_r of the weight")
-                raise ExerciseError(f"{name}: output differs from nn.Linear's (largest error "
-                                    f"{(r['y'] - expected).abs().max().item():.3g}). Hint: {hint}")
+                raise ExerciseError(f"{name}: output differs from nn.Linear's on the unsplit "
+                                    f"weight ({_worst(r['y'], expected)}). Hint: {hint}")
             for what in ("x grad", "weight grad", "bias grad"):
                 if r[what] is None:
                     raise ExerciseError(f"{name}: no {what}: keep x, the weight and the bias in the "
@@ -248,8 +256,8 @@ def _check_row_task() -> None:
                         f"the bias is counted {TP} times: add it once, after g has summed the partial "
                         "products" if _close(r["y"], expected + (TP - 1) * r["bias"]) else
                         "y = g(x_r A_r^T) + b")
-                raise ExerciseError(f"{name}: output differs from nn.Linear's (largest error "
-                                    f"{(r['y'] - expected).abs().max().item():.3g}). Hint: {hint}")
+                raise ExerciseError(f"{name}: output differs from nn.Linear's on the unsplit "
+                                    f"weight ({_worst(r['y'], expected)}). Hint: {hint}")
             for what in ("x grad", "weight grad", "bias grad"):
                 if r[what] is None:
                     raise ExerciseError(f"{name}: no {what}: keep x, the weight and the bias in the "
