@@ -285,6 +285,14 @@ def tied_weight(stages, ctx) -> nn.Parameter:
     return stages[0].transformer.wte.weight if ctx.is_first_stage else stages[-1].lm_head.weight
 
 
+def mark_tied_copy(stages, ctx) -> None:
+    """On the last pipeline stage (pp > 1), mark its copy of the tied weight
+    `pipeline_duplicate = True`: the first stage counts it in the gradient norm
+    (minimt.parallel.grads.counts_in_norm)."""
+    if ctx.pp_size > 1 and ctx.is_last_stage:
+        tied_weight(stages, ctx).pipeline_duplicate = True
+
+
 def timeline_from_records(records) -> Timeline:
     """One Timeline from the pipeline ranks' StepRecords (pp-rank order); 0 = the first start."""
     origin = min(r.start for r in records)
