@@ -301,3 +301,44 @@ def test_interleaved_chunks_save_and_load(tmp_path):
     assert merged.keys() == serial.keys()
     assert all(torch.equal(merged[n], serial[n]) for n in serial)
     assert all(torch.equal(p, serial[n]) for n, p in load_serial_model(tmp_path).named_parameters())
+
+
+def _bf16_trainer(ctx, seed):
+    """A Trainer of bf16 weights with fp32 masters (MixedPrecisionOptimizer, no ZeRO) on ctx."""
+    from minimt.train import TrainConfig, Trainer
+
+    def random_batch(split, batch_size, block_size, generator):
+        x = torch.randint(0, CONFIG.vocab_size, (batch_size, block_size), generator=generator)
+        return x, torch.roll(x, -1, dims=1)
+    torch.manual_seed(seed)
+    config = TrainConfig(max_iters=4, batch_size=GLOBAL_BATCH, learning_rate=1e-2, decay_lr=False,
+                         warmup_iters=0, dtype="bfloat16", num_microbatches=2, progress=False,
+                         seed=3)
+    return Trainer(GPT(CONFIG), random_batch, config, ctx=ctx)
+
+
+def _bf16_resume(ctx, directory):
+    """4 steps in one go; then 2 steps, a checkpoint, and 2 more steps in a fresh Trainer (other
+    initial weights) that loads it: the losses of both runs."""
+    whole = _bf16_trainer(ctx, seed=0)
+    uninterrupted = [whole.train_step().item() for _ in range(4)]
+    first = _bf16_trainer(ctx, seed=0)
+    losses = [first.train_step().item() for _ in range(2)]
+    save_checkpoint(directory, first.mesh.chunks, first.optimizer, ctx, step=first.iter_num,
+                    extra={"batch_rng": first.generator.get_state()})
+    second = _bf16_trainer(ctx, seed=1)
+    meta = load_checkpoint(directory, second.mesh.chunks, second.optimizer, ctx)
+    second.iter_num = meta["step"]
+    second.generator.set_state(meta["extra"]["batch_rng"])
+    losses += [second.train_step().item() for _ in range(2)]
+    return uninterrupted, losses
+
+
+@pytest.mark.parametrize("mesh", [dict(), dict(tp=2, pp=2)], ids=["serial", "tp2-pp2"])
+def test_a_resumed_bf16_run_continues_with_the_same_losses(tmp_path, mesh):
+    """16-bit weights without ZeRO: the checkpoint holds MixedPrecisionOptimizer's fp32 masters
+    and Adam moments, so the resumed run's losses are the uninterrupted run's, bit for bit."""
+    for uninterrupted, resumed in launch(_bf16_resume, str(tmp_path), timeout_s=60, **mesh):
+        assert resumed == uninterrupted
+    _, _, state = read_checkpoint(tmp_path)
+    assert state and all(s["master"].dtype == torch.float32 for s in state.values())
