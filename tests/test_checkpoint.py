@@ -342,3 +342,28 @@ def test_a_resumed_bf16_run_continues_with_the_same_losses(tmp_path, mesh):
         assert resumed == uninterrupted
     _, _, state = read_checkpoint(tmp_path)
     assert state and all(s["master"].dtype == torch.float32 for s in state.values())
+
+
+def _unwritable(tmp_path, kind):
+    if kind == "read-only folder":
+        import os
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        folder = tmp_path / "locked"
+        folder.mkdir()
+        folder.chmod(0o500)
+        return folder / "ckpt"
+    (tmp_path / "a_file").write_text("not a folder")
+    return tmp_path / "a_file" / "ckpt"
+
+
+@pytest.mark.parametrize("kind", ["read-only folder", "a file in the path"])
+def test_an_unwritable_folder_is_named_as_the_user_gave_it(tmp_path, kind):
+    """The error names the folder the caller passed, not save_checkpoint's hidden temporary."""
+    directory = _unwritable(tmp_path, kind)
+    torch.manual_seed(0)
+    model = GPT(CONFIG)
+    with pytest.raises(OSError, match="cannot write the checkpoint") as caught:
+        save_checkpoint(directory, model, None, ParallelContext(), step=3)
+    assert repr(str(directory)) in str(caught.value) and ".tmp-iter" not in str(caught.value)
+    assert "folder you can write to" in str(caught.value)
