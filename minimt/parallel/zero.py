@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn as nn
 
 from .comm import all_gather, reduce_scatter
 from .context import ParallelContext
