@@ -58,7 +58,8 @@ class MeshGradients:
         """Global L2 norm of gradients that ZeRO-1 shards over dp as well: `pieces` are this rank's
         slices of the gradients of the parameters that count in the norm (counts_in_norm), no
         element held by two ranks, so the sums add up over the whole world."""
-        return all_reduce(local_norm_power(pieces), self.ctx, "world").sqrt().item()
+        total = local_norm_power(pieces).to(self.ctx.device)  # a rank may hold no counted piece
+        return all_reduce(total, self.ctx, "world").sqrt().item()
 
     def clip_shard(self, shard: torch.Tensor, pieces: Iterable[torch.Tensor],
                    max_norm: float) -> float:
