@@ -30,6 +30,7 @@ def scaled_dot_product_attention(q, k, v, mask=None, causal=False, dropout_p=0.0
     check_attention_shapes(q, k, v, mask)
     out_dtype = q.dtype
     q, k, v = (t.to(torch.promote_types(t.dtype, torch.float32)) for t in (q, k, v))
+    ### BEGIN SOLUTION
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])            # (B, H, Tq, Tk), >= fp32
     allowed = combine_masks(mask, causal, q.shape[-2], k.shape[-2], q.device)
     if allowed is not None and allowed.dtype == torch.bool:
@@ -43,6 +44,7 @@ def scaled_dot_product_attention(q, k, v, mask=None, causal=False, dropout_p=0.0
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     out = weights @ v                                                     # (B, H, Tq, D)
+    ### END SOLUTION
     out, weights = out.to(out_dtype), weights.to(out_dtype)
     return (out, weights) if return_weights else out
 
@@ -86,10 +88,12 @@ def check_mask_shape(mask, scores_shape):
 
 def causal_mask(seq_len, kv_len=None, device=None):
     """(Tq, Tk) bool: query i (absolute position Tk - Tq + i) may see keys at positions <= its own."""
+    ### BEGIN SOLUTION
     kv_len = seq_len if kv_len is None else kv_len
     q_pos = torch.arange(kv_len - seq_len, kv_len, device=device)[:, None]  # (Tq, 1)
     k_pos = torch.arange(kv_len, device=device)[None, :]                     # (1, Tk)
     return k_pos <= q_pos
+    ### END SOLUTION
 
 
 def local_mask(seq_len, window, device=None):
@@ -136,12 +140,14 @@ class KVCache:
 
     def append(self, k, v):
         """Add the new tokens' k, v (B, H, T_new, D); return all keys and values so far."""
+        ### BEGIN SOLUTION
         if self.k is None:
             self.k, self.v = k, v
         else:
             self.k = torch.cat((self.k, k), dim=-2)
             self.v = torch.cat((self.v, v), dim=-2)
         return self.k, self.v
+        ### END SOLUTION
 
     def reorder(self, index):
         """Keep the batch rows in `index` (beam search reorders its hypotheses every step)."""

@@ -83,10 +83,12 @@ class Decoder:
 
     def step(self, next_tokens):
         """Append next_tokens (B,) to every row; return the logits that follow them."""
+        ### BEGIN SOLUTION
         self.ids = torch.cat((self.ids, next_tokens[:, None]), dim=1)         # (B, T+1)
         if self.attention_mask is not None:
             self.attention_mask = F.pad(self.attention_mask, (0, 1), value=1)
         return self._forward(next_tokens[:, None] if self.caches is not None else self.ids)
+        ### END SOLUTION
 
     def reorder(self, index):
         """Keep rows `index` (B,) of the sequences, the mask and every layer's cache."""
@@ -162,6 +164,7 @@ def beam_search(model, input_ids, max_new_tokens, num_beams, eos=None, pad=0, le
     done = [False] * batch
     eos_ids = set() if eos is None else set(eos.tolist())
     logits = decoder.prefill()                                                # (B*K, V)
+    ### BEGIN SOLUTION
     for step in range(max_new_tokens):
         log_probs = apply_repetition_penalty(F.log_softmax(logits, dim=-1), decoder.ids,
                                              repetition_penalty, decoder.attention_mask)  # (B*K, V)
@@ -199,6 +202,7 @@ def beam_search(model, input_ids, max_new_tokens, num_beams, eos=None, pad=0, le
         decoder.reorder(next_rows.flatten())
         beam_scores = next_scores
         logits = decoder.step(next_tokens.flatten())
+    ### END SOLUTION
 
     best = [hyp for b in range(batch) for hyp in finished[b][:num_return_sequences]]
     new_len = max(len(tokens) for _, tokens in best)

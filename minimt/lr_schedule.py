@@ -13,6 +13,7 @@ def lr_at(it: int, learning_rate: float, warmup_iters: int, lr_decay_iters: int,
     lr = min_lr                                                     for it > lr_decay_iters
     (cosine schedule: Loshchilov & Hutter 2017, arXiv 1608.03983)
     """
+    ### BEGIN SOLUTION
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
     if it > lr_decay_iters:
@@ -20,3 +21,4 @@ def lr_at(it: int, learning_rate: float, warmup_iters: int, lr_decay_iters: int,
     decay_ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
     coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # 1 -> 0
     return min_lr + coeff * (learning_rate - min_lr)
+    ### END SOLUTION

@@ -6,7 +6,9 @@ FLOPs per token have closed forms, used for MFU and for MT-NLG's 530B.
 """
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
@@ -72,8 +74,10 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, mask=None, kv_cache=None):         # (B, T, C)
+        ### BEGIN SOLUTION
         x = x + self.attn(self.ln_1(x), mask=mask, kv_cache=kv_cache)
         return x + self.mlp(self.ln_2(x))                    # (B, T, C)
+        ### END SOLUTION
 
 
 class GPT(nn.Module):
@@ -89,7 +93,9 @@ class GPT(nn.Module):
         if not isinstance(config, GPTConfig):
             raise TypeError(f"GPT needs a GPTConfig, got {type(config).__name__}; build one, e.g. "
                             f"GPT(GPTConfig(**fields)) or GPTConfig.from_preset(name)")
-        n = param_count(config)
+        C = config.n_embd  # matmul weights and embeddings: a lower bound, exact count only near the limit
+        rough = config.n_layer * (4 + 2 * config.mlp_ratio) * C * C + (config.vocab_size + config.block_size) * C
+        n = _meta_param_count(config) if rough > 0.9 * MAX_BUILDABLE_PARAMS else rough
         if n > MAX_BUILDABLE_PARAMS:
             raise ValueError(
                 f"this config has {n / 1e9:.1f}B parameters ({4 * n / 1e12:.2f} TB in fp32): too "
@@ -203,21 +209,38 @@ class GPT(nn.Module):
         return n - self.transformer.wpe.weight.numel() if exclude_positions else n
 
 
+def _meta_param_count(config: GPTConfig) -> int:
+    """GPT(config)'s parameters counted on PyTorch's meta device (shapes, no memory): a one-block
+    GPT plus n_layer - 1 more blocks. 0 when already building there."""
+    if torch.get_default_device().type == "meta":
+        return 0
+    return _counted_on_meta(config)
+
+
+@functools.lru_cache(maxsize=64)
+def _counted_on_meta(config: GPTConfig) -> int:
+    with torch.device("meta"):
+        block = sum(p.numel() for p in Block(config).parameters())
+        return GPT(replace(config, n_layer=1)).num_params() + (config.n_layer - 1) * block
+
+
 def param_count(config: GPTConfig) -> int:
     """Closed form of GPT(config).num_params(), without building the model.
 
     Per block: attention 4C^2 (+4C biases), MLP 2rC^2 (+(r+1)C biases), two LayerNorms 2C (+2C).
     Plus token embedding VC (tied with the output layer), positions TC and a final LayerNorm.
     """
+    ### BEGIN SOLUTION
     C, L, V, T, r = config.n_embd, config.n_layer, config.vocab_size, config.block_size, config.mlp_ratio
     b = 1 if config.bias else 0
     per_block = 4 * C * C + 2 * r * C * C + b * (4 * C + (r + 1) * C) + 2 * C * (1 + b)
     return V * C + T * C + L * per_block + C * (1 + b)
+    ### END SOLUTION
 
 
 def flops_per_token(config: GPTConfig, seq_len: int | None = None) -> int:
     """Training FLOPs per token: 6N + 12*L*C*T (forward + backward; PaLM, Chowdhery et al. 2022,
     arXiv 2204.02311, appendix B). N counts the weights used in matmuls (all but positions)."""
     T = config.block_size if seq_len is None else seq_len
-    n_matmul = param_count(config) - config.block_size * config.n_embd
+    n_matmul = _meta_param_count(config) - config.block_size * config.n_embd
     return 6 * n_matmul + 12 * config.n_layer * config.n_embd * T

@@ -61,6 +61,7 @@ class DynamicLossScaler:
 
         The scale is rounded to fp32 after every change, as in GradScaler: enough back-offs take it
         to exactly 0, after which every step overflows (0 * inf) and is skipped."""
+        ### BEGIN SOLUTION
         if found_inf:
             before, self.scale = self.scale, to_fp32(self.scale * self.backoff_factor)
             self.growth_tracker = 0
@@ -76,6 +77,7 @@ class DynamicLossScaler:
             if math.isfinite(grown):  # as GradScaler: a scale that would overflow fp32 is not taken
                 self.scale = grown
             self.growth_tracker = 0
+        ### END SOLUTION
 
 
 class MixedPrecisionOptimizer:
@@ -133,6 +135,7 @@ class MixedPrecisionOptimizer:
 
     def step(self) -> bool:
         """One update; returns False (and leaves the weights alone) when the step was skipped."""
+        ### BEGIN SOLUTION
         inv_scale = to_fp32(1.0 / self.scale) if self.scale else math.inf  # fp32, as GradScaler
         for p, master in zip(self.model_params, self.master_params):
             if master is p:
@@ -160,6 +163,7 @@ class MixedPrecisionOptimizer:
                 if master is not p:
                     p.copy_(master)  # round the fp32 master back to 16 bits for the next forward
         return True
+        ### END SOLUTION
 
 
 # Training-state bytes per parameter (weights, gradients, optimizer state; activations not counted).

@@ -30,16 +30,19 @@ def apply_temperature(logits, temperature):
 
 def top_k_filter(logits, k):
     """Keep the k largest logits of each row (ties with the k-th are kept); others become -inf."""
+    ### BEGIN SOLUTION
     if not k:
         return logits
     k = min(k, logits.shape[-1])
     kth_largest = logits.topk(k, dim=-1).values[..., -1:]                     # (..., 1)
     return logits.masked_fill(logits < kth_largest, float("-inf"))
+    ### END SOLUTION
 
 
 def top_p_filter(logits, p):
     """Nucleus filter (Holtzman et al. 2019, arXiv 1904.09751): keep the smallest set of most
     likely tokens whose probabilities sum to at least p; the most likely token is always kept."""
+    ### BEGIN SOLUTION
     if p >= 1.0:
         return logits
     sorted_logits, order = logits.sort(dim=-1, descending=True)               # (..., V)
@@ -48,6 +51,7 @@ def top_p_filter(logits, p):
     remove_sorted = mass_before >= p             # the set already reached p without this token
     remove = remove_sorted.scatter(-1, order, remove_sorted)                  # back to vocab order
     return logits.masked_fill(remove, float("-inf"))
+    ### END SOLUTION
 
 
 def process_logits(logits, input_ids, repetition_penalty=1.0, temperature=1.0, top_k=None,

@@ -1,16 +1,27 @@
-"""The plots notebooks share: attention weights, masks and positional encodings.
+"""The plots notebooks share: attention weights, masks and positional encodings; and
+`show_source`, which shows package code in a notebook with syntax highlighting.
 
 Every figure has a title, labelled axes (unitless quantities say "index" or "position") and a
 colour bar, so a notebook plot reads on its own. Each function returns the matplotlib Figure.
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import matplotlib.pyplot as plt
 from matplotlib.colors import ListedColormap
 import numpy as np
 import torch
+
+
+def show_source(*objects) -> None:
+    """Display each object's source code, highlighted (IPython's Code): notebooks show the
+    package's own code rather than a pasted copy that could drift from it."""
+    from IPython.display import Code, display  # IPython comes with Jupyter, not with minimt
+
+    for obj in objects:
+        display(Code(inspect.getsource(obj), language="python"))
 
 
 def _to_numpy(x, name):

@@ -1,3 +1,4 @@
+# course: instructor only (model answers to the exercises; left out of student copies)
 """The exercise checkers accept a correct answer and reject wrong ones with a message that says
 what is wrong (so a check can never be a no-op)."""
 import math

@@ -1,3 +1,4 @@
+# course: instructor only (model answers to the exercises; left out of student copies)
 """The tasks of notebook 07: each check passes on the package, says "not written yet" for a stub,
 and names the mistake for a typical wrong answer."""
 import pytest

@@ -1,3 +1,4 @@
+# course: instructor only (model answers to the exercises; left out of student copies)
 """Notebook 06's exercise checkers accept correct answers written independently of minimt's code
 and reject the usual mistakes with a message that says what is wrong."""
 import pytest

@@ -1,3 +1,4 @@
+# course: instructor only (model answers to the exercises; left out of student copies)
 """The 02_gpt exercise checkers accept independent correct answers and reject typical mistakes
 with a hint (so a check can never be a no-op)."""
 import math

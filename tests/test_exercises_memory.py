@@ -1,3 +1,4 @@
+# course: instructor only (model answers to the exercises; left out of student copies)
 """Tasks of notebook 08: each check passes with the package's solution, names a learner's
 likely mistake, and turns an unwritten stub into a clear ExerciseError."""
 import pytest

@@ -1,3 +1,4 @@
+# course: instructor only (model answers to the exercises; left out of student copies)
 """Notebook 03's checkers pass a correct answer and reject the classic mistakes with a hint
 (missing f, f and g swapped, an all-reduce that shrinks with tp)."""
 import pytest

@@ -126,6 +126,7 @@ def test_deadlocking_schedule_is_refused_with_the_waits():
         validate_schedule(broken)
 
 
+@pytest.mark.instructor_only  # model answers: left out of student copies
 def test_exercise_checkers_accept_answers_and_reject_bugs(capsys):
     from minimt.exercises import (ExerciseError, check_bubble_prediction, check_gpipe_schedule,
                                   check_warmup_count)

@@ -409,6 +409,7 @@ def test_unknown_mode_is_rejected(data):
 
 # ---------------------------------------------------------------- exercise checkers
 
+@pytest.mark.instructor_only  # model answers: left out of student copies
 def test_exercise_checkers_accept_references_and_reject_mistakes():
     from minimt import exercises as ex
     from minimt.formats import smallest_loss_scale

@@ -99,3 +99,17 @@ def test_plot_positions():
     np.testing.assert_allclose(ax.get_images()[0].get_array(), pe.numpy())
     with pytest.raises(ValueError, match="positions, channels"):
         plot_positions(torch.zeros(2, 3, 4))
+
+
+def test_show_source_displays_highlighted_package_code(monkeypatch):
+    import inspect
+
+    import IPython.display
+
+    from minimt.viz import show_source
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    show_source(causal_mask, plot_mask)
+    assert [obj.data for obj in shown] == [inspect.getsource(causal_mask), inspect.getsource(plot_mask)]
+    html = shown[0]._repr_html_()
+    assert "def" in html and 'class="k"' in html  # Pygments marks the keyword `def`

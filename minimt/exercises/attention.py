@@ -1,24 +1,29 @@
-"""Checkers for 01_attention: attention from the formula, the causal and the local mask."""
+"""Checkers for 01_attention: attention from the formula, the causal and the local mask.
+Oracles: torch's fused kernel F.scaled_dot_product_attention and masks built with torch.tril."""
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
-from .core import ExerciseError, matches, run_cases
+from .core import ExerciseError, compare, learner, matches, run_cases, shape_first, task
+
+
+def _tril(rows: int, cols: int, diagonal: int = 0) -> torch.Tensor:
+    """(rows, cols) bool, True on and below the given diagonal (torch.tril of ones)."""
+    return torch.ones(rows, cols, dtype=torch.bool).tril(diagonal)
 
 
 def _attention_variant(q, k, v, mask, scale, softmax_dim=-1):
     """A common wrong version of attention, to recognise the learner's bug."""
-    scores = q @ k.transpose(-2, -1) * scale                              # (B, H, Tq, Tk)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale                 # (B, H, Tq, Tk)
+    scores = scores if mask is None else torch.where(mask, scores, float("-inf"))
     return torch.softmax(scores, dim=softmax_dim).nan_to_num(0.0) @ v    # (B, H, Tq, D)
 
 
 def _attention_hint(got, q, k, v, mask):
     """Name the classic bug (scale, softmax axis, mask) whose output the learner's matches."""
-    from ..attention import scaled_dot_product_attention
     d = q.shape[-1]
     variants = [
         (_attention_variant(q, k, v, mask, 1.0), "no 1/sqrt(d_k) scaling: divide the scores "
@@ -30,7 +35,7 @@ def _attention_hint(got, q, k, v, mask):
     ]
     if mask is not None:
         variants += [
-            (scaled_dot_product_attention(q, k, v), "the mask is ignored: set the scores where "
+            (_attention_variant(q, k, v, None, d ** -0.5), "the mask is ignored: set the scores where "
              "mask is False to -inf before the softmax (scores.masked_fill(~mask, -inf))"),
             (_attention_variant(q, k, v, ~mask, d ** -0.5), "the mask is inverted: True means "
              "'may attend', so fill the scores where the mask is False"),
@@ -43,7 +48,6 @@ def _attention_hint(got, q, k, v, mask):
 
 def _attention_cases():
     """Seeded float64 cases: no mask, causal, random (Tq != Tk) and sliding-window masks."""
-    from ..attention import causal_mask, local_mask
     g = torch.Generator().manual_seed(0)
 
     def qkv(b, h, t_q, t_k, d):  # float64 so the comparison can be tight
@@ -53,18 +57,16 @@ def _attention_cases():
     random_mask = torch.rand(3, 6, generator=g) < 0.5                      # (Tq, Tk)
     random_mask[:, 0] = True  # every query may attend somewhere
     return [(*qkv(1, 1, 4, 4, 8), None),
-            (*qkv(2, 3, 5, 5, 16), causal_mask(5)),
+            (*qkv(2, 3, 5, 5, 16), _tril(5, 5)),
             (*qkv(2, 2, 3, 6, 4), random_mask),
-            (*qkv(1, 2, 6, 6, 32), local_mask(6, 2))]
+            (*qkv(1, 2, 6, 6, 32), _tril(6, 6) & ~_tril(6, 6, -2))]
 
 
 def check_attention(fn: Callable) -> None:
     """fn(q, k, v, mask) -> softmax(q k^T / sqrt(d_k)) v, with q (B, H, Tq, D), k and v (B, H, Tk, D)
-    and mask None or bool (Tq, Tk), True = may attend. Checked in float64 against minimt's."""
-    from ..attention import scaled_dot_product_attention
-
+    and mask None or bool (Tq, Tk), True = may attend. Checked in float64 against torch's kernel."""
     def reference(q, k, v, mask):
-        return scaled_dot_product_attention(q, k, v, mask)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     run_cases("check_attention", fn, reference, _attention_cases(), _attention_hint,
               atol=1e-8, rtol=1e-6)
@@ -93,8 +95,6 @@ def _mask_hint(got, known_mistakes):
 
 def check_causal_mask(fn: Callable) -> None:
     """fn(T) -> (T, T) bool, True where query i may attend to key j, i.e. j <= i."""
-    from ..attention import causal_mask
-
     def hint(got, seq_len):
         ones = torch.ones(seq_len, seq_len, dtype=torch.bool)
         return _mask_hint(got, [
@@ -105,12 +105,14 @@ def check_causal_mask(fn: Callable) -> None:
         ])
 
     cases = [(1,), (2,), (5,), (9,)]
-    run_cases("check_causal_mask", _bool_mask("check_causal_mask", fn), causal_mask, cases, hint)
+    run_cases("check_causal_mask", _bool_mask("check_causal_mask", fn), lambda t: _tril(t, t),
+              cases, hint)
 
 
 def check_local_mask(fn: Callable) -> None:
     """fn(T, window) -> (T, T) bool: query i may attend to keys i-window+1 .. i (causal window)."""
-    from ..attention import local_mask
+    def local_mask(seq_len, window):  # causal, minus what lies `window` or more behind
+        return _tril(seq_len, seq_len) & ~_tril(seq_len, seq_len, -window)
 
     def hint(got, seq_len, window):
         mistakes = [(local_mask(seq_len, w), f"the window is off by one: query i sees exactly "
@@ -123,3 +125,65 @@ def check_local_mask(fn: Callable) -> None:
 
     cases = [(1, 1), (5, 1), (6, 2), (8, 3), (4, 10)]
     run_cases("check_local_mask", _bool_mask("check_local_mask", fn), local_mask, cases, hint)
+
+
+# ---------------------------------------------------------------------------- tasks in the package
+
+def _check_causal_mask_task() -> None:
+    """minimt.attention.causal_mask(seq_len, kv_len) against torch.tril, queries = last positions."""
+    causal_mask = learner("minimt.attention:causal_mask")
+    cases = [(1, None), (4, None), (7, None), (1, 5), (3, 7), (6, 6)]
+    for i, (t_q, t_k) in enumerate(cases):
+        kv = t_q if t_k is None else t_k
+        name = f"task 01.2, case {i + 1} of {len(cases)} (seq_len={t_q}, kv_len={t_k})"
+        got = causal_mask(t_q, t_k)
+        shape_first(name, got, (t_q, kv), "one row per query (seq_len), one column per key (kv_len)")
+        if got.dtype != torch.bool:
+            raise ExerciseError(f"{name}: dtype {got.dtype}; return bools (True = may attend): "
+                                f"compare positions with <=")
+        expected = _tril(t_q, kv, kv - t_q)
+        if not torch.equal(got, expected):
+            hint = _mask_hint(got, [
+                (_tril(t_q, kv, kv - t_q).logical_not() | torch.eye(t_q, kv, dtype=torch.bool),
+                 "the upper triangle lets a query see the future: keep keys j <= i"),
+                (_tril(t_q, kv, kv - t_q - 1), "the diagonal must be True: a token sees itself"),
+                (_tril(t_q, kv), "with kv_len > seq_len the queries are the LAST seq_len positions: "
+                 "query i sits at position kv_len - seq_len + i"),
+                (torch.ones(t_q, kv, dtype=torch.bool), "nothing is masked: hide key j from query "
+                 "i when j is after i")]) or "query i (at position kv_len - seq_len + i) sees keys j <= its position"
+            raise ExerciseError(f"{name}: got\n{got.int()}\nexpected\n{expected.int()}\nHint: {hint}")
+    print(f"task 01.2: causal_mask equals torch.tril on all {len(cases)} cases")
+
+
+def _check_attention_task() -> None:
+    """minimt.attention.scaled_dot_product_attention against torch's fused kernel, in float64
+    and float32, with and without masks; its weights must be a softmax over the keys."""
+    attention = learner("minimt.attention:scaled_dot_product_attention")
+    cases = _attention_cases() + [tuple(t.float() for t in _attention_cases()[2][:3]) + (None,)]
+    for i, (q, k, v, mask) in enumerate(cases):
+        name = (f"task 01.1, case {i + 1} of {len(cases)} (q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                f"{q.dtype}, mask {'None' if mask is None else tuple(mask.shape)})")
+        got = attention(q, k, v, mask)
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        shape_first(name, got, tuple(expected.shape), "the output has one row per query and "
+                    "head_dim columns: (B, H, Tq, D) = weights (B, H, Tq, Tk) @ v (B, H, Tk, D)")
+        tolerance = dict(atol=1e-8, rtol=1e-6) if q.dtype == torch.float64 else dict(atol=1e-5)
+        try:
+            compare(name, got, expected, **tolerance)
+        except ExerciseError as err:
+            advice = _attention_hint(got, q, k, v, mask)
+            raise ExerciseError(f"{err}. Hint: {advice}" if advice else str(err)) from None
+        out, weights = attention(q, k, v, mask, return_weights=True)
+        shape_first(name + ", weights", weights, (*q.shape[:-1], k.shape[-2]))
+        compare(name + ", weights @ v", weights @ v, expected, **tolerance)
+    print(f"task 01.1: equal to torch.nn.functional.scaled_dot_product_attention on all "
+          f"{len(cases)} cases")
+
+
+TASKS = [
+    task("01.2", 1, "write causal_mask (queries are the last seq_len of kv_len positions)",
+         "minimt.attention:causal_mask", "notebook 01, section 3", _check_causal_mask_task),
+    task("01.1", 3, "write the attention formula in scaled_dot_product_attention",
+         "minimt.attention:scaled_dot_product_attention", "notebook 01, section 1",
+         _check_attention_task),
+]

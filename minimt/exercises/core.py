@@ -1,6 +1,8 @@
 """The exercise mechanism: compare a learner's result with the reference and say what differs."""
 from __future__ import annotations
 
+import importlib
+import re
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -9,6 +11,10 @@ import torch
 
 class ExerciseError(AssertionError):
     """Raised when a learner's function disagrees with the reference; the message explains how."""
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython shows this instead of a traceback: the message is the whole feedback."""
+        return [f"ExerciseError: {self}"]
 
 
 def compare(name: str, got, expected, atol: float = 1e-6, rtol: float = 1e-5) -> None:
@@ -78,3 +84,74 @@ class Task:
     target: str               # "minimt.parallel.tensor:RowParallelLinear.forward": holds the region
     section: str              # where it is taught, e.g. "notebook 03, section 4"
     check: Callable[[], None]  # imports the target itself; raises ExerciseError naming case and fix
+
+
+STUB_TASK = re.compile(r"task (\d+\.\d+)")
+
+
+def learner(target: str):
+    """The object `target` ("module:Qualname.attr") names, imported now: the learner's current code."""
+    module, _, qualname = target.partition(":")
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def unfinished(task_id: str, statement: str, target: str, section: str, message: str) -> ExerciseError:
+    """The ExerciseError for a stub that still raises NotImplementedError(message)."""
+    found = STUB_TASK.search(message)
+    path = target.partition(":")[0].replace(".", "/") + ".py"
+    if found and found.group(1) != task_id:
+        return ExerciseError(f"task {task_id} needs task {found.group(1)} first: {message}")
+    return ExerciseError(f"task {task_id} not written yet: {statement} in {path} (between "
+                         f"### BEGIN SOLUTION and ### END SOLUTION); see {section}")
+
+
+def task(id: str, points: int, statement: str, target: str, section: str,
+         check: Callable[[], None]) -> Task:
+    """A Task whose check turns a stub's NotImplementedError, raised here or on a rank, into an
+    ExerciseError that says what to write and where."""
+    def guarded() -> None:
+        try:
+            check()
+        except NotImplementedError as err:
+            raise unfinished(id, statement, target, section, str(err)) from None
+        except Exception as err:  # a rank's stub arrives as a RankError quoting its traceback
+            if isinstance(err, ExerciseError) or "NotImplementedError" not in str(err):
+                raise
+            text = getattr(err, "traceback", "") or str(err)
+            line = [ln for ln in text.splitlines() if "NotImplementedError" in ln][-1]
+            message = line.split("NotImplementedError:", 1)[-1].strip()
+            raise unfinished(id, statement, target, section, message) from None
+    guarded.__doc__ = check.__doc__
+    return Task(id, points, statement, target, section, guarded)
+
+
+def shape_first(name: str, got, expected_shape: tuple, hint: str = "") -> None:
+    """Name a wrong type or shape before any arithmetic is tried on it."""
+    if not isinstance(got, torch.Tensor):
+        raise ExerciseError(f"{name}: expected a torch.Tensor of shape {expected_shape}, got "
+                            f"{type(got).__name__}")
+    if tuple(got.shape) != tuple(expected_shape):
+        raise ExerciseError(f"{name}: shape {tuple(got.shape)}, expected {tuple(expected_shape)}"
+                            + (f". Hint: {hint}" if hint else ""))
+
+
+def needs_tasks(check: Callable) -> Callable:
+    """Wrap a notebook exercise's checker whose oracle runs package code the learner writes in a
+    task: an unwritten task gives "needs task X first", not a NotImplementedError from inside."""
+    import functools
+
+    @functools.wraps(check)
+    def wrapped(*args, **kwargs):
+        try:
+            return check(*args, **kwargs)
+        except Exception as err:
+            found = STUB_TASK.search(str(err))
+            if isinstance(err, ExerciseError) or not found or "NotImplementedError" not in (
+                    type(err).__name__ + str(err)):
+                raise
+            raise ExerciseError(f"{check.__name__} needs task {found.group(1)} first: write it, "
+                                f"then check it with minimt.course.check({found.group(1)!r})") from None
+    return wrapped

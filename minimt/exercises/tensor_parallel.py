@@ -6,7 +6,16 @@ from typing import Callable
 
 import torch
 
-from .core import ExerciseError, call, compare
+from .core import STUB_TASK, ExerciseError, call, compare, shape_first
+
+
+def _unwritten(exercise: str, rank_error: str) -> ExerciseError:
+    """A rank's NotImplementedError: the exercise's own stub, or a package task not written yet."""
+    found = STUB_TASK.search(rank_error)
+    if found:
+        return ExerciseError(f"{exercise} needs task {found.group(1)} first: write it, then check "
+                             f"it with minimt.course.check({found.group(1)!r})")
+    return ExerciseError(f"{exercise}: not implemented yet (the stub still raises)")
 
 
 def _column_parallel_rank(ctx, fn, gather_output):
@@ -23,9 +32,15 @@ def _column_parallel_rank(ctx, fn, gather_output):
     shard_b = serial.bias.detach()[rows].clone().requires_grad_()     # (out/tp,)
     x_mine = x.clone().requires_grad_()
     y = fn(x_mine, shard_w, shard_b, ctx, gather_output)
-    (y * (weights if gather_output else weights[..., rows])).sum().backward()
     expected = y_ref if gather_output else y_ref[..., rows]            # (B, T, out or out/tp)
-    return {"output": y.detach(), "expected output": expected.detach(),
+    with torch.no_grad():  # what g at the entrance (the layer sees tp * x) would give
+        g_at_entrance = (serial(ctx.tp_size * x) if gather_output else
+                         torch.nn.functional.linear(ctx.tp_size * x, shard_w, shard_b))
+    if not isinstance(y, torch.Tensor) or y.shape != expected.shape:   # named before any arithmetic
+        return {"output": y.detach() if isinstance(y, torch.Tensor) else y,
+                "expected output": expected.detach()}
+    (y * (weights if gather_output else weights[..., rows])).sum().backward()
+    return {"output": y.detach(), "expected output": expected.detach(), "g at entrance": g_at_entrance,
             "input grad": x_mine.grad, "expected input grad": x_ref.grad,
             "weight grad": shard_w.grad, "expected weight grad": serial.weight.grad[rows],
             "bias grad": shard_b.grad, "expected bias grad": serial.bias.grad[rows]}
@@ -47,11 +62,20 @@ def check_column_parallel_forward(fn: Callable) -> None:
             results = launch(_column_parallel_rank, fn, gather_output, tp=2, timeout_s=30)
         except Exception as err:
             if "NotImplementedError" in str(err):
-                raise ExerciseError("check_column_parallel_forward: not implemented yet (the stub "
-                                    "still raises)") from None
+                raise _unwritten("check_column_parallel_forward", str(err)) from None
             raise
         for rank, r in enumerate(results):
             where = f"check_column_parallel_forward(gather_output={gather_output}), rank {rank}"
+            shape_first(f"{where}: output", r["output"], tuple(r["expected output"].shape),
+                        "gather_output=True asks for the whole output on every rank: all-gather "
+                        "the slices (gather_from_tensor_model_parallel_region)" if gather_output else
+                        "gather_output=False leaves y split: return this rank's slice")
+            if torch.allclose(r["output"], r["g at entrance"], atol=1e-5) and not torch.allclose(
+                    r["output"], r["expected output"], atol=1e-5):
+                raise ExerciseError(f"{where}: output differs from nn.Linear's. Hint: g instead of "
+                                    f"f: g all-reduces x, which is the same on every rank, so the "
+                                    f"layer sees 2*x; f (copy_to_tensor_model_parallel_region) is "
+                                    f"the identity forward")
             compare(f"{where}: output", r["output"], r["expected output"])
             for name in ("input grad", "weight grad", "bias grad"):
                 _missing_grad(name, rank, r)
@@ -133,8 +157,7 @@ def check_tp_mlp_operators(fn: Callable) -> None:
         results = launch(_tp_mlp_rank, fn, tp=2, timeout_s=30)
     except Exception as err:
         if "NotImplementedError" in str(err):
-            raise ExerciseError("check_tp_mlp_operators: not implemented yet (the stub still "
-                                "raises)") from None
+            raise _unwritten("check_tp_mlp_operators", str(err)) from None
         raise
     for what in ("output", "input grad", "fc grad", "proj grad"):
         for rank, r in enumerate(results):
@@ -179,3 +202,4 @@ def check_bytes_per_layer(fn: Callable) -> None:
                    f"tp={tp}, {nbytes} bytes per element): got {tuple(got)}, expected {expected}")
         raise ExerciseError(f"{message}. Hint: {hint}" if hint else message)
     print(f"check_bytes_per_layer: all {len(cases)} cases pass")
+

@@ -23,6 +23,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     def forward(ctx, logits, targets, pctx):
         ctx.logits_dtype = logits.dtype
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # 16-bit -> fp32
+        ### BEGIN SOLUTION
         vocab_per_rank = logits.shape[-1]
         start = pctx.tp_rank * vocab_per_rank                      # first global id of my slice
 
@@ -49,14 +50,17 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         # 5. keep softmax and the target's position for the gradient
         ctx.save_for_backward(exp_logits / sum_exp.unsqueeze(-1), index, mine)
         return loss
+        ### END SOLUTION
 
     @staticmethod
     def backward(ctx, grad_loss):                                  # (B, T)
         # dloss/dz_j = softmax_j - [j == target]: local, no communication
+        ### BEGIN SOLUTION
         softmax, index, mine = ctx.saved_tensors
         grad = softmax.clone()                                     # (B, T, V/tp)
         grad.scatter_add_(-1, index, -mine.to(grad.dtype).unsqueeze(-1))
         return (grad * grad_loss.unsqueeze(-1)).to(ctx.logits_dtype), None, None
+        ### END SOLUTION
 
 
 def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,

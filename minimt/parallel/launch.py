@@ -1,8 +1,11 @@
 """launch(fn, *args, tp, pp, dp): run `fn(ctx, *args)` on tp*pp*dp real processes, one per rank,
 and return their results in rank order.
 
-Ranks are forked, so `fn` may be defined in a notebook cell or inside a test, and a whole launch
-of 2-4 ranks takes ~0.1 s (spawn would re-import torch in every child: ~1 s per rank). Each
+On Linux ranks are forked, so `fn` may be defined in a notebook cell or inside a test, and a whole
+launch of 2-4 ranks takes ~0.1 s. On macOS, where forking a process that has used system
+frameworks is unsafe, ranks are spawned (fresh interpreters, ~1 s per rank to import torch) and
+`fn` travels by value with cloudpickle, so a notebook-cell function works there too; set
+MINIMT_START_METHOD=spawn (or pass start_method="spawn") to get the same on Linux. Each
 rank prints through a pipe that the caller reads, so `[rank 1] ...` lines appear where the caller
 prints (a notebook cell, pytest's capture); a tqdm bar is redrawn as it moves (give it to one rank:
 `tqdm(..., disable=ctx.rank != 0)`). A failure anywhere ends the whole launch:
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from datetime import timedelta
 
 import torch
@@ -32,10 +36,11 @@ from .supervise import LaunchTimeout, RankError, RankProcess, supervise
 
 __all__ = ["launch", "RankError", "LaunchTimeout"]
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")
+START_METHOD_VARIABLE = "MINIMT_START_METHOD"
 
 
 def launch(fn, *args, tp: int = 1, pp: int = 1, dp: int = 1, backend: str | None = None,
-           timeout_s: float = 60, seed: int = 0) -> list:
+           timeout_s: float = 60, seed: int = 0, start_method: str | None = None) -> list:
     """Run fn(ctx, *args) on tp*pp*dp ranks; return the ranks' results in rank order.
 
     backend: None picks "nccl" when there is one GPU per rank (rank r on cuda:r), else "gloo".
@@ -45,6 +50,7 @@ def launch(fn, *args, tp: int = 1, pp: int = 1, dp: int = 1, backend: str | None
     Results are moved to the CPU and pickled back (tensors detached). Under torchrun nothing is
     forked: fn runs on this process's rank only and the list holds its result alone (a process
     group that launch initialised there is destroyed after a final barrier).
+    start_method: "fork" or "spawn"; None reads MINIMT_START_METHOD, else forks except on macOS.
     """
     if not callable(fn):
         raise TypeError(f"launch needs a function fn(ctx, *args), got {type(fn).__name__}")
@@ -55,7 +61,8 @@ def launch(fn, *args, tp: int = 1, pp: int = 1, dp: int = 1, backend: str | None
     if all(name in os.environ for name in TORCHRUN_VARIABLES):
         return [_run_under_torchrun(fn, args, tp, pp, dp, backend, timeout_s, seed)]
     world_size = tp * pp * dp
-    backend = _choose_backend(backend, world_size, fork=True)
+    start_method = _choose_start_method(start_method)
+    backend = _choose_backend(backend, world_size, fork=start_method == "fork")
     # Bind a free port now (no race with other programs) and let rank 0 serve the rendezvous
     # store on it. The caller must not run a store itself: forking while its server thread
     # holds a lock can hang a child.
@@ -65,13 +72,27 @@ def launch(fn, *args, tp: int = 1, pp: int = 1, dp: int = 1, backend: str | None
     ranks: list[RankProcess] = []
     try:
         for rank in range(world_size):
-            ranks.append(RankProcess(rank, fn, args, spec, ranks))
+            ranks.append(RankProcess(rank, fn, args, spec, ranks, start_method))
         listener.close()  # rank 0 holds its own copy
         return supervise(ranks, spec)
     finally:
         listener.close()
         for r in ranks:
             r.close()
+
+
+def _choose_start_method(start_method: str | None) -> str:
+    """fork where it is safe (Linux); spawn on macOS; native Windows is refused with advice."""
+    if sys.platform == "win32":
+        raise RuntimeError("launch cannot start ranks on native Windows (its output forwarding "
+                           "uses POSIX pipes): run the course in WSL (Windows Subsystem for "
+                           "Linux), where it works as on Linux")
+    start_method = start_method or os.environ.get(START_METHOD_VARIABLE) or (
+        "spawn" if sys.platform == "darwin" else "fork")
+    if start_method not in ("fork", "spawn"):
+        raise ValueError(f"start_method={start_method!r} (or ${START_METHOD_VARIABLE}): choose "
+                         f"'fork' (Linux default) or 'spawn' (macOS default)")
+    return start_method
 
 
 def _choose_backend(backend: str | None, world_size: int, fork: bool) -> str:

@@ -108,6 +108,7 @@ def pipeline_schedule(kind: str, num_stages: int, num_microbatches: int,
     if kind == "interleaved" and m % p:
         raise ValueError(f"interleaved 1F1B needs num_microbatches divisible by num_stages (as in "
                          f"Megatron-LM); got m={m}, p={p}: use m in {[p * k for k in range(1, 4)]}")
+    ### BEGIN SOLUTION
     schedule = []
     for rank in range(p):
         if kind == "1f1b":
@@ -122,6 +123,7 @@ def pipeline_schedule(kind: str, num_stages: int, num_microbatches: int,
             actions += [fwd[warmup + k], bwd[k]]
         actions += bwd[len(fwd) - warmup:]  # cool-down
         schedule.append(actions)
+    ### END SOLUTION
     return schedule
 
 

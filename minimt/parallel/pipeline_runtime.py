@@ -191,19 +191,24 @@ def pipeline_step(stages, schedule, ctx, idx, targets,
 
     def deliver(tensor, op, microbatch, stage):
         """Hand `tensor` to virtual stage `stage` (F: activation, B: gradient)."""
+        ### BEGIN SOLUTION
         dst, chunk = stage_owner(stage, p)
         if dst == rank:
             local[(op, microbatch, chunk)] = tensor.detach()
         else:
             sends.append(comm.isend(tensor, ranks[dst], ctx, PHASE[op],
                                     tag=_tag(op, microbatch, chunk, v)))
+        ### END SOLUTION
 
     def receive(op, microbatch, chunk, stage):
+        """The (op, microbatch, chunk) message from virtual stage `stage`: a (B/m, T, C) tensor."""
+        ### BEGIN SOLUTION
         src = stage_owner(stage, p)[0]
         if src == rank:
             return local.pop((op, microbatch, chunk))
         return comm.recv(shape, dtype, ranks[src], ctx, PHASE[op],
                          tag=_tag(op, microbatch, chunk, v))
+        ### END SOLUTION
 
     comm.barrier(ctx, "pp")  # start together, so that the ranks' timelines line up
     start = time.perf_counter()

@@ -12,6 +12,7 @@ from .pipeline import SCHEDULES, Timeline, bubble_fraction, pipeline_schedule, s
 
 # forward in blues, backward in greens; later chunks of interleaved 1F1B are lighter
 _COLOURS = {"F": plt.cm.Blues, "B": plt.cm.Greens}
+_LABEL_POINTS = 7  # font size of the micro-batch labels on the bars
 
 
 def plot_timeline(timeline: Timeline, title: str, unit: str = "time units", ax=None):
@@ -20,20 +21,34 @@ def plot_timeline(timeline: Timeline, title: str, unit: str = "time units", ax=N
         figsize=(10, 0.6 * len(timeline.events) + 1.2))
     num_chunks = 1 + max(a.chunk for rank in timeline.events for a, _, _ in rank)
     scale = 1000.0 if unit == "ms" else 1.0  # measured timelines are in seconds
+    span = max(end for rank in timeline.events for _, _, end in rank) - timeline.start
+    points_per_unit = ax.bbox.width / fig.dpi * 72 / span  # bar length in points per time unit
     for rank, events in enumerate(timeline.events):
         for a, start, end in events:
             shade = 0.75 - 0.35 * a.chunk / max(1, num_chunks - 1) if num_chunks > 1 else 0.6
             ax.barh(rank, (end - start) * scale, left=(start - timeline.start) * scale, height=0.8,
                     color=_COLOURS[a.op](shade), edgecolor="black", linewidth=0.4)
-            ax.text((start + end - 2 * timeline.start) / 2 * scale, rank, repr(a).lstrip("FB"),
-                    ha="center", va="center", fontsize=7)
+            label = _fitting_label(a, (end - start) * points_per_unit)
+            if label:
+                ax.text((start + end - 2 * timeline.start) / 2 * scale, rank, label,
+                        ha="center", va="center", fontsize=_LABEL_POINTS)
     ax.set_yticks(range(len(timeline.events)), [f"rank {r}" for r in range(len(timeline.events))])
     ax.invert_yaxis()
     ax.set_xlabel(f"time ({unit})")
     ax.set_ylabel("pipeline rank")
     ax.set_title(f"{title}: bubble {timeline.idle_fraction():.1%} of the time\n"
-                 f"(blue forward, green backward; label = micro-batch[.chunk])")
+                 f"(blue forward, green backward, lighter = later chunk; "
+                 f"label = micro-batch[.chunk] where it fits)")
     return fig
+
+
+def _fitting_label(action, bar_points: float) -> str:
+    """The bar's label, "micro-batch.chunk", else "micro-batch", else "" if even that would spill
+    over the bar's neighbours (digits are about 0.6 em wide)."""
+    for label in (repr(action).lstrip("FB"), str(action.microbatch)):
+        if len(label) * 0.6 * _LABEL_POINTS + 2 <= bar_points:
+            return label
+    return ""
 
 
 def plot_bubble_curves(ms, theory: dict, measured: dict | None = None,
@@ -93,9 +108,16 @@ def schedule_explorer(p: int = 4, m: int = 8, v: int = 2, kind: str = "1f1b"):
             except ValueError as err:  # e.g. interleaved with m not divisible by p
                 print(err)
 
+    menu = widgets.Dropdown(options=SCHEDULES, value=kind)
+    v_slider = widgets.IntSlider(value=v, min=1, max=4)
+
+    def show_v_only_when_interleaved(change=None):  # the other schedules have one chunk
+        v_slider.layout.display = None if menu.value == "interleaved" else "none"
+
+    show_v_only_when_interleaved()
+    menu.observe(show_v_only_when_interleaved, names="value")
     controls = widgets.interactive(
-        redraw, kind=widgets.Dropdown(options=SCHEDULES, value=kind),
-        p=widgets.IntSlider(value=p, min=1, max=8), m=widgets.IntSlider(value=m, min=1, max=16),
-        v=widgets.IntSlider(value=v, min=1, max=4))
+        redraw, kind=menu, p=widgets.IntSlider(value=p, min=1, max=8),
+        m=widgets.IntSlider(value=m, min=1, max=16), v=v_slider)
     display(widgets.VBox([controls, out]))
     return controls

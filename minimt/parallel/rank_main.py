@@ -1,5 +1,6 @@
-"""What runs inside one forked rank: join the process group, run fn(ctx, *args), send the result
-(or the exception, summarised) back to the caller through a pipe. Used by minimt.parallel.launch."""
+"""What runs inside one rank (forked, or spawned where fork is unsafe): join the process group, run
+fn(ctx, *args), send the result (or the exception, summarised) back to the caller through a pipe.
+Used by minimt.parallel.launch."""
 from __future__ import annotations
 
 import ctypes
@@ -13,6 +14,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from datetime import timedelta
+from multiprocessing import reduction
 
 import numpy.random  # imported here, once: importing it in every forked rank costs ~40 ms
 import torch
@@ -89,6 +91,31 @@ def rank_main(rank: int, fn, args, spec: RankSpec, conn, out_fd: int, err_fd: in
     except EOFError:
         pass
     dist.destroy_process_group()
+
+
+def spawned_rank_main(rank: int, payload: bytes, spec: RankSpec, conn, out_fd: int, err_fd: int,
+                      caller_pid: int) -> None:
+    """Body of a spawned rank: a fresh interpreter, so fn and args arrive pickled by value
+    (cloudpickle: a notebook cell's function too); an unpickling error becomes a RankError."""
+    def run_fn(ctx):
+        fn, args = pickle.loads(payload)
+        return fn(ctx, *args)
+
+    rank_main(rank, run_fn, (), spec, conn, out_fd, err_fd, [], caller_pid)
+
+
+class PassedFd:
+    """A file descriptor handed to a spawned rank: unpickled there, it is the child's own copy."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def __reduce__(self):
+        return _detach, (reduction.DupFd(self.fd),)  # only valid while a Process is being started
+
+
+def _detach(dup_fd) -> int:
+    return dup_fd.detach()
 
 
 def _die_with_caller(caller_pid: int) -> None:

@@ -1,6 +1,7 @@
-"""The caller's side of a launch: one RankProcess per forked rank, and `supervise`, which forwards
-the ranks' output (see rank_output), collects their results, and turns the first failure or a hang
-into RankError / LaunchTimeout, leaving no process (nor one a rank started) or pipe behind."""
+"""The caller's side of a launch: one RankProcess per rank (forked or spawned), and `supervise`,
+which forwards the ranks' output (see rank_output), collects their results, and turns the first
+failure or a hang into RankError / LaunchTimeout, leaving no process (nor one a rank started) or
+pipe behind."""
 from __future__ import annotations
 
 import multiprocessing
@@ -9,9 +10,12 @@ import pickle
 import signal
 import sys
 import time
+from dataclasses import replace
 from multiprocessing.connection import wait
 
-from .rank_main import RankSpec, rank_main
+import cloudpickle
+
+from .rank_main import PassedFd, RankSpec, rank_main, spawned_rank_main
 from .rank_output import RankOutput
 
 WATCHDOG_MARGIN_S = 5.0  # LaunchTimeout fires this long after gloo's own timeout would have
@@ -34,9 +38,10 @@ class LaunchTimeout(RuntimeError):
 
 
 class RankProcess:
-    """One forked rank seen from the caller: its process, result pipe and output pipes."""
+    """One rank seen from the caller: its process, result pipe and output pipes."""
 
-    def __init__(self, rank: int, fn, args, spec: RankSpec, started: list["RankProcess"]):
+    def __init__(self, rank: int, fn, args, spec: RankSpec, started: list["RankProcess"],
+                 start_method: str = "fork"):
         self.rank = rank
         self.conn, child_conn = multiprocessing.Pipe(duplex=True)
         out_r, out_w = os.pipe()
@@ -44,9 +49,16 @@ class RankProcess:
         inherited = [self.conn, out_r, err_r]
         for other in started:
             inherited += [other.conn, *other.streams]
-        self.process = multiprocessing.get_context("fork").Process(
-            target=rank_main, name=f"minimt-rank-{rank}",
-            args=(rank, fn, args, spec, child_conn, out_w, err_w, inherited, os.getpid()))
+        if start_method == "fork":
+            target, rank_args = rank_main, (rank, fn, args, spec, child_conn, out_w, err_w,
+                                            inherited, os.getpid())
+        else:  # a fresh interpreter: fn by value, and its own copies of the descriptors it needs
+            spawn_spec = replace(spec, store_fd=PassedFd(spec.store_fd))
+            target, rank_args = spawned_rank_main, (rank, cloudpickle.dumps((fn, args)), spawn_spec,
+                                                    child_conn, PassedFd(out_w), PassedFd(err_w),
+                                                    os.getpid())
+        self.process = multiprocessing.get_context(start_method).Process(
+            target=target, name=f"minimt-rank-{rank}", args=rank_args)
         self.process.start()
         self.pid = self.process.pid
         try:  # the rank leads its own process group (it also asks): its children die with it

@@ -61,9 +61,13 @@ class ColumnParallelLinear(nn.Module):
         if self.sequence_parallel:                                    # (B, T/tp, in) -> (B, T, in)
             x = gather_from_sequence_parallel_region(x, self.ctx)
         else:
+            ### BEGIN SOLUTION
             x = copy_to_tensor_model_parallel_region(x, self.ctx)     # f
+            ### END SOLUTION
+        ### BEGIN SOLUTION
         y = F.linear(x, self.weight, self.bias)                       # (B, T, out/tp)
         return gather_from_tensor_model_parallel_region(y, self.ctx) if self.gather_output else y
+        ### END SOLUTION
 
 
 class RowParallelLinear(nn.Module):
@@ -82,14 +86,20 @@ class RowParallelLinear(nn.Module):
         self.bias = None if serial.bias is None else nn.Parameter(serial.bias.detach().clone())
 
     def forward(self, x):                                             # (B, T, in/tp) or (B, T, in)
+        ### BEGIN SOLUTION
         if not self.input_is_parallel:
             x = scatter_to_tensor_model_parallel_region(x, self.ctx)  # (B, T, in/tp)
         y = F.linear(x, self.weight)                                  # (B, T, out): partial
+        ### END SOLUTION
         if self.sequence_parallel:                                    # summed (B, T/tp, out)
             y = reduce_scatter_to_sequence_parallel_region(y, self.ctx)
         else:
+            ### BEGIN SOLUTION
             y = reduce_from_tensor_model_parallel_region(y, self.ctx)  # g
+            ### END SOLUTION
+        ### BEGIN SOLUTION
         return y if self.bias is None else y + self.bias              # (B, T, out)
+        ### END SOLUTION
 
 
 def padded_vocab_size(vocab_size: int, tp: int) -> int:

@@ -1,0 +1,46 @@
+"""`python -m minimt.course pack FILE [--task ID]`: write a catch-up pack from this (instructor)
+repository: the solution regions of the chosen tasks, for `minimt.course.catch_up` in a student copy."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from . import regions
+from .repo import repo_root, task_file, task_of_region
+
+
+def task_regions(task, root: Path) -> list[dict]:
+    """[{"qualname", "body"}] of the task's regions in the file at `root`."""
+    path = task_file(task)
+    text = (root / path).read_text(encoding="utf-8")
+    return [{"qualname": r.qualname, "body": regions.body(text, r)}
+            for r in regions.find_regions(text) if task_of_region(path, r, [task]) is task]
+
+
+def write_pack(path: Path, task_ids: list[str] | None = None, root: Path | None = None) -> dict:
+    """Write the pack for `task_ids` (default: every task) and return it."""
+    from ..exercises import all_tasks
+    root = repo_root() if root is None else root
+    tasks = [t for t in all_tasks() if not task_ids or t.id in task_ids]
+    pack = {"format": 1, "tasks": {}}
+    for task in tasks:
+        found = task_regions(task, root)
+        if any(regions.stub(task, "").strip() in r["body"] for r in found):
+            raise SystemExit(f"task {task.id} is still a stub here: write packs from the "
+                             f"instructor's repository")
+        pack["tasks"][task.id] = {"file": task_file(task), "regions": found}
+    Path(path).write_text(json.dumps(pack, indent=1) + "\n", encoding="utf-8")
+    return pack
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m minimt.course pack",
+                                     description="write a catch-up pack of solved tasks")
+    parser.add_argument("file", type=Path)
+    parser.add_argument("--task", action="append", metavar="ID", help="only this task (repeatable)")
+    args = parser.parse_args(argv)
+    pack = write_pack(args.file, args.task)
+    print(f"{args.file}: tasks {', '.join(pack['tasks'])}; in a student copy, "
+          f"minimt.course.catch_up(ID, pack='{args.file.name}') pastes one back")
+    return 0

@@ -1,0 +1,43 @@
+"""The repository the course runs in: its root, its files, and which task owns a region."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from . import regions
+
+INSTRUCTOR_ONLY = "course: instructor only"  # in a file's first lines: left out of student copies
+SKIPPED = {".git", ".venv", "__pycache__", ".ipynb_checkpoints", ".pytest_cache", ".hypothesis",
+           ".cache", "checkpoints", ".catch_up"}
+
+
+def repo_root() -> Path:
+    """The directory holding the `minimt` package being imported (this checkout or a student copy)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def repo_files(root: Path) -> list[str]:
+    """Relative paths of the repository's files: git's view (tracked + untracked, not ignored)
+    when it is a git repository, else every file outside caches and virtual environments."""
+    if (root / ".git").exists():
+        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard",
+                                 "-z"], cwd=root, check=True, capture_output=True, text=True)
+        return sorted(p for p in listed.stdout.split("\0") if p and (root / p).is_file())
+    files = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in SKIPPED and not d.endswith(".egg-info")]
+        files += [os.path.relpath(os.path.join(folder, n), root) for n in names
+                  if not n.endswith((".pyc", ".pt"))]
+    return sorted(files)
+
+
+def task_of_region(path: str, region: regions.Region, tasks):
+    """The task owning `region` of the file at relative `path`, or None."""
+    owners = [t for t in tasks if regions.owns(t.target, path, region.qualname)]
+    return owners[0] if owners else None
+
+
+def task_file(task) -> str:
+    """The relative path of the file holding a task's regions."""
+    return task.target.partition(":")[0].replace(".", "/") + ".py"

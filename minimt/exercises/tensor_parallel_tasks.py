@@ -1,0 +1,386 @@
+"""Tasks of 03_tensor_parallel, written in the package: f, g, the column- and row-parallel layers,
+the vocab-parallel cross entropy's forward and backward. Each runs on 2 gloo processes against
+an oracle computed on every rank: sums of seeded tensors, nn.Linear on the unsplit weight,
+F.cross_entropy on the gathered logits."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .core import ExerciseError, compare, shape_first, task
+TP = 2  # the tasks run on 2 gloo processes
+
+
+def _safely(ctx, rank_fn, *args):
+    """Run rank_fn on this rank; an exception comes back as data, so the checker can explain it."""
+    try:
+        return rank_fn(ctx, *args)
+    except Exception as err:  # the learner's code failed on this rank
+        return {"exception": type(err).__name__, "message": str(err)}
+
+
+def _on_ranks(task_id: str, rank_fn, *args) -> list[dict]:
+    """rank_fn(ctx, *args) on TP real processes; a rank's exception becomes a readable failure."""
+    from ..parallel import launch
+    results = launch(_safely, rank_fn, *args, tp=TP, timeout_s=60)
+    for rank, result in enumerate(results):
+        if "exception" in result:
+            if result["exception"] == "NotImplementedError":
+                raise NotImplementedError(result["message"])
+            raise ExerciseError(f"task {task_id}, rank {rank}: your code raised "
+                                f"{result['exception']}: {result['message']}"
+                                + (f". Hint: {result['hint']}" if result.get("hint") else ""))
+    return results
+
+
+def _close(a, b, atol=1e-5) -> bool:
+    return a.shape == b.shape and torch.allclose(a, b, atol=atol)
+
+
+def _f_rank(ctx):
+    """f = copy_to_tensor_model_parallel_region on one rank: value, gradient, communication."""
+    from ..parallel.comm import CommCounter, copy_to_tensor_model_parallel_region
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4)                                           # (B, T, C), same everywhere
+    upstream = [torch.randn(2, 3, 4) for _ in range(ctx.tp_size)]      # each rank's dL/dy
+    x_mine = x.clone().requires_grad_()
+    with CommCounter() as counter:
+        y = copy_to_tensor_model_parallel_region(x_mine, ctx)
+        (y * upstream[ctx.tp_rank]).sum().backward()
+    return {"y": y.detach(), "x": x, "grad": x_mine.grad, "upstream": upstream,
+            "forward": counter.count("all_reduce", phase="forward"),
+            "backward": counter.count("all_reduce", phase="backward")}
+
+
+def _check_f_task() -> None:
+    """f on 2 ranks: y = x exactly; x.grad = the sum of every rank's dL/dy (an all-reduce through
+    comm.all_reduce, so the CommCounter sees it)."""
+    for rank, r in enumerate(_on_ranks("03.1", _f_rank)):
+        name = f"task 03.1, rank {rank} of {TP}"
+        shape_first(f"{name}: f(x)", r["y"], tuple(r["x"].shape), "f's forward is the identity")
+        if not torch.equal(r["y"], r["x"]):
+            hint = ("f's forward is the identity; summing over ranks is g's forward"
+                    if _close(r["y"], TP * r["x"]) else "return x unchanged")
+            raise ExerciseError(f"{name}: f(x) differs from x. Hint: {hint}")
+        if r["forward"]:
+            raise ExerciseError(f"{name}: f's forward communicated ({r['forward']} all-reduce); it "
+                                f"is the identity, only its backward all-reduces")
+        if r["grad"] is None:
+            raise ExerciseError(f"{name}: x has no gradient: return a gradient for x from backward")
+        expected = sum(r["upstream"])
+        shape_first(f"{name}: x.grad", r["grad"], tuple(expected.shape))
+        if not _close(r["grad"], expected):
+            hint = ("this is only this rank's dL/dy: the backward must all-reduce (sum) it over "
+                    "the tensor-parallel ranks" if _close(r["grad"], r["upstream"][rank]) else
+                    "x.grad must be the sum over ranks of dL/dy")
+            compare_hint = f"largest error {(r['grad'] - expected).abs().max().item():.3g}"
+            raise ExerciseError(f"{name}: x.grad wrong ({compare_hint}). Hint: {hint}")
+        if r["backward"] != 1:
+            raise ExerciseError(f"{name}: {r['backward']} all-reduces counted in the backward, "
+                                f"expected 1: use this module's all_reduce(tensor, pctx, 'tp', "
+                                f"phase='backward') so the CommCounter sees it")
+    print("task 03.1: f is the identity forward and sums the gradient over 2 ranks backward")
+
+
+def _g_rank(ctx):
+    """g = reduce_from_tensor_model_parallel_region on one rank: value, gradient, communication."""
+    from ..parallel.comm import CommCounter, reduce_from_tensor_model_parallel_region
+    torch.manual_seed(0)
+    xs = [torch.randn(2, 3, 4) for _ in range(ctx.tp_size)]            # each rank's partial sum
+    upstream = torch.randn(2, 3, 4)                                    # dL/dy, same everywhere
+    x_mine = xs[ctx.tp_rank].clone().requires_grad_()
+    with CommCounter() as counter:
+        y = reduce_from_tensor_model_parallel_region(x_mine, ctx)
+        (y * upstream).sum().backward()
+    return {"y": y.detach(), "xs": xs, "x after": x_mine.detach(), "grad": x_mine.grad,
+            "upstream": upstream, "forward": counter.count("all_reduce", phase="forward"),
+            "backward": counter.count("all_reduce", phase="backward")}
+
+
+def _check_g_task() -> None:
+    """g on 2 ranks: y = the sum of every rank's x (one counted all-reduce, x itself untouched);
+    x.grad = dL/dy unchanged."""
+    for rank, r in enumerate(_on_ranks("03.2", _g_rank)):
+        name = f"task 03.2, rank {rank} of {TP}"
+        expected = sum(r["xs"])
+        shape_first(f"{name}: g(x)", r["y"], tuple(expected.shape), "g's output has x's shape")
+        if not _close(r["y"], expected):
+            hint = ("this is this rank's x alone: g's forward all-reduces (sums) the partial "
+                    "results of every rank" if _close(r["y"], r["xs"][rank]) else
+                    "g(x) is the sum over ranks of x")
+            raise ExerciseError(f"{name}: g(x) wrong. Hint: {hint}")
+        if not torch.equal(r["x after"], r["xs"][rank]):
+            raise ExerciseError(f"{name}: g changed its input x in place: all_reduce works in "
+                                f"place, so reduce a copy (_fresh(x)) and return that")
+        if r["forward"] != 1:
+            raise ExerciseError(f"{name}: {r['forward']} all-reduces counted in the forward, "
+                                f"expected 1: use this module's all_reduce(..., 'tp', "
+                                f"phase='forward') so the CommCounter sees it")
+        if r["grad"] is None or not _close(r["grad"], r["upstream"]):
+            hint = ("the gradient was summed over ranks: dL/dy is already the same on every rank, "
+                    "so g's backward is the identity" if r["grad"] is not None
+                    and _close(r["grad"], TP * r["upstream"]) else "return dL/dy unchanged")
+            raise ExerciseError(f"{name}: x.grad differs from dL/dy. Hint: {hint}")
+        if r["backward"]:
+            raise ExerciseError(f"{name}: g's backward communicated; it is the identity")
+    print("task 03.2: g sums over 2 ranks forward and passes the gradient through backward")
+
+
+def _column_rank(ctx):
+    """The learner's ColumnParallelLinear on one rank, against nn.Linear on the unsplit weight."""
+    import torch.nn.functional as F
+    from ..parallel.tensor import ColumnParallelLinear
+    out = {}
+    for gather_output in (False, True):
+        torch.manual_seed(0)
+        serial = torch.nn.Linear(8, 12)                                # A: (out, in) = (12, 8)
+        x = torch.randn(2, 3, 8)                                       # (B, T, in)
+        upstream = torch.randn(2, 3, 12)                               # dL/dy of L = sum(y * upstream)
+        cols = slice(ctx.tp_rank * 12 // ctx.tp_size, (ctx.tp_rank + 1) * 12 // ctx.tp_size)
+        layer = ColumnParallelLinear(serial, ctx, gather_output=gather_output)
+        x_mine = x.clone().requires_grad_()
+        y = layer(x_mine)
+        expected_y = serial(x).detach() if gather_output else serial(x).detach()[..., cols]
+        r = {"y": y.detach(), "expected y": expected_y,
+             "g at entrance": F.linear(ctx.tp_size * x, layer.weight, layer.bias).detach()}
+        if isinstance(y, torch.Tensor) and y.shape == expected_y.shape:
+            (y * (upstream if gather_output else upstream[..., cols])).sum().backward()
+            x_ref = x.clone().requires_grad_()
+            (serial(x_ref) * upstream).sum().backward()
+            r.update({"x grad": x_mine.grad, "expected x grad": x_ref.grad,
+                      "weight grad": layer.weight.grad, "expected weight grad": serial.weight.grad[cols],
+                      "bias grad": layer.bias.grad, "expected bias grad": serial.bias.grad[cols]})
+        out[gather_output] = r
+    return out
+
+
+def _check_column_task() -> None:
+    """ColumnParallelLinear.forward on 2 ranks: output (its slice, or all of it with gather_output)
+    and the gradients of x, weight and bias equal nn.Linear's on the unsplit weight."""
+    results = _on_ranks("03.3", _column_rank)
+    for gather_output in (False, True):
+        for rank, by_mode in enumerate(results):
+            r = by_mode[gather_output]
+            name = f"task 03.3, rank {rank} of {TP}, gather_output={gather_output}, x (2, 3, 8) -> 12"
+            expected = r["expected y"]
+            wrong_shape = ("gather_output=True asks for the whole output on every rank: all-gather "
+                           "the slices (gather_from_tensor_model_parallel_region)" if gather_output
+                           else "gather_output=False leaves y split: return this rank's slice")
+            shape_first(f"{name}: output", r["y"], tuple(expected.shape), wrong_shape)
+            if not _close(r["y"], expected):
+                hint = ("g instead of f at the entrance: g all-reduces x, which is the same on "
+                        f"every rank, so the layer sees {TP}*x. f (copy_to_tensor_model_parallel_region) "
+                        "is the identity forward" if _close(r["y"], r["g at entrance"])
+                        else "y = x A_r^T + b_r with this rank's rows A_r of the weight")
+                raise ExerciseError(f"{name}: output differs from nn.Linear's (largest error "
+                                    f"{(r['y'] - expected).abs().max().item():.3g}). Hint: {hint}")
+            for what in ("x grad", "weight grad", "bias grad"):
+                if r[what] is None:
+                    raise ExerciseError(f"{name}: no {what}: keep x, the weight and the bias in the "
+                                        f"autograd graph (F.linear and the comm functions)")
+            if not _close(r["x grad"], r["expected x grad"]):
+                partial = _close(sum(q[gather_output]["x grad"] for q in results), r["expected x grad"])
+                hint = ("each rank's x.grad holds only its own columns' share: x must enter through "
+                        "f (copy_to_tensor_model_parallel_region), whose backward all-reduces it"
+                        if partial else "x enters through f, identity forward, sum backward")
+                raise ExerciseError(f"{name}: x.grad differs from nn.Linear's. Hint: {hint}")
+            for what in ("weight grad", "bias grad"):
+                compare(f"{name}: {what}", r[what], r[f"expected {what}"], atol=1e-5)
+    print("task 03.3: ColumnParallelLinear equals nn.Linear (output and gradients) on 2 ranks, "
+          "gather_output False and True")
+
+
+def _row_rank(ctx):
+    """The learner's RowParallelLinear on one rank, against nn.Linear on the unsplit weight."""
+    import torch.nn.functional as F
+    from ..parallel.tensor import RowParallelLinear
+    out = {}
+    for input_is_parallel in (True, False):
+        torch.manual_seed(1)
+        serial = torch.nn.Linear(12, 8)                                # A: (out, in) = (8, 12)
+        x = torch.randn(2, 3, 12)                                      # (B, T, in)
+        upstream = torch.randn(2, 3, 8)
+        cols = slice(ctx.tp_rank * 12 // ctx.tp_size, (ctx.tp_rank + 1) * 12 // ctx.tp_size)
+        layer = RowParallelLinear(serial, ctx, input_is_parallel=input_is_parallel)
+        x_in = (x[..., cols] if input_is_parallel else x).clone().requires_grad_()
+        partial = F.linear(x[..., cols], layer.weight).detach()       # this rank's share, unsummed
+        r = {"partial": partial, "bias": serial.bias.detach(), "expected y": serial(x).detach()}
+        try:
+            y = layer(x_in)
+        except NotImplementedError:
+            raise
+        except RuntimeError as err:
+            hint = ("with input_is_parallel=False x is the whole input: keep this rank's columns "
+                    "first (scatter_to_tensor_model_parallel_region)" if not input_is_parallel
+                    else "x holds this rank's in/tp columns, the weight (out, in/tp)")
+            return {"exception": "RuntimeError", "message": f"input_is_parallel={input_is_parallel}: "
+                    f"{err}", "hint": hint}
+        r["y"] = y.detach()
+        if isinstance(y, torch.Tensor) and y.shape == r["expected y"].shape:
+            (y * upstream).sum().backward()
+            x_ref = x.clone().requires_grad_()
+            (serial(x_ref) * upstream).sum().backward()
+            r.update({"x grad": x_in.grad, "expected x grad": x_ref.grad[..., cols] if
+                      input_is_parallel else x_ref.grad,
+                      "weight grad": layer.weight.grad, "expected weight grad": serial.weight.grad[:, cols],
+                      "bias grad": layer.bias.grad, "expected bias grad": serial.bias.grad})
+        out[input_is_parallel] = r
+    return out
+
+
+def _check_row_task() -> None:
+    """RowParallelLinear.forward on 2 ranks: output and gradients equal nn.Linear's on the unsplit
+    weight, with input_is_parallel True (x already split) and False (scatter first)."""
+    results = _on_ranks("03.4", _row_rank)
+    for input_is_parallel in (True, False):
+        for rank, by_mode in enumerate(results):
+            r = by_mode[input_is_parallel]
+            name = (f"task 03.4, rank {rank} of {TP}, input_is_parallel={input_is_parallel}, "
+                    f"x (2, 3, {6 if input_is_parallel else 12}) -> 8")
+            expected = r["expected y"]
+            shape_first(f"{name}: output", r["y"], tuple(expected.shape), "a row-parallel layer "
+                        "returns the whole output (B, T, out) on every rank")
+            if not _close(r["y"], expected):
+                partial_b = r["partial"] + r["bias"]
+                hint = ("this is only this rank's partial sum: all-reduce it with g "
+                        "(reduce_from_tensor_model_parallel_region)"
+                        if _close(r["y"], partial_b) or _close(r["y"], r["partial"]) else
+                        f"the bias is counted {TP} times: add it once, after g has summed the partial "
+                        "products" if _close(r["y"], expected + (TP - 1) * r["bias"]) else
+                        "y = g(x_r A_r^T) + b")
+                raise ExerciseError(f"{name}: output differs from nn.Linear's (largest error "
+                                    f"{(r['y'] - expected).abs().max().item():.3g}). Hint: {hint}")
+            for what in ("x grad", "weight grad", "bias grad"):
+                if r[what] is None:
+                    raise ExerciseError(f"{name}: no {what}: keep x, the weight and the bias in the "
+                                        f"autograd graph")
+                compare(f"{name}: {what}", r[what], r[f"expected {what}"], atol=1e-5)
+    print("task 03.4: RowParallelLinear equals nn.Linear (output and gradients) on 2 ranks, "
+          "input_is_parallel True and False")
+
+
+def _ce_cases():
+    """(logits (B, T, V), targets (B, T)): plain, with an ignored token, with huge logits."""
+    g = torch.Generator().manual_seed(0)
+    plain = (torch.randn(2, 3, 10, generator=g), torch.randint(10, (2, 3), generator=g))
+    ignored = (torch.randn(1, 4, 6, generator=g) * 3, torch.tensor([[0, -100, 5, 3]]))
+    huge = (torch.randn(2, 2, 8, generator=g) + 1000.0, torch.tensor([[0, 7], [3, 4]]))
+    return [plain, ignored, huge]
+
+
+def _ce_rank(ctx):
+    """The learner's vocab-parallel loss on one rank, per token and mean, with its gradient."""
+    from ..parallel.cross_entropy import _VocabParallelCrossEntropy, vocab_parallel_cross_entropy
+    out = []
+    for logits, targets in _ce_cases():
+        width = logits.shape[-1] // ctx.tp_size
+        shard = logits[..., ctx.tp_rank * width:(ctx.tp_rank + 1) * width].clone()
+        per_token = _VocabParallelCrossEntropy.apply(shard, targets.clamp(min=0), ctx)
+        local = torch.logsumexp(shard, -1) - shard.gather(                # what one rank alone sees
+            -1, (targets.clamp(min=0) - ctx.tp_rank * width).clamp(0, width - 1)[..., None])[..., 0]
+        shard.requires_grad_()
+        loss = vocab_parallel_cross_entropy(shard, targets, ctx)
+        r = {"per token": per_token.detach(), "local": local, "loss": loss.detach(), "grad": None}
+        upstream = 0.7                                                   # dL/dloss, not 1
+        try:
+            (loss * upstream).backward()
+            r["grad"] = shard.grad
+        except NotImplementedError as err:
+            r["backward missing"] = str(err)
+        full = logits.clone().requires_grad_()
+        expected = F.cross_entropy(full.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        (expected * upstream).backward()
+        r.update({"expected per token": F.cross_entropy(logits.flatten(0, 1),
+                  targets.clamp(min=0).flatten(), reduction="none").view(targets.shape),
+                  "expected loss": expected.detach(),
+                  "expected grad": full.grad[..., ctx.tp_rank * width:(ctx.tp_rank + 1) * width],
+                  "softmax": logits.softmax(-1)[..., ctx.tp_rank * width:(ctx.tp_rank + 1) * width]})
+        keep = (targets != -100).float()
+        per_token = (upstream * keep / keep.sum())[..., None]                 # (B, T, 1)
+        index = targets.clamp(min=0) - ctx.tp_rank * width                    # (B, T)
+        mine = ((index >= 0) & (index < width)).float()[..., None]
+        one_hot = F.one_hot(index.clamp(0, width - 1), width).float()        # (B, T, V/tp)
+        r["variants"] = {"softmax alone": r["softmax"] * per_token,
+                         "one-hot everywhere": (r["softmax"] - one_hot) * per_token,
+                         "no grad_loss": (r["softmax"] - one_hot * mine) * per_token / upstream}
+        out.append(r)
+    return out
+
+
+def _check_ce_forward_task() -> None:
+    """The forward of _VocabParallelCrossEntropy on 2 ranks: each token's loss equals
+    F.cross_entropy on the gathered logits, also for logits near 1000 (no overflow)."""
+    results = _on_ranks("03.5", _ce_rank)
+    for case in range(len(_ce_cases())):
+        for rank, by_case in enumerate(results):
+            r = by_case[case]
+            expected = r["expected per token"]
+            name = (f"task 03.5, case {case + 1} of {len(_ce_cases())} (logits "
+                    f"{tuple(expected.shape) + (r['softmax'].shape[-1] * TP,)} split over {TP} "
+                    f"ranks), rank {rank}: per-token loss")
+            shape_first(name, r["per token"], tuple(expected.shape), "one loss per token: (B, T)")
+            if not _close(r["per token"], expected, atol=1e-4):
+                got = r["per token"]
+                hint = ("exp overflowed: subtract the max over the WHOLE vocabulary (all-reduce "
+                        "with op=MAX) before exp" if not torch.isfinite(got).all() else
+                        "this is the loss over this rank's slice alone: the max, the target's "
+                        "logit and the sum of exponentials must each be all-reduced over tp"
+                        if _close(got, r["local"], atol=1e-4) else
+                        "loss = log(sum_j exp z_j) - z_target, with z shifted by the global max")
+                raise ExerciseError(f"{name} differs from F.cross_entropy on the gathered logits: "
+                                    f"got {got.flatten()[:4].tolist()}, expected "
+                                    f"{expected.flatten()[:4].tolist()}. Hint: {hint}")
+    print(f"task 03.5: the vocab-parallel loss equals F.cross_entropy on the gathered logits in "
+          f"{len(_ce_cases())} cases on {TP} ranks, logits near 1000 included")
+
+
+def _check_ce_backward_task() -> None:
+    """The backward of _VocabParallelCrossEntropy on 2 ranks: each rank's slice of dL/dlogits
+    equals autograd's through F.cross_entropy on the gathered logits (mean, ignore_index, dL/dloss)."""
+    results = _on_ranks("03.6", _ce_rank)
+    for case in range(len(_ce_cases())):
+        for rank, by_case in enumerate(results):
+            r = by_case[case]
+            if "backward missing" in r:
+                raise NotImplementedError(r["backward missing"])
+            if not _close(r["loss"], r["expected loss"], atol=1e-4):
+                raise ExerciseError("task 03.6 needs task 03.5 first: the forward's loss differs "
+                                    "from F.cross_entropy (run minimt.course.check('03.5'))")
+            name = (f"task 03.6, case {case + 1} of {len(_ce_cases())}, rank {rank}: "
+                    f"dL/dlogits of this rank's slice {tuple(r['expected grad'].shape)}")
+            got, expected = r["grad"], r["expected grad"]
+            if got is None:
+                raise ExerciseError(f"{name}: no gradient reached the logits")
+            shape_first(name, got, tuple(expected.shape), "one gradient per logit of this slice")
+            if not _close(got, expected, atol=1e-5):
+                advice = {"softmax alone": "the softmax alone: subtract 1 at the target's position",
+                          "one-hot everywhere": "every rank subtracted 1: only the rank whose slice "
+                          "holds the target does (the others' target is outside their slice)",
+                          "no grad_loss": "multiply by grad_loss, the upstream gradient of each "
+                          "token's loss"}
+                hint = next((advice[k] for k, wrong in r["variants"].items() if _close(got, wrong)),
+                            "dloss/dz_j = softmax_j - [j == target], times grad_loss")
+                raise ExerciseError(f"{name} differs from autograd through F.cross_entropy "
+                                    f"(largest error {(got - expected).abs().max().item():.3g}). "
+                                    f"Hint: {hint}")
+    print(f"task 03.6: the vocab-parallel gradient equals autograd through F.cross_entropy in "
+          f"{len(_ce_cases())} cases on {TP} ranks")
+
+
+TASKS = [
+    task("03.1", 2, "write f, _CopyToTensorModelParallelRegion (identity forward, all-reduce backward)",
+         "minimt.parallel.comm:_CopyToTensorModelParallelRegion", "notebook 03, section 2", _check_f_task),
+    task("03.2", 2, "write g, _ReduceFromTensorModelParallelRegion (all-reduce forward, identity backward)",
+         "minimt.parallel.comm:_ReduceFromTensorModelParallelRegion", "notebook 03, section 2",
+         _check_g_task),
+    task("03.3", 3, "write ColumnParallelLinear.forward", "minimt.parallel.tensor:ColumnParallelLinear.forward",
+         "notebook 03, section 3", _check_column_task),
+    task("03.4", 3, "write RowParallelLinear.forward", "minimt.parallel.tensor:RowParallelLinear.forward",
+         "notebook 03, section 3", _check_row_task),
+    task("03.5", 3, "write the forward of _VocabParallelCrossEntropy (max, target logit, sum of exp)",
+         "minimt.parallel.cross_entropy:_VocabParallelCrossEntropy.forward", "notebook 03, section 4",
+         _check_ce_forward_task),
+    task("03.6", 2, "write the backward of _VocabParallelCrossEntropy (softmax minus one-hot)",
+         "minimt.parallel.cross_entropy:_VocabParallelCrossEntropy.backward", "notebook 03, section 4",
+         _check_ce_backward_task),
+]

@@ -1,0 +1,217 @@
+# course: instructor only (checks the instructor repository and the copies it writes)
+"""The course machinery: solution regions, the student copy (no solution text, every task stubbed,
+a fresh git history), the grader (full points here, 0 on a fresh copy, full again once the
+originals are pasted back with catch_up), and the checkers' teaching messages for wrong answers."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import minimt.course
+from minimt.course import regions
+from minimt.course.pack import write_pack
+from minimt.course.student import find_leaks, solution_lines, write_student_copy
+from minimt.exercises import ExerciseError, all_tasks
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = all_tasks()
+
+
+def grade_in(root: Path, *args: str) -> tuple[dict, str]:
+    """Run `python -m minimt.course grade` at `root` with its package first on the path."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-m", "minimt.course", "grade", *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stdout
+
+
+@pytest.fixture(scope="session")
+def student_copy(tmp_path_factory) -> Path:
+    return write_student_copy(tmp_path_factory.mktemp("course") / "student")
+
+
+@pytest.fixture(scope="session")
+def pack(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("pack") / "catch_up.json"
+    write_pack(path)
+    return path
+
+
+# ---------------------------------------------------------------------------- tasks and regions
+
+def test_at_least_14_tasks_over_notebooks_01_to_06_each_with_one_region_in_its_target():
+    ids = [t.id for t in TASKS]
+    assert len(ids) == len(set(ids))
+    assert len([i for i in ids if "01" <= i[:2] <= "06"]) >= 14
+    assert {i[:2] for i in ids} >= {"01", "02", "03", "04", "05", "06"}
+    for task in TASKS:
+        assert task.points > 0 and task.statement and task.section.startswith("notebook ")
+        module, _, _ = task.target.partition(":")
+        path = module.replace(".", "/") + ".py"
+        text = (ROOT / path).read_text()
+        owned = [r for r in regions.find_regions(text) if regions.owns(task.target, path, r.qualname)]
+        assert owned, f"task {task.id}: no solution region in {task.target}"
+
+
+def test_every_package_region_belongs_to_a_task():
+    for path in sorted((ROOT / "minimt").rglob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        for region in regions.find_regions(path.read_text()):
+            assert any(regions.owns(t.target, rel, region.qualname) for t in TASKS), (rel, region)
+
+
+def test_regions_know_their_function_and_the_stub_follows_the_contract():
+    source = ("class Layer:\n    def forward(self, x):\n        \"\"\"Doc.\"\"\"\n"
+              "        ### BEGIN SOLUTION\n        return x\n        ### END SOLUTION\n")
+    (region,) = regions.find_regions(source)
+    assert (region.qualname, region.indent, regions.body(source, region)) == (
+        "Layer.forward", "        ", "        return x")
+    row = next(t for t in TASKS if t.target.endswith("RowParallelLinear.forward"))
+    assert regions.stub(row, "") == (f'raise NotImplementedError("task {row.id}: write '
+                                     f'RowParallelLinear.forward; see notebook 03, section 3")')
+    with pytest.raises(ValueError, match="never closed"):
+        regions.find_regions("def f():\n    ### BEGIN SOLUTION\n    pass\n")
+
+
+def test_a_failed_check_renders_in_jupyter_without_a_traceback():
+    error = ExerciseError("task 01.1, case 2: got 1, expected 2")
+    assert error._render_traceback_() == ["ExerciseError: task 01.1, case 2: got 1, expected 2"]
+    with pytest.raises(ExerciseError, match="no task '99.9'"):
+        minimt.course.check("99.9")
+
+
+# ---------------------------------------------------------------------------- grade: three repositories
+
+def test_grade_gives_full_points_on_this_repository():
+    record, table = grade_in(ROOT)
+    failed = [t["id"] for t in record["tasks"] if not t["passed"]]
+    assert not failed, table
+    assert record["points"] == record["max_points"] == sum(t.points for t in TASKS)
+    assert f"total   {record['points']}/{record['max_points']}".replace(" ", "") in table.replace(" ", "")
+
+
+def test_student_copy_gives_0_and_every_task_fails_with_its_own_message(student_copy):
+    record, table = grade_in(student_copy)
+    assert record["points"] == 0 and record["max_points"] == sum(t.points for t in TASKS)
+    assert [t["id"] for t in record["tasks"]] == [t.id for t in TASKS]
+    rows = [line for line in table.splitlines() if line[:2].isdigit()]
+    for task, row in zip(TASKS, rows):
+        assert row.startswith(task.id) and f"FAILED: task {task.id}" in row, row
+
+
+def test_one_task_can_be_graded_alone(student_copy):
+    record, table = grade_in(student_copy, "--task", "05.1")
+    assert [t["id"] for t in record["tasks"]] == ["05.1"]
+    assert "task 05.1 not written yet" in table and "minimt/precision.py" in table
+
+
+def test_pasted_back_copy_gives_full_points(student_copy, pack, tmp_path):
+    copy = tmp_path / "pasted"
+    shutil.copytree(student_copy, copy, ignore=shutil.ignore_patterns(".git"))
+    for task in TASKS:
+        minimt.course.catch_up(task.id, pack=pack, root=copy)
+    for task in TASKS:
+        assert (copy / regions_file(task)).read_text() == (ROOT / regions_file(task)).read_text()
+    record, table = grade_in(copy)
+    assert record["points"] == record["max_points"], table
+
+
+def regions_file(task) -> str:
+    return task.target.partition(":")[0].replace(".", "/") + ".py"
+
+
+# ---------------------------------------------------------------------------- the student copy
+
+def test_student_copy_holds_no_solution_text(student_copy):
+    lines = solution_lines(ROOT)
+    assert len(lines) > 50  # the detector knows the solutions it looks for
+    assert find_leaks(student_copy, lines) == []
+    leaky = ROOT / "minimt" / "attention.py"  # and it finds a pasted one
+    assert find_leaks(ROOT, lines) and any(str(leaky.relative_to(ROOT)) in leak
+                                           for leak in find_leaks(ROOT, lines))
+
+
+def test_student_copy_is_the_whole_repository_with_stubs_and_one_commit(student_copy):
+    assert "This is a student copy" in (student_copy / "README.md").read_text()
+    for rel in ("README.md", "requirements.txt", "pyproject.toml", ".ci/run", "tests/conftest.py",
+                "notebooks/01_attention.ipynb", "minimt/parallel/tensor.py"):
+        assert (student_copy / rel).exists(), rel
+    assert not (student_copy / "tests" / "test_exercises.py").exists()  # holds model answers
+    assert not (student_copy / "tests" / "test_course.py").exists()
+    for path in (student_copy / "tests").glob("test_*.py"):  # tests holding model answers dropped
+        assert "@pytest.mark.instructor_only" not in path.read_text(), path.name
+    for task in TASKS:
+        assert f'raise NotImplementedError("task {task.id}: {task.statement}; see {task.section}")' \
+            in (student_copy / regions_file(task)).read_text()
+    log = subprocess.run(["git", "log", "--oneline"], cwd=student_copy, capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    assert len(log) == 1
+    for path in (student_copy / "notebooks").glob("*.ipynb"):
+        for cell in json.loads(path.read_text())["cells"]:
+            source = "".join(cell["source"])
+            for region in regions.find_regions(source, python=False):
+                assert regions.body(source, region).strip() == "raise NotImplementedError", path
+    env = {**os.environ, "PYTHONPATH": str(student_copy)}
+    done = subprocess.run([sys.executable, "-c", "import minimt, minimt.course; "
+                           "print(minimt.__file__)"], cwd=student_copy, env=env,
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.startswith(str(student_copy))
+
+
+def test_catch_up_keeps_the_learners_own_code_unless_forced(student_copy, pack, tmp_path):
+    copy = tmp_path / "mine"
+    shutil.copytree(student_copy, copy, ignore=shutil.ignore_patterns(".git"))
+    path = copy / "minimt" / "sampling.py"
+    path.write_text(path.read_text().replace(
+        'raise NotImplementedError("task 06.3', 'return logits  # my try\n    raise NotImplementedError("task 06.3'))
+    with pytest.raises(ExerciseError, match="force=True"):
+        minimt.course.catch_up("06.3", pack=pack, root=copy)
+    assert "my try" in (copy / ".catch_up" / "06.3.py").read_text()
+    minimt.course.catch_up("06.3", pack=pack, root=copy, force=True)
+    assert "my try" not in path.read_text()
+    with pytest.raises(ExerciseError, match="no catch-up pack"):
+        minimt.course.catch_up("06.3", pack=tmp_path / "missing.json", root=copy)
+
+
+def test_the_readme_lists_every_task_with_its_points_and_section():
+    readme = (ROOT / "README.md").read_text()
+    for task in TASKS:
+        row = next((line for line in readme.splitlines() if line.startswith(f"| {task.id} |")), "")
+        assert row.startswith(f"| {task.id} | {task.points} |") and row.rstrip().endswith(
+            f"| {task.section} |"), f"README's task table: {task.id}"
+
+
+def test_a_notebook_names_the_earlier_task_it_needs(student_copy):
+    minimt.course.require("02.1", "03.4")  # written here
+    env = {**os.environ, "PYTHONPATH": str(student_copy)}
+    done = subprocess.run([sys.executable, "-c", "import minimt.course; minimt.course.require('02.1')"],
+                          cwd=student_copy, env=env, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert ("ExerciseError: this notebook runs task 02.1, not written yet: write Block.forward"
+            in done.stderr)
+
+
+def test_a_student_notebook_stops_at_its_first_task_with_the_checkers_message(student_copy,
+                                                                             monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    notebook = nbformat.read(student_copy / "notebooks" / "01_attention.ipynb", as_version=4)
+    client = nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3", resources={
+        "metadata": {"path": str(student_copy / "notebooks")}})
+    monkeypatch.setenv("PYTHONPATH", str(student_copy))  # the kernel imports the copy's package
+    with pytest.raises(nbclient.exceptions.CellExecutionError):
+        client.execute()
+    stopped = [(cell, out) for cell in notebook.cells for out in cell.get("outputs", [])
+               if out.get("output_type") == "error"]
+    assert len(stopped) == 1
+    cell, error = stopped[0]
+    assert "".join(cell.source) == 'minimt.course.check("01.1")'
+    assert error["traceback"] == ["ExerciseError: task 01.1 not written yet: write the attention "
+                                  "formula in scaled_dot_product_attention in minimt/attention.py "
+                                  "(between ### BEGIN SOLUTION and ### END SOLUTION); see notebook "
+                                  "01, section 1"]

@@ -1,0 +1,134 @@
+# course: instructor only (wrong and right answers to the tasks; left out of student copies)
+"""Each task's checker rejects the wrong answers a new learner writes with a message that names
+the case and the likely mistake (so a check can never be a no-op). The wrong answer is swapped
+into the package with monkeypatch; ranks are forked afterwards, so they see it too."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import minimt.course
+from minimt import attention, precision, sampling
+from minimt.exercises import ExerciseError
+from minimt.parallel import comm, pipeline, tensor
+
+
+def column_with_g(self, x):  # g where f belongs
+    y = F.linear(comm.reduce_from_tensor_model_parallel_region(x, self.ctx), self.weight, self.bias)
+    return comm.gather_from_tensor_model_parallel_region(y, self.ctx) if self.gather_output else y
+
+
+def column_without_gather(self, x):  # gather_output ignored
+    return F.linear(comm.copy_to_tensor_model_parallel_region(x, self.ctx), self.weight, self.bias)
+
+
+def column_transposed(self, x):  # a wrong shape
+    return column_without_gather(self, x).transpose(0, 1)
+
+
+def row_bias_before_g(self, x):
+    if not self.input_is_parallel:
+        x = comm.scatter_to_tensor_model_parallel_region(x, self.ctx)
+    return comm.reduce_from_tensor_model_parallel_region(F.linear(x, self.weight, self.bias), self.ctx)
+
+
+def row_without_scatter(self, x):
+    y = comm.reduce_from_tensor_model_parallel_region(F.linear(x, self.weight), self.ctx)
+    return y + self.bias
+
+
+def unscaled_attention(q, k, v, mask=None, causal=False, dropout_p=0.0, return_weights=False):
+    scores = q @ k.transpose(-2, -1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(-1)
+    return (weights @ v, weights) if return_weights else weights @ v
+
+
+def gpipe_order(kind, num_stages, num_microbatches, num_chunks=1):
+    return [[pipeline.Action("F", i) for i in range(num_microbatches)] +
+            [pipeline.Action("B", i) for i in range(num_microbatches)] for _ in range(num_stages)]
+
+
+def scaler_never_grows(self, found_inf):
+    if found_inf:
+        self.scale *= self.backoff_factor
+    self.growth_tracker = 0 if found_inf else self.growth_tracker + 1
+
+
+def top_p_without_crossing_token(logits, p):
+    probs = logits.softmax(-1)
+    sorted_probs, order = probs.sort(-1, descending=True)
+    drop = sorted_probs.cumsum(-1) > p
+    return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+
+
+WRONG = [
+    ("03.3", tensor.ColumnParallelLinear, "forward", column_with_g, "g instead of f"),
+    ("03.3", tensor.ColumnParallelLinear, "forward", column_without_gather,
+     r"gather_output=True, .*output: shape \(2, 3, 6\), expected \(2, 3, 12\). Hint: gather_output=True"),
+    ("03.3", tensor.ColumnParallelLinear, "forward", column_transposed,
+     r"output: shape \(3, 2, 6\), expected \(2, 3, 6\)"),
+    ("03.4", tensor.RowParallelLinear, "forward", row_bias_before_g, "the bias is counted 2 times"),
+    ("03.4", tensor.RowParallelLinear, "forward", row_without_scatter,
+     "input_is_parallel=False.*scatter_to_tensor_model_parallel_region"),
+    ("01.1", attention, "scaled_dot_product_attention", unscaled_attention, "no 1/sqrt"),
+    ("04.1", pipeline, "pipeline_schedule", gpipe_order, r"ranks hold \[8, 8, 8, 8\].*1F1B holds"),
+    ("05.2", precision.DynamicLossScaler, "update", scaler_never_grows, "grow only when the tracker"),
+    ("06.4", sampling, "top_p_filter", top_p_without_crossing_token, "keep the token that makes"),
+]
+
+
+@pytest.mark.parametrize("task_id, owner, name, wrong, message", WRONG,
+                         ids=[f"{w[0]}-{w[3].__name__}" for w in WRONG])
+def test_a_wrong_answer_gets_a_message_that_names_the_mistake(monkeypatch, task_id, owner, name,
+                                                             wrong, message):
+    monkeypatch.setattr(owner, name, wrong)
+    with pytest.raises(ExerciseError, match=message) as caught:
+        minimt.course.check(task_id)
+    assert f"task {task_id}" in str(caught.value)
+    assert "Traceback" not in str(caught.value)
+
+
+def test_f_swapped_for_g_is_named(monkeypatch):
+    class Swapped(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, pctx):
+            return comm.all_reduce(x.clone(), pctx, "tp", phase="forward")
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad, None
+    monkeypatch.setattr(comm, "_CopyToTensorModelParallelRegion", Swapped)
+    with pytest.raises(ExerciseError, match="summing over ranks is g's forward"):
+        minimt.course.check("03.1")
+
+
+def test_an_unwritten_task_says_what_to_write_and_where(monkeypatch):
+    def stub(*args, **kwargs):
+        raise NotImplementedError("task 06.3: write top_k_filter; see notebook 06, section 5")
+    monkeypatch.setattr(sampling, "top_k_filter", stub)
+    with pytest.raises(ExerciseError, match=r"task 06.3 not written yet: write top_k_filter in "
+                                            r"minimt/sampling.py \(between ### BEGIN SOLUTION"):
+        minimt.course.check("06.3")
+
+
+def test_an_exception_in_the_learners_code_names_the_line_not_the_checker(monkeypatch):
+    def broken(logits, k):
+        return logits.topk(k, dim=2)  # no dim 2 in (B, V)
+    monkeypatch.setattr(sampling, "top_k_filter", broken)
+    with pytest.raises(ExerciseError, match=r"task 06.3: your code raised (IndexError|RuntimeError)"):
+        minimt.course.check("06.3")
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda x, w, b, ctx, gather: F.linear(comm.reduce_from_tensor_model_parallel_region(x, ctx), w, b),
+     "g instead of f"),
+    (lambda x, w, b, ctx, gather: F.linear(comm.copy_to_tensor_model_parallel_region(x, ctx), w, b),
+     r"gather_output=True\), rank 0: output: shape \(2, 3, 6\), expected \(2, 3, 12\). Hint: "
+     r"gather_output=True asks"),
+], ids=["g-for-f", "gather-ignored"])
+def test_the_column_parallel_exercise_names_g_for_f_and_an_ignored_gather_output(wrong, message):
+    from minimt.exercises import check_column_parallel_forward
+    with pytest.raises(ExerciseError, match=message):
+        check_column_parallel_forward(wrong)
