@@ -26,15 +26,22 @@ def atomic_save(state: dict, path: str | os.PathLike) -> None:
         torch.save(state, tmp)
         os.replace(tmp, path)
     except OSError as error:
-        reason = error.strerror or error
-        if isinstance(error, (FileExistsError, NotADirectoryError)):  # from makedirs
-            reason = "a part of its folder path is a file, not a folder"
-        raise type(error)(error.errno, f"cannot write the checkpoint {os.fspath(path)!r}: "
-                          f"{reason}; give the path of a file (not a folder) in a folder you "
-                          f"can write to") from None
+        raise write_error(error, path) from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_error(error: OSError, path: str | os.PathLike,
+                fix: str = "give the path of a file (not a folder) in a folder you can write "
+                           "to") -> OSError:
+    """`error` (of the same type) restated as a sentence that names the user's `path`, not a
+    temporary beside it, and says what to change."""
+    reason = error.strerror or error
+    if isinstance(error, (FileExistsError, NotADirectoryError)):  # from makedirs / mkdir
+        reason = "a part of its folder path is a file, not a folder"
+    return type(error)(error.errno, f"cannot write the checkpoint {os.fspath(path)!r}: "
+                                    f"{reason}; {fix}")
 
 
 def read_file(path: str | os.PathLike, writer: str = "Trainer.save_checkpoint(path)"):

@@ -24,7 +24,6 @@ from .parallel.launch import TORCHRUN_VARIABLES
 from .parallel.pipeline import SCHEDULES
 from .parallel.rank_main import seed_everything
 from .parallel.tensor import apply_tensor_parallel
-from .parallel.zero import DistributedOptimizer
 from .train import TrainConfig, Trainer
 
 CORPUS = "tinyshakespeare"  # the course data: nanoGPT's character-level Shakespeare
@@ -108,9 +107,8 @@ def _train_rank(ctx, args) -> dict:
     if not _in_process(ctx) and not _under_torchrun():  # launch forwards output line by line
         trainer.progress_file = ProgressLines(sys.stderr)
     history = trainer.train()
-    optimizer = trainer.optimizer  # fp32 AdamW and ZeRO-1 save their state; MixedPrecision not
-    keep = isinstance(optimizer, (torch.optim.AdamW, DistributedOptimizer))
-    folder = save_checkpoint(args.out, trainer.mesh.chunks, optimizer if keep else None, ctx,
+    # the optimizer's state too: AdamW, ZeRO-1's shards, or 16-bit runs' fp32 masters and moments
+    folder = save_checkpoint(args.out, trainer.mesh.chunks, trainer.optimizer, ctx,
                              step=trainer.iter_num)
     if ctx.rank == 0:
         it, train_loss = history["train"][-1]

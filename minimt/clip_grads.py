@@ -40,6 +40,14 @@ def get_grad_norm(params: Iterable[torch.Tensor], norm_type: float = 2.0) -> flo
     return (total if norm_type == float("inf") else total.sqrt()).item()
 
 
+def clip_factor(total_norm: float, max_norm: float) -> float:
+    """What clipping multiplies the gradients by: min(1, max_norm / (total_norm + 1e-6)), the rule
+    of torch.nn.utils.clip_grad_norm_ (for a flat gradient shard, which has no parameters)."""
+    if not max_norm > 0:
+        raise ValueError(f"max_norm={max_norm} must be positive (leave clipping out instead)")
+    return min(1.0, max_norm / (total_norm + 1e-6))
+
+
 def scale_to_max_norm(params, total_norm: float, max_norm: float) -> float:
     """Multiply the gradients by max_norm / (total_norm + 1e-6) when that is below 1 (the rule
     of torch.nn.utils.clip_grad_norm_); returns total_norm."""

@@ -9,11 +9,10 @@ import torch
 
 from minimt.config import GPTConfig
 from minimt.model import GPT
-from minimt.parallel import (DistributedDataParallel, DistributedOptimizer, ParallelContext,
-                             all_reduce, build_mesh_model, checkpoint_to_hf_gpt2_state_dict,
-                             full_state_dict, launch, load_checkpoint, load_serial_model,
-                             pipeline_schedule, pipeline_step,
-                             read_checkpoint, save_checkpoint, sync_tied_grads, unique_parameters)
+from minimt.parallel import (DistributedOptimizer, MeshModel, ParallelContext,
+                             checkpoint_to_hf_gpt2_state_dict, full_state_dict, launch,
+                             load_checkpoint, load_serial_model, read_checkpoint, save_checkpoint,
+                             unique_parameters)
 
 CONFIG = GPTConfig(vocab_size=40, block_size=8, n_layer=4, n_head=4, n_embd=16, bias=True,
                    gelu_approximate="tanh")
@@ -30,9 +29,35 @@ def decays(p):
     return p.dim() >= 2
 
 
+def mesh_share(ctx, seed=0, **layout):
+    """This rank's share of GPT(CONFIG) built with `seed`, as the Trainer cuts it (1F1B over 2
+    micro-batches when pp > 1)."""
+    torch.manual_seed(seed)
+    return MeshModel(GPT(CONFIG), ctx, GLOBAL_BATCH, num_microbatches=2, **layout)
+
+
+def train_steps(share, opt, steps, on_step=None):
+    """The Trainer's step on `share` for each of `steps`; the global batch's losses (last
+    stage). on_step(step + 1) runs after each optimizer step."""
+    losses = []
+    for step in steps:
+        x, y = share.local_batch(*batch(step))
+        opt.zero_grad()
+        loss = share.forward_backward(x, y)
+        share.finish_gradients()
+        opt.step()
+        mean = share.global_mean(loss)  # the mean over data-parallel replicas, on every rank
+        if share.ctx.is_last_stage:
+            losses.append(mean.item())
+        if on_step:
+            on_step(step + 1)
+    return losses
+
+
 def _train(ctx, first_step, last_step, load_dir=None, save_dir=None, save_at=None):
     """Steps first_step..last_step-1 on this layout with ZeRO-1; load before, save after save_at."""
-    stages = build_mesh_model(CONFIG, ctx, seed=1 if load_dir else 0)  # a loaded run starts elsewhere
+    share = mesh_share(ctx, seed=1 if load_dir else 0, zero=True)  # a loaded run starts elsewhere
+    stages = share.chunks
     opt = DistributedOptimizer(stages, ctx, lr=LR, weight_decay=0.1, decay_filter=decays)
     if load_dir:
         meta = load_checkpoint(load_dir, stages, opt, ctx)
@@ -40,19 +65,11 @@ def _train(ctx, first_step, last_step, load_dir=None, save_dir=None, save_at=Non
     loaded = full_state_dict(stages, ctx)
     if save_dir and save_at == first_step:  # re-save what was just loaded, at this layout
         save_checkpoint(save_dir, stages, opt, ctx, step=first_step, extra={"note": "resume here"})
-    schedule = pipeline_schedule("1f1b", ctx.pp_size, 2)
-    losses = []
-    for step in range(first_step, last_step):
-        x, y = (t.chunk(ctx.dp_size)[ctx.dp_rank] for t in batch(step))
-        opt.zero_grad()
-        record = pipeline_step(stages, schedule, ctx, x, y)
-        sync_tied_grads(stages, ctx)
-        opt.step()
-        if ctx.is_last_stage:
-            losses.append((all_reduce(torch.tensor([record.loss]), ctx, "dp") / ctx.dp_size).item())
-        if save_dir and save_at == step + 1:
-            save_checkpoint(save_dir, stages, opt, ctx, step=step + 1, extra={"note": "resume here"})
-    return losses, loaded
+
+    def maybe_save(step):
+        if save_dir and save_at == step:
+            save_checkpoint(save_dir, stages, opt, ctx, step=step, extra={"note": "resume here"})
+    return train_steps(share, opt, range(first_step, last_step), maybe_save), loaded
 
 
 def serial_from(load_dir, first_step, last_step):
@@ -187,22 +204,13 @@ def test_an_unfinished_save_leaves_the_last_checkpoint(saved, tmp_path):
 
 def _train_ddp(ctx, steps, save_dir):
     """The same two steps with DDP + torch.optim.AdamW (no ZeRO), then a checkpoint."""
-    stages = build_mesh_model(CONFIG, ctx, seed=0)
-    ddp = DistributedDataParallel(stages, ctx)
-    params = unique_parameters(stages)
+    share = mesh_share(ctx)
+    params = unique_parameters(share.chunks)
     opt = torch.optim.AdamW([{"params": [p for p in params if decays(p)]},
                              {"params": [p for p in params if not decays(p)], "weight_decay": 0.0}],
                             lr=LR, weight_decay=0.1, foreach=False)
-    schedule = pipeline_schedule("1f1b", ctx.pp_size, 2)
-    for step in range(steps):
-        x, y = (t.chunk(ctx.dp_size)[ctx.dp_rank] for t in batch(step))
-        opt.zero_grad()
-        with ddp.no_sync():
-            pipeline_step(stages, schedule, ctx, x, y)
-        sync_tied_grads(stages, ctx)
-        ddp.sync_gradients()
-        opt.step()
-    save_checkpoint(save_dir, ddp, opt, ctx, step=steps, extra={"note": "resume here"})
+    train_steps(share, opt, range(steps))
+    save_checkpoint(save_dir, share.ddp, opt, ctx, step=steps, extra={"note": "resume here"})
 
 
 def test_a_checkpoint_without_zero_loads_into_zero(saved, tmp_path):
@@ -279,10 +287,11 @@ def test_interleaved_chunks_save_and_load(tmp_path):
     """pp 2 with 2 chunks per rank (virtual stages 0, 2 on rank 0 and 1, 3 on rank 1): the saved
     state is the serial model's; loading it back into the chunks restores every tensor."""
     def run(ctx):
-        stages = build_mesh_model(CONFIG, ctx, seed=0, num_chunks=2)
+        interleaved = dict(schedule="interleaved", num_chunks=2, zero=True)
+        stages = mesh_share(ctx, seed=0, **interleaved).chunks
         opt = DistributedOptimizer(stages, ctx, lr=LR)
         save_checkpoint(tmp_path, stages, opt, ctx, step=0)
-        fresh = build_mesh_model(CONFIG, ctx, seed=3, num_chunks=2)
+        fresh = mesh_share(ctx, seed=3, **interleaved).chunks
         load_checkpoint(tmp_path, fresh, DistributedOptimizer(fresh, ctx, lr=LR), ctx)
         return full_state_dict(fresh, ctx)
     results = launch(run, pp=2, timeout_s=60)
@@ -292,3 +301,69 @@ def test_interleaved_chunks_save_and_load(tmp_path):
     assert merged.keys() == serial.keys()
     assert all(torch.equal(merged[n], serial[n]) for n in serial)
     assert all(torch.equal(p, serial[n]) for n, p in load_serial_model(tmp_path).named_parameters())
+
+
+def _bf16_trainer(ctx, seed):
+    """A Trainer of bf16 weights with fp32 masters (MixedPrecisionOptimizer, no ZeRO) on ctx."""
+    from minimt.train import TrainConfig, Trainer
+
+    def random_batch(split, batch_size, block_size, generator):
+        x = torch.randint(0, CONFIG.vocab_size, (batch_size, block_size), generator=generator)
+        return x, torch.roll(x, -1, dims=1)
+    torch.manual_seed(seed)
+    config = TrainConfig(max_iters=4, batch_size=GLOBAL_BATCH, learning_rate=1e-2, decay_lr=False,
+                         warmup_iters=0, dtype="bfloat16", num_microbatches=2, progress=False,
+                         seed=3)
+    return Trainer(GPT(CONFIG), random_batch, config, ctx=ctx)
+
+
+def _bf16_resume(ctx, directory):
+    """4 steps in one go; then 2 steps, a checkpoint, and 2 more steps in a fresh Trainer (other
+    initial weights) that loads it: the losses of both runs."""
+    whole = _bf16_trainer(ctx, seed=0)
+    uninterrupted = [whole.train_step().item() for _ in range(4)]
+    first = _bf16_trainer(ctx, seed=0)
+    losses = [first.train_step().item() for _ in range(2)]
+    save_checkpoint(directory, first.mesh.chunks, first.optimizer, ctx, step=first.iter_num,
+                    extra={"batch_rng": first.generator.get_state()})
+    second = _bf16_trainer(ctx, seed=1)
+    meta = load_checkpoint(directory, second.mesh.chunks, second.optimizer, ctx)
+    second.iter_num = meta["step"]
+    second.generator.set_state(meta["extra"]["batch_rng"])
+    losses += [second.train_step().item() for _ in range(2)]
+    return uninterrupted, losses
+
+
+@pytest.mark.parametrize("mesh", [dict(), dict(tp=2, pp=2)], ids=["serial", "tp2-pp2"])
+def test_a_resumed_bf16_run_continues_with_the_same_losses(tmp_path, mesh):
+    """16-bit weights without ZeRO: the checkpoint holds MixedPrecisionOptimizer's fp32 masters
+    and Adam moments, so the resumed run's losses are the uninterrupted run's, bit for bit."""
+    for uninterrupted, resumed in launch(_bf16_resume, str(tmp_path), timeout_s=60, **mesh):
+        assert resumed == uninterrupted
+    _, _, state = read_checkpoint(tmp_path)
+    assert state and all(s["master"].dtype == torch.float32 for s in state.values())
+
+
+def _unwritable(tmp_path, kind):
+    if kind == "read-only folder":
+        import os
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        folder = tmp_path / "locked"
+        folder.mkdir()
+        folder.chmod(0o500)
+        return folder / "ckpt"
+    (tmp_path / "a_file").write_text("not a folder")
+    return tmp_path / "a_file" / "ckpt"
+
+
+@pytest.mark.parametrize("kind", ["read-only folder", "a file in the path"])
+def test_an_unwritable_folder_is_named_as_the_user_gave_it(tmp_path, kind):
+    """The error names the folder the caller passed, not save_checkpoint's hidden temporary."""
+    directory = _unwritable(tmp_path, kind)
+    torch.manual_seed(0)
+    model = GPT(CONFIG)
+    with pytest.raises(OSError, match="cannot write the checkpoint") as caught:
+        save_checkpoint(directory, model, None, ParallelContext(), step=3)
+    assert repr(str(directory)) in str(caught.value) and ".tmp-iter" not in str(caught.value)
+    assert "folder you can write to" in str(caught.value)

@@ -109,3 +109,18 @@ def test_top_level_help_lists_the_commands_and_the_demos(capsys):
         main(["--help"])
     text = capsys.readouterr().out
     assert "train " in text and "generate " in text and "tp-train" in text
+
+
+def test_a_16_bit_run_without_zero_saves_its_fp32_masters_and_adam_state(tmp_path):
+    """bf16 weights with MixedPrecisionOptimizer (no ZeRO): the checkpoint holds the optimizer's
+    fp32 master weights and moments, not only the 16-bit weights, so the run can be resumed."""
+    from minimt.parallel.checkpoint import read_checkpoint
+    assert main(["train", "--iters", "2", "--batch-size", "4", "--eval-iters", "1",
+                 "--dtype", "bf16", "--out", str(tmp_path)]) == 0
+    meta, weights, state = read_checkpoint(tmp_path)
+    assert meta["dtype"] == "bfloat16" and meta["optimizer_steps"] == 2
+    assert state is not None and state.keys() == weights.keys()
+    for name, tensor in weights.items():
+        assert state[name]["master"].dtype == torch.float32, name
+        assert state[name]["exp_avg"].shape == tensor.shape, name
+        assert torch.equal(state[name]["master"].to(torch.bfloat16), tensor), name

@@ -267,6 +267,28 @@ def test_zero_clips_the_mesh_wide_norm_and_unscales(tp, dp):
             assert torch.allclose(got, expected, atol=1e-6, rtol=0), name
 
 
+def _zero_and_mesh_norms(ctx):
+    """ZeRO-1's clipping norm and MeshGradients' norm of the same gradients (equal batches on
+    every replica, so the dp average is each replica's gradient), with one parameter marked as a
+    copy held elsewhere (pipeline_duplicate), which neither may count."""
+    from minimt.parallel.grads import MeshGradients
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    model[2].bias.pipeline_duplicate = True
+    opt = DistributedOptimizer(model, ctx, lr=LR, grad_clip=1e-3)
+    model(torch.randn(4, 6, generator=torch.Generator().manual_seed(1))).square().sum().backward()
+    mesh_norm = MeshGradients(ctx).get_grad_norm(model.parameters())
+    all_norm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item()
+    opt.step()
+    return opt.last_grad_norm, mesh_norm, all_norm
+
+
+def test_zero_counts_the_norm_by_the_meshs_one_rule():
+    for zero_norm, mesh_norm, all_norm in launch(_zero_and_mesh_norms, dp=2, timeout_s=30):
+        assert zero_norm == pytest.approx(mesh_norm, rel=1e-6)
+        assert mesh_norm < all_norm - 1e-3  # the marked copy really was left out
+
+
 def test_clear_errors_for_bad_settings():
     from minimt.parallel import ParallelContext
     ctx = ParallelContext()

@@ -6,10 +6,9 @@ import torch
 
 from minimt.config import GPTConfig
 from minimt.model import GPT
-from minimt.parallel import (CommCounter, DistributedDataParallel, DistributedOptimizer,
-                             all_reduce, build_mesh_model, bytes_per_step, full_state_dict, launch,
-                             pipeline_schedule, pipeline_step, rank_holdings,
-                             stage_numel, sync_tied_grads, unique_parameters)
+from minimt.parallel import (CommCounter, DistributedOptimizer, MeshModel, all_reduce,
+                             bytes_per_step, full_state_dict, launch, pipeline_step,
+                             rank_holdings, stage_numel, sync_tied_grads, unique_parameters)
 
 CONFIG = GPTConfig(vocab_size=40, block_size=8, n_layer=4, n_head=4, n_embd=16)
 GLOBAL_BATCH, MICROBATCHES, STEPS, LR = 8, 2, 3, 1e-3
@@ -42,10 +41,16 @@ def serial_run():
     return model, losses
 
 
+def mesh_share(ctx, **layout):
+    """This rank's share of GPT(CONFIG) (seed 0), cut as the Trainer cuts it (1F1B)."""
+    torch.manual_seed(0)
+    return MeshModel(GPT(CONFIG), ctx, GLOBAL_BATCH, num_microbatches=MICROBATCHES, **layout)
+
+
 def _mesh_run(ctx):
-    stages = build_mesh_model(CONFIG, ctx, seed=0)
+    share = mesh_share(ctx, zero=True)
+    stages, schedule = share.chunks, share.schedule
     opt = DistributedOptimizer(stages, ctx, lr=LR, weight_decay=0.1, decay_filter=decays)
-    schedule = pipeline_schedule("1f1b", ctx.pp_size, MICROBATCHES)
     losses, counters = [], []
     for step in range(STEPS):
         x, y = (t.chunk(ctx.dp_size)[ctx.dp_rank] for t in batch(step))
@@ -87,13 +92,12 @@ def test_3d_mesh_trains_like_the_serial_model():
 def _mesh_run_ddp(ctx):
     """The same run with DistributedDataParallel + torch.optim.AdamW: the schedule's backwards
     run under no_sync(), then one bucketed all-reduce of the accumulated gradients."""
-    stages = build_mesh_model(CONFIG, ctx, seed=0)
-    ddp = DistributedDataParallel(stages, ctx, bucket_size_mb=0.01)
+    share = mesh_share(ctx, bucket_size_mb=0.01)
+    stages, schedule, ddp = share.chunks, share.schedule, share.ddp
     params = unique_parameters(stages)
     opt = torch.optim.AdamW([{"params": [p for p in params if decays(p)]},
                              {"params": [p for p in params if not decays(p)], "weight_decay": 0.0}],
                             lr=LR, weight_decay=0.1, foreach=False)
-    schedule = pipeline_schedule("1f1b", ctx.pp_size, MICROBATCHES)
     losses = []
     for step in range(STEPS):
         x, y = (t.chunk(ctx.dp_size)[ctx.dp_rank] for t in batch(step))

@@ -256,3 +256,38 @@ def test_the_counter_sees_every_pipeline_message(kind, m, v):
     for rank, counted in enumerate(results):
         assert counted[("send", "backward")] == counted[("recv", "forward")] + tied, rank
         assert counted[("recv", "backward")] == counted[("send", "forward")] + tied, rank
+
+
+def _recompute_step(ctx, mode, kind):
+    """One step of a pipeline built from GPT(CONFIG, recompute=mode): loss, gradients, and the
+    bytes autograd saved for backward on this rank (the weights left out)."""
+    from minimt.memory import SavedTensorBytes
+    torch.manual_seed(0)
+    model = GPT(CONFIG, recompute=mode)
+    stages = [GPTStage(model, ctx.pp_rank, ctx.pp_size)]
+    idx, targets = batches(1)[0]
+    with SavedTensorBytes(exclude=model) as saved:
+        record = pipeline_step(stages, pipeline_schedule(kind, ctx.pp_size, 4), ctx, idx, targets)
+    sync_tied_grads(stages, ctx)
+    return record.loss, {n: p.grad for n, p in stages[0].named_parameters()}, saved.bytes
+
+
+@pytest.mark.parametrize("kind", ["gpipe", "1f1b"])
+def test_full_recompute_in_pipeline_stages_keeps_gradients_and_saves_less(kind):
+    """Stages run their blocks through GPT.run_block, so recompute="full" holds there too: the
+    same loss and gradients (1e-6), and each rank keeps only its blocks' inputs for backward."""
+    ref_losses, ref_grads, _ = serial_reference()
+    runs = {mode: launch(_recompute_step, mode, kind, pp=2, timeout_s=60)
+            for mode in ("none", "full")}
+    assert runs["full"][-1][0] == pytest.approx(runs["none"][-1][0], abs=1e-6)
+    assert runs["none"][-1][0] == pytest.approx(ref_losses[0], abs=1e-5)
+    for rank in range(2):
+        none_grads, full_grads = runs["none"][rank][1], runs["full"][rank][1]
+        assert none_grads.keys() == full_grads.keys()
+        for name, grad in none_grads.items():
+            torch.testing.assert_close(full_grads[name], grad, atol=1e-6, rtol=0,
+                                       msg=f"{kind} rank {rank} grad {name}")
+            torch.testing.assert_close(grad, ref_grads[TIED if name == "lm_head.weight" else name],
+                                       atol=1e-5, rtol=0, msg=f"{kind} rank {rank} grad {name}")
+        saved_none, saved_full = runs["none"][rank][2], runs["full"][rank][2]
+        assert 0 < saved_full < saved_none / 2, (kind, rank, saved_full, saved_none)

@@ -53,6 +53,17 @@ def test_schedule_values():
     assert TrainConfig(max_iters=2000).lr(1050) == pytest.approx(lr_at(1050, **kw))
 
 
+def test_the_config_and_the_schedule_have_their_own_files_and_stay_in_minimt_train():
+    """minimt.train keeps its public names; each is the one object of the module defining it."""
+    import minimt.lr_schedule
+    import minimt.train
+    import minimt.train_config
+    assert minimt.train.lr_at is minimt.lr_schedule.lr_at is lr_at
+    assert minimt.train.TrainConfig is minimt.train_config.TrainConfig is TrainConfig
+    assert minimt.train.AUTOCAST_DTYPES is minimt.train_config.AUTOCAST_DTYPES
+    assert all(hasattr(minimt.train, name) for name in minimt.train.__all__)
+
+
 def test_weight_decay_only_on_matrices():
     model = tiny_model()
     opt = configure_adamw(model, TrainConfig())

@@ -224,7 +224,7 @@ def _check_param_count_task() -> None:
 
 def _check_lr_task() -> None:
     """minimt.train.lr_at against torch's LinearLR (warm-up) and CosineAnnealingLR (decay)."""
-    lr_at = learner("minimt.train:lr_at")
+    lr_at = learner("minimt.lr_schedule:lr_at")
     cases = _lr_cases()
     for i, (it, peak, warmup, decay, low) in enumerate(cases):
         got = lr_at(it, peak, warmup, decay, low)
@@ -248,5 +248,5 @@ TASKS = [
     task("02.2", 2, "write param_count (the closed form of GPT(config).num_params())",
          "minimt.model:param_count", "notebook 02, section 3", _check_param_count_task),
     task("02.3", 2, "write lr_at (linear warm-up, then cosine decay to min_lr)",
-         "minimt.train:lr_at", "notebook 02, section 4", _check_lr_task),
+         "minimt.lr_schedule:lr_at", "notebook 02, section 4", _check_lr_task),
 ]

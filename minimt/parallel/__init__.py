@@ -45,6 +45,6 @@ from .data_parallel import DistributedDataParallel, unique_parameters
 from .zero import DistributedOptimizer
 from .checkpoint import (checkpoint_to_hf_gpt2_state_dict, full_state_dict, load_checkpoint,
                          load_serial_model, read_checkpoint, save_checkpoint)
-from .mesh import build_mesh_model, bytes_per_step, rank_holdings, stage_numel
+from .mesh import bytes_per_step, rank_holdings, stage_numel
 from .grads import MeshGradients
 from .layout import MeshModel, check_layout

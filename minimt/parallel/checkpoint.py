@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint_file import check_same_model_config, read_file
+from ..checkpoint_file import check_same_model_config, read_file, write_error
 from ..config import GPTConfig
 from ..model import GPT
 from .comm import all_gather, barrier
@@ -155,8 +155,11 @@ def save_checkpoint(directory, model, optimizer, ctx: ParallelContext, step: int
     root = Path(directory)
     final, tmp = root / f"iter_{step:07d}", root / f".tmp-iter_{step:07d}"
     if ctx.rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        except OSError as error:  # name the caller's folder, not the hidden temporary
+            raise write_error(error, directory, "give a folder you can write to") from None
     barrier(ctx)
     weights = full_state_dict(model, ctx, config)
     state, num_steps = ((None, 0) if optimizer is None

@@ -6,8 +6,9 @@ replicated parameter on TP rank 0 only (Megatron-LM's `param_is_not_tensor_paral
 a shard carries `tensor_model_parallel = True`). Pipeline stages hold different layers, so their
 sums add up over the PP group, except the last stage's copy of the tied embedding, marked
 `pipeline_duplicate = True`, which the first stage already counts. Data-parallel replicas hold
-equal gradients after their all-reduce and are not summed. An overflow anywhere must skip the
-step everywhere, so the found-inf flag is all-reduced with MAX over the world.
+equal gradients after their all-reduce and are not summed, unless ZeRO-1 shards them over the
+data-parallel group (`shard_grad_norm`). An overflow anywhere must skip the step everywhere, so the
+found-inf flag is all-reduced with MAX over the world.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Iterable
 import torch
 import torch.distributed as dist
 
-from ..clip_grads import grads_of, inf_flag, local_norm_power, scale_to_max_norm
+from ..clip_grads import clip_factor, grads_of, inf_flag, local_norm_power, scale_to_max_norm
 from .comm import all_reduce
 from .context import ParallelContext
 
@@ -53,6 +54,22 @@ class MeshGradients:
             all_reduce(total, self.ctx, group)
         return total.sqrt().item()
 
+    def shard_grad_norm(self, pieces: Iterable[torch.Tensor]) -> float:
+        """Global L2 norm of gradients that ZeRO-1 shards over dp as well: `pieces` are this rank's
+        slices of the gradients of the parameters that count in the norm (counts_in_norm), no
+        element held by two ranks, so the sums add up over the whole world."""
+        total = local_norm_power(pieces).to(self.ctx.device)  # a rank may hold no counted piece
+        return all_reduce(total, self.ctx, "world").sqrt().item()
+
+    def clip_shard(self, shard: torch.Tensor, pieces: Iterable[torch.Tensor],
+                   max_norm: float) -> float:
+        """Scale a ZeRO-1 gradient shard (in place) so that the global L2 norm of the counted
+        `pieces` (views of `shard`) is at most max_norm (torch's clip_grad_norm_ rule); returns
+        the norm before clipping."""
+        total_norm = self.shard_grad_norm(pieces)
+        shard.mul_(clip_factor(total_norm, max_norm))
+        return total_norm
+
     def clip_grad_norm(self, params: Iterable[torch.Tensor], max_norm: float) -> float:
         """Scale every rank's gradients by the same factor so that the global L2 norm is at most
         max_norm; returns the global norm before clipping."""
@@ -61,4 +78,9 @@ class MeshGradients:
 
     def found_inf(self, params: Iterable[torch.Tensor]) -> bool:
         """True on every rank if any rank's gradients hold inf or NaN."""
-        return bool(all_reduce(inf_flag(params), self.ctx, "world", op=dist.ReduceOp.MAX).item())
+        return self.any_rank(inf_flag(params))
+
+    def any_rank(self, flag: torch.Tensor) -> bool:
+        """A (1,) flag of this rank (1.0 = found inf/NaN), MAX-reduced over the world: True on
+        every rank if it is set on any."""
+        return bool(all_reduce(flag, self.ctx, "world", op=dist.ReduceOp.MAX).item())

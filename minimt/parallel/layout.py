@@ -20,7 +20,8 @@ from . import comm
 from .context import ParallelContext, divide
 from .data_parallel import DistributedDataParallel
 from .pipeline import SCHEDULES, pipeline_schedule
-from .pipeline_runtime import (GPTStage, pipeline_forward, pipeline_step, stage_parameters, sync_tied_grads, tied_weight)
+from .pipeline_runtime import (GPTStage, mark_tied_copy, pipeline_forward, pipeline_step,
+                               stage_parameters, sync_tied_grads)
 from .tensor import apply_tensor_parallel
 
 
@@ -86,8 +87,7 @@ class MeshModel:
             self.module = nn.ModuleList(self.stages)
             self.schedule = pipeline_schedule(schedule, ctx.pp_size, self.num_microbatches,
                                               num_chunks)
-            if ctx.is_last_stage:  # the first stage counts the tied weight in the norm
-                tied_weight(self.stages, ctx).pipeline_duplicate = True
+            mark_tied_copy(self.stages, ctx)  # the first stage counts the tie in the norm
         # ZeRO-1's optimizer averages the gradients itself; otherwise DDP does, in buckets
         self.ddp = (DistributedDataParallel(self.stages or model, ctx, bucket_size_mb)
                     if ctx.dp_size > 1 and not zero else None)

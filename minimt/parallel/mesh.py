@@ -2,33 +2,16 @@
 pipeline stage, stages chained by pipeline parallelism, the whole replicated by data parallelism
 (Smith et al. 2022, arXiv 2201.11990: 8-way tensor x 35-way pipeline x data parallel).
 
-`build_mesh_model` gives a rank its chunk(s); `rank_holdings` says which layers and which slice
-each rank holds (for the picture); `bytes_per_step` is the closed form of what one rank sends
+A rank's share of the model is `minimt.parallel.layout.MeshModel`'s (the Trainer's); here
+`rank_holdings` says which layers and which slice each rank holds (for the picture); `bytes_per_step` is the closed form of what one rank sends
 on each group per training step, checked against the CommCounter.
 """
 from __future__ import annotations
 
-import torch
-
 from ..config import GPTConfig
-from ..model import GPT
-from .context import ParallelContext, rank_coords
-from .pipeline_runtime import GPTStage, stage_layers
-from .tensor import apply_tensor_parallel, padded_vocab_size
-
-
-def build_mesh_model(config: GPTConfig, ctx: ParallelContext, seed: int = 0,
-                     num_chunks: int = 1) -> list[GPTStage]:
-    """This rank's pipeline chunk(s) of GPT(config) built with `seed`, tensor-parallel slices of
-    them when tp > 1: the same weights as the serial model, cut for (tp_rank, pp_rank)."""
-    torch.manual_seed(seed)
-    model = apply_tensor_parallel(GPT(config), ctx)
-    num_virtual = ctx.pp_size * num_chunks
-    stages = [GPTStage(model, c * ctx.pp_size + ctx.pp_rank, num_virtual)
-              for c in range(num_chunks)]
-    for stage in stages:
-        stage.config = config  # so a checkpoint can find it
-    return stages
+from .context import rank_coords
+from .pipeline_runtime import stage_layers
+from .tensor import padded_vocab_size
 
 
 def rank_holdings(config: GPTConfig, tp: int, pp: int, dp: int) -> list[dict]:

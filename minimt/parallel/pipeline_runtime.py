@@ -41,7 +41,8 @@ class GPTStage(nn.Module):
 
     Parameter names are the serial model's (transformer.h.3.attn..., lm_head.weight), so gradients
     can be compared name by name. The modules are shared with `model`, not copied, and the first
-    and last steps are GPT's own `embed` and `head`.
+    and last steps are GPT's own `embed` and `head`; blocks run through the model's `run_block`,
+    so its activation recomputation (`model.recompute`) holds in every stage.
     """
 
     embed, head = GPT.embed, GPT.head
@@ -60,6 +61,7 @@ class GPTStage(nn.Module):
             self.loss_fn = model.loss_fn
         self.transformer = nn.ModuleDict(parts)
         self.config = model.config  # a dataclass, not a module: what checkpoints record
+        self.run_block = model.run_block  # a bound method: follows model.recompute
         self.num_layers, self.n_embd = len(layers), model.config.n_embd
 
     def forward(self, x, targets=None):
@@ -72,7 +74,7 @@ class GPTStage(nn.Module):
             check_token_ids(targets, self.config.vocab_size, "targets", IGNORE_INDEX,
                             dtypes=(torch.long,))
         for block in self.transformer.h.values():
-            x = block(x)                                                            # (B, T, C)
+            x = self.run_block(block, x)                                            # (B, T, C)
         if not self.is_last:
             return x
         logits, loss = self.head(x, targets)                                        # (B, T, V)
@@ -286,6 +288,14 @@ def sync_tied_grads(stages, ctx) -> None:
 def tied_weight(stages, ctx) -> nn.Parameter:
     """This rank's copy of the tied embedding / output weight (first or last pipeline stage)."""
     return stages[0].transformer.wte.weight if ctx.is_first_stage else stages[-1].lm_head.weight
+
+
+def mark_tied_copy(stages, ctx) -> None:
+    """On the last pipeline stage (pp > 1), mark its copy of the tied weight
+    `pipeline_duplicate = True`: the first stage counts it in the gradient norm
+    (minimt.parallel.grads.counts_in_norm)."""
+    if ctx.pp_size > 1 and ctx.is_last_stage:
+        tied_weight(stages, ctx).pipeline_duplicate = True
 
 
 def timeline_from_records(records) -> Timeline:

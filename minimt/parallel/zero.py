@@ -15,13 +15,12 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn as nn
 
-import torch.distributed as dist
-
-from .comm import all_gather, all_reduce, reduce_scatter
+from .comm import all_gather, reduce_scatter
 from .context import ParallelContext
 from .data_parallel import unique_parameters
+from .grads import MeshGradients, counts_in_norm
+from .pipeline_runtime import mark_tied_copy
 
 SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 
@@ -82,9 +81,10 @@ class DistributedOptimizer:
         self.exp_avg_sq = torch.zeros(self.shard_size, device=ctx.device)  # Adam's v, fp32
         decays = decay_filter or (lambda p: True)
         self.decay_ranges = self._ranges(decays)
-        duplicates = _pipeline_duplicates(module, ctx)
-        self.norm_ranges = self._ranges(lambda p: id(p) not in duplicates and (
-            ctx.tp_rank == 0 or getattr(p, "tensor_model_parallel", False)))
+        self.grads = MeshGradients(ctx)  # the mesh's one norm and overflow rule
+        if isinstance(module, (list, tuple)):  # pipeline chunks: the first stage counts the tie
+            mark_tied_copy(module, ctx)
+        self.norm_ranges = self._ranges(lambda p: counts_in_norm(p, ctx))
 
     def _ranges(self, keep: Callable) -> list[tuple[int, int]]:
         """This rank's shard coordinates of the parameters for which keep(param) is true."""
@@ -123,19 +123,14 @@ class DistributedOptimizer:
         place; False (and the scaler told) when any rank found inf or NaN: skip the step."""
         if self.loss_scaler is not None:
             grad.mul_(1.0 / self.loss_scaler.scale)
-            flag = (~torch.isfinite(grad)).any().float().reshape(1)
-            all_reduce(flag, self.ctx, "world", op=dist.ReduceOp.MAX)
-            self.loss_scaler.update(bool(flag.item()))
-            if flag.item():
+            found = self.grads.any_rank((~torch.isfinite(grad)).any().float().reshape(1))
+            self.loss_scaler.update(found)
+            if found:
                 self.skipped_steps += 1
                 return False
         if self.grad_clip > 0:
-            square = sum((grad[lo:hi].double().pow(2).sum() for lo, hi in self.norm_ranges),
-                         torch.zeros((), dtype=torch.float64, device=grad.device)).reshape(1)
-            self.last_grad_norm = all_reduce(square, self.ctx, "world").sqrt().item()
-            coef = self.grad_clip / (self.last_grad_norm + 1e-6)  # torch's clip_grad_norm_ rule
-            if coef < 1.0:
-                grad.mul_(coef)
+            self.last_grad_norm = self.grads.clip_shard(
+                grad, [grad[lo:hi] for lo, hi in self.norm_ranges], self.grad_clip)
         return True
 
     @torch.no_grad()
@@ -172,12 +167,3 @@ class DistributedOptimizer:
         return {"master weights": owned(self.master), "exp_avg": owned(self.exp_avg),
                 "exp_avg_sq": owned(self.exp_avg_sq)}
 
-
-def _pipeline_duplicates(module, ctx: ParallelContext) -> set[int]:
-    """ids of the parameters counted on another stage: the last pipeline stage's copy of the
-    embedding tied to its output layer (pipeline chunks mark themselves is_first / is_last)."""
-    if ctx.pp_size == 1:
-        return set()
-    modules = module if isinstance(module, (list, tuple)) else [module]
-    return {id(m.lm_head.weight) for m in modules
-            if getattr(m, "is_last", False) and not getattr(m, "is_first", False)}
