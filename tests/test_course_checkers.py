@@ -10,18 +10,18 @@ import torch.nn.functional as F
 import minimt.course
 from minimt import attention, precision, sampling
 from minimt.exercises import ExerciseError, all_tasks
-from minimt.parallel import comm, pipeline, tensor
+from minimt.parallel import comm, mappings, pipeline, tensor
 
 TASKS = all_tasks()
 
 
 def column_with_g(self, x):  # g where f belongs
-    y = F.linear(comm.reduce_from_tensor_model_parallel_region(x, self.ctx), self.weight, self.bias)
-    return comm.gather_from_tensor_model_parallel_region(y, self.ctx) if self.gather_output else y
+    y = F.linear(mappings.reduce_from_tensor_model_parallel_region(x, self.ctx), self.weight, self.bias)
+    return mappings.gather_from_tensor_model_parallel_region(y, self.ctx) if self.gather_output else y
 
 
 def column_without_gather(self, x):  # gather_output ignored
-    return F.linear(comm.copy_to_tensor_model_parallel_region(x, self.ctx), self.weight, self.bias)
+    return F.linear(mappings.copy_to_tensor_model_parallel_region(x, self.ctx), self.weight, self.bias)
 
 
 def column_transposed(self, x):  # a wrong shape
@@ -30,18 +30,18 @@ def column_transposed(self, x):  # a wrong shape
 
 def row_bias_before_g(self, x):
     if not self.input_is_parallel:
-        x = comm.scatter_to_tensor_model_parallel_region(x, self.ctx)
-    return comm.reduce_from_tensor_model_parallel_region(F.linear(x, self.weight, self.bias), self.ctx)
+        x = mappings.scatter_to_tensor_model_parallel_region(x, self.ctx)
+    return mappings.reduce_from_tensor_model_parallel_region(F.linear(x, self.weight, self.bias), self.ctx)
 
 
 def row_without_g(self, x):  # the partial product returned: no all-reduce
     if not self.input_is_parallel:
-        x = comm.scatter_to_tensor_model_parallel_region(x, self.ctx)
+        x = mappings.scatter_to_tensor_model_parallel_region(x, self.ctx)
     return F.linear(x, self.weight) + self.bias
 
 
 def row_without_scatter(self, x):
-    y = comm.reduce_from_tensor_model_parallel_region(F.linear(x, self.weight), self.ctx)
+    y = mappings.reduce_from_tensor_model_parallel_region(F.linear(x, self.weight), self.ctx)
     return y + self.bias
 
 
@@ -110,7 +110,7 @@ def test_f_swapped_for_g_is_named(monkeypatch):
         @staticmethod
         def backward(ctx, grad):
             return grad, None
-    monkeypatch.setattr(comm, "_CopyToTensorModelParallelRegion", Swapped)
+    monkeypatch.setattr(mappings, "_CopyToTensorModelParallelRegion", Swapped)
     with pytest.raises(ExerciseError, match="summing over ranks is g's forward"):
         minimt.course.check("03.1")
 
@@ -154,9 +154,9 @@ def test_an_exception_in_the_learners_code_names_the_line_not_the_checker(monkey
 
 
 @pytest.mark.parametrize("wrong, message", [
-    (lambda x, w, b, ctx, gather: F.linear(comm.reduce_from_tensor_model_parallel_region(x, ctx), w, b),
+    (lambda x, w, b, ctx, gather: F.linear(mappings.reduce_from_tensor_model_parallel_region(x, ctx), w, b),
      "g instead of f"),
-    (lambda x, w, b, ctx, gather: F.linear(comm.copy_to_tensor_model_parallel_region(x, ctx), w, b),
+    (lambda x, w, b, ctx, gather: F.linear(mappings.copy_to_tensor_model_parallel_region(x, ctx), w, b),
      r"gather_output=True\), rank 0: output: shape \(2, 3, 6\), expected \(2, 3, 12\). Hint: "
      r"gather_output=True asks"),
 ], ids=["g-for-f", "gather-ignored"])

@@ -47,7 +47,8 @@ def _close(a, b, atol=1e-5) -> bool:
 
 def _f_rank(ctx):
     """f = copy_to_tensor_model_parallel_region on one rank: value, gradient, communication."""
-    from ..parallel.comm import CommCounter, copy_to_tensor_model_parallel_region
+    from ..parallel.comm import CommCounter
+    from ..parallel.mappings import copy_to_tensor_model_parallel_region
     torch.manual_seed(0)
     x = torch.randn(2, 3, 4)                                           # (B, T, C), same everywhere
     upstream = [torch.randn(2, 3, 4) for _ in range(ctx.tp_size)]      # each rank's dL/dy
@@ -92,7 +93,8 @@ def _check_f_task() -> None:
 
 def _g_rank(ctx):
     """g = reduce_from_tensor_model_parallel_region on one rank: value, gradient, communication."""
-    from ..parallel.comm import CommCounter, reduce_from_tensor_model_parallel_region
+    from ..parallel.comm import CommCounter
+    from ..parallel.mappings import reduce_from_tensor_model_parallel_region
     torch.manual_seed(0)
     xs = [torch.randn(2, 3, 4) for _ in range(ctx.tp_size)]            # each rank's partial sum
     upstream = torch.randn(2, 3, 4)                                    # dL/dy, same everywhere
@@ -377,9 +379,9 @@ def _check_ce_backward_task() -> None:
 
 TASKS = [
     task("03.1", 2, "write f, _CopyToTensorModelParallelRegion (identity forward, all-reduce backward)",
-         "minimt.parallel.comm:_CopyToTensorModelParallelRegion", "notebook 03, section 2", _check_f_task),
+         "minimt.parallel.mappings:_CopyToTensorModelParallelRegion", "notebook 03, section 2", _check_f_task),
     task("03.2", 2, "write g, _ReduceFromTensorModelParallelRegion (all-reduce forward, identity backward)",
-         "minimt.parallel.comm:_ReduceFromTensorModelParallelRegion", "notebook 03, section 2",
+         "minimt.parallel.mappings:_ReduceFromTensorModelParallelRegion", "notebook 03, section 2",
          _check_g_task),
     task("03.3", 3, "write ColumnParallelLinear.forward", "minimt.parallel.tensor:ColumnParallelLinear.forward",
          "notebook 03, section 3", _check_column_task),

@@ -1,5 +1,6 @@
 """minimt.parallel: processes and process groups (launch, ParallelContext), the communication
-primitives (comm, and the ring algorithm in ring), Megatron's tensor-parallel layers (tensor,
+primitives (comm, and the ring algorithm in ring), Megatron's autograd mappings f and g
+(mappings), its tensor-parallel layers (tensor,
 cross_entropy), pipeline schedules with their runtime (pipeline, pipeline_runtime), data
 parallelism and ZeRO-1 (data_parallel, zero), checkpoints that change layout (checkpoint), and a
 rank's share of the model on the mesh with mesh-wide gradient checks (layout, grads)."""
@@ -11,23 +12,23 @@ from .comm import (
     all_reduce_async,
     barrier,
     broadcast,
-    copy_to_tensor_model_parallel_region,
     exchange,
-    gather_from_tensor_model_parallel_region,
     isend,
     recv,
     recv_backward,
     recv_forward,
-    reduce_from_tensor_model_parallel_region,
     reduce_scatter,
     ring_bytes_per_rank,
-    scatter_to_tensor_model_parallel_region,
     send,
     send_backward,
     send_backward_recv_forward,
     send_forward,
     send_forward_recv_backward,
 )
+from .mappings import (copy_to_tensor_model_parallel_region,
+                       gather_from_tensor_model_parallel_region,
+                       reduce_from_tensor_model_parallel_region,
+                       scatter_to_tensor_model_parallel_region)
 from .context import ParallelContext, divide, ensure_divisibility, mesh_ranks, rank_coords
 from .launch import LaunchTimeout, RankError, launch
 from .pipeline import (SCHEDULES, Action, ScheduleDeadlockError, ScheduleError, Timeline,

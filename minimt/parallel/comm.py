@@ -1,11 +1,8 @@
 """Communication for model parallelism, all counted.
 
-- Megatron-LM's four autograd primitives for tensor parallelism (Shoeybi et al. 2019,
-  arXiv 1909.08053, section 3): `copy_to_...` is their f (identity forward, all-reduce backward),
-  `reduce_from_...` is g (all-reduce forward, identity backward), plus gather/scatter along the
-  last dimension. Each takes the ParallelContext and is the identity when tp_size == 1.
-- Plain collectives (`all_reduce`, `all_gather`, `reduce_scatter`, `broadcast`) for code outside
-  autograd (gradient sync, ZeRO's sharded optimizer, the max of a vocab-parallel cross entropy);
+- Plain collectives (`all_reduce`, `all_gather`, `reduce_scatter`, `reduce_scatter_along`,
+  `broadcast`): gradient sync, ZeRO's sharded optimizer, the max of a vocab-parallel cross
+  entropy, and the autograd mappings f, g, ... of tensor and sequence parallelism (mappings.py);
   `ring_bytes_per_rank` says how many bytes each rank sends for one of them in the ring algorithm.
 - Point-to-point ops between pipeline stages (`send_forward`, `recv_forward`, ...).
 - `CommCounter`: every op above that communicates is recorded in every active counter of this
@@ -185,109 +182,8 @@ def all_gather(tensor: torch.Tensor, ctx: ParallelContext, group: str, dim: int 
     return torch.cat(parts, dim=dim)  # (..., size * n) for dim=-1
 
 
-def _fresh(x: torch.Tensor) -> torch.Tensor:
-    """A contiguous copy: collectives work in place and need dense memory."""
-    return x.clone(memory_format=torch.contiguous_format)
-
-
-def _split_last_dim(x: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:
-    """This tp rank's slice of the last dimension (no communication)."""
-    width = divide(x.size(-1), ctx.tp_size, "last dimension", "tensor-parallel size")
-    return _fresh(x.narrow(-1, ctx.tp_rank * width, width))  # (..., n / tp)
-
-
-# ---------------------------------------------------------------------------- autograd primitives
-# `ctx` is autograd's context object inside the Functions; `pctx` is the ParallelContext.
-class _CopyToTensorModelParallelRegion(torch.autograd.Function):
-    """f: identity forward, all-reduce of the gradient backward."""
-
-    @staticmethod
-    def forward(ctx, x, pctx):
-        ### BEGIN SOLUTION
-        ctx.pctx = pctx
-        return x
-        ### END SOLUTION
-
-    @staticmethod
-    def backward(ctx, grad):
-        ### BEGIN SOLUTION
-        return all_reduce(_fresh(grad), ctx.pctx, "tp", phase="backward"), None
-        ### END SOLUTION
-
-
-class _ReduceFromTensorModelParallelRegion(torch.autograd.Function):
-    """g: all-reduce forward, identity backward."""
-
-    @staticmethod
-    def forward(ctx, x, pctx):
-        ### BEGIN SOLUTION
-        return all_reduce(_fresh(x), pctx, "tp", phase="forward")
-        ### END SOLUTION
-
-    @staticmethod
-    def backward(ctx, grad):
-        ### BEGIN SOLUTION
-        return grad, None
-        ### END SOLUTION
-
-
-class _GatherFromTensorModelParallelRegion(torch.autograd.Function):
-    """All-gather along the last dimension forward, keep this rank's slice backward."""
-
-    @staticmethod
-    def forward(ctx, x, pctx):
-        ctx.pctx = pctx
-        return all_gather(x, pctx, "tp", dim=-1, phase="forward")
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _split_last_dim(grad, ctx.pctx), None
-
-
-class _ScatterToTensorModelParallelRegion(torch.autograd.Function):
-    """Keep this rank's slice of the last dimension forward, all-gather backward."""
-
-    @staticmethod
-    def forward(ctx, x, pctx):
-        ctx.pctx = pctx
-        return _split_last_dim(x, pctx)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return all_gather(grad, ctx.pctx, "tp", dim=-1, phase="backward"), None
-
-
-def copy_to_tensor_model_parallel_region(x: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:
-    """f: y = x; dL/dx = sum over tp ranks of dL/dy. Put before a column-parallel layer."""
-    return x if ctx.tp_size == 1 else _CopyToTensorModelParallelRegion.apply(x, ctx)
-
-
-def reduce_from_tensor_model_parallel_region(x: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:
-    """g: y = sum over tp ranks of x; dL/dx = dL/dy. Put after a row-parallel layer."""
-    return x if ctx.tp_size == 1 else _ReduceFromTensorModelParallelRegion.apply(x, ctx)
-
-
-def gather_from_tensor_model_parallel_region(x: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:
-    """(..., n/tp) -> (..., n): concatenate the tp shards; backward keeps this rank's slice."""
-    return x if ctx.tp_size == 1 else _GatherFromTensorModelParallelRegion.apply(x, ctx)
-
-
-def scatter_to_tensor_model_parallel_region(x: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:
-    """(..., n) -> (..., n/tp): this rank's slice; backward all-gathers the gradient."""
-    return x if ctx.tp_size == 1 else _ScatterToTensorModelParallelRegion.apply(x, ctx)
-
-
-# ---------------------------------------------------------------------------- sequence parallelism
-# Korthikanti et al. 2022 (arXiv 2205.05198), section 4.2.2: outside the tensor-parallel regions
-# (LayerNorms, dropout, residual adds) each tp rank holds s/t of the tokens. g (all-reduce) becomes
-# a reduce-scatter along the sequence and f (identity) an all-gather, so a ring moves the same
-# bytes: an all-reduce of N bytes sends 2(t-1)/t N per rank, an all-gather plus a reduce-scatter
-# (t-1)/t N each. Megatron's layout is (s, b, h); minimt's is (B, T, C): the sequence is dim 1.
-SEQUENCE_DIM = 1
-
-
-def _reduce_scatter_sequence(tensor: torch.Tensor, ctx: ParallelContext, group: str, dim: int,
-                             phase: str | None = None) -> torch.Tensor:
+def reduce_scatter_along(tensor: torch.Tensor, ctx: ParallelContext, group: str, dim: int,
+                         phase: str | None = None) -> torch.Tensor:
     """Sum `tensor` over the group and keep this rank's 1/size slice of `dim` (a new tensor),
     recorded as "reduce_scatter" with the elements of the whole tensor, like an all-reduce."""
     size = ctx.size(group)
@@ -300,45 +196,6 @@ def _reduce_scatter_sequence(tensor: torch.Tensor, ctx: ParallelContext, group: 
     _record("reduce_scatter", group, tensor, phase)
     dist.reduce_scatter(out, parts, group=ctx.group(group))
     return out                                                        # (..., n / size, ...)
-
-
-class _GatherFromSequenceParallelRegion(torch.autograd.Function):
-    """All-gather the sequence forward (B, T/t, C) -> (B, T, C); reduce-scatter the gradient."""
-
-    @staticmethod
-    def forward(ctx, x, pctx):
-        ctx.pctx = pctx
-        return all_gather(x, pctx, "tp", dim=SEQUENCE_DIM, phase="forward")
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _reduce_scatter_sequence(grad, ctx.pctx, "tp", SEQUENCE_DIM, phase="backward"), None
-
-
-class _ReduceScatterToSequenceParallelRegion(torch.autograd.Function):
-    """Reduce-scatter partial sums forward (B, T, C) -> (B, T/t, C); all-gather the gradient."""
-
-    @staticmethod
-    def forward(ctx, x, pctx):
-        ctx.pctx = pctx
-        return _reduce_scatter_sequence(x, pctx, "tp", SEQUENCE_DIM, phase="forward")
-
-    @staticmethod
-    def backward(ctx, grad):
-        return all_gather(grad, ctx.pctx, "tp", dim=SEQUENCE_DIM, phase="backward"), None
-
-
-def gather_from_sequence_parallel_region(x: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:
-    """(B, T/t, C) -> (B, T, C) before a column-parallel layer (replaces f under sequence
-    parallelism); backward reduce-scatters the gradient."""
-    return x if ctx.tp_size == 1 else _GatherFromSequenceParallelRegion.apply(x, ctx)
-
-
-def reduce_scatter_to_sequence_parallel_region(x: torch.Tensor,
-                                               ctx: ParallelContext) -> torch.Tensor:
-    """Partial (B, T, C) -> summed (B, T/t, C) after a row-parallel layer (replaces g under
-    sequence parallelism); backward all-gathers the gradient."""
-    return x if ctx.tp_size == 1 else _ReduceScatterToSequenceParallelRegion.apply(x, ctx)
 
 
 def ring_bytes_of_records(records, group_size: int) -> float:

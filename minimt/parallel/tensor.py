@@ -24,11 +24,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..model import GPT
-from .comm import (SEQUENCE_DIM, all_reduce, copy_to_tensor_model_parallel_region,
-                   gather_from_sequence_parallel_region, gather_from_tensor_model_parallel_region,
-                   reduce_from_tensor_model_parallel_region,
-                   reduce_scatter_to_sequence_parallel_region,
-                   scatter_to_tensor_model_parallel_region)
+from .comm import all_reduce
+from .mappings import (SEQUENCE_DIM, copy_to_tensor_model_parallel_region,
+                       gather_from_sequence_parallel_region,
+                       gather_from_tensor_model_parallel_region,
+                       reduce_from_tensor_model_parallel_region,
+                       reduce_scatter_to_sequence_parallel_region,
+                       scatter_to_tensor_model_parallel_region)
 from .context import ParallelContext, divide
 from .cross_entropy import vocab_parallel_cross_entropy
 
