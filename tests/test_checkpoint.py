@@ -14,19 +14,15 @@ from minimt.parallel import (DistributedOptimizer, MeshModel, ParallelContext,
                              load_checkpoint, load_serial_model, read_checkpoint, save_checkpoint,
                              unique_parameters)
 
+from helpers import decays, reference_adamw, token_batch
+
 CONFIG = GPTConfig(vocab_size=40, block_size=8, n_layer=4, n_head=4, n_embd=16, bias=True,
                    gelu_approximate="tanh")
 GLOBAL_BATCH, LR = 8, 1e-3
 
 
 def batch(step):
-    g = torch.Generator().manual_seed(100 + step)
-    x = torch.randint(0, CONFIG.vocab_size, (GLOBAL_BATCH, CONFIG.block_size), generator=g)
-    return x, torch.roll(x, -1, dims=1)
-
-
-def decays(p):
-    return p.dim() >= 2
+    return token_batch(step, CONFIG, GLOBAL_BATCH)
 
 
 def mesh_share(ctx, seed=0, **layout):
@@ -76,10 +72,7 @@ def serial_from(load_dir, first_step, last_step):
     """The serial model with torch.optim.AdamW, resumed from a checkpoint of any layout."""
     torch.manual_seed(1)
     model = GPT(CONFIG)
-    params = list(model.parameters())
-    opt = torch.optim.AdamW([{"params": [p for p in params if decays(p)]},
-                             {"params": [p for p in params if not decays(p)], "weight_decay": 0.0}],
-                            lr=LR, weight_decay=0.1, foreach=False)
+    opt = reference_adamw(model.parameters(), LR)
     load_checkpoint(load_dir, model, opt, ParallelContext())
     loaded_weights = {n: p.detach().clone() for n, p in model.named_parameters()}
     loaded_state = {n: {k: v.clone() for k, v in opt.state[p].items()}
@@ -205,10 +198,7 @@ def test_an_unfinished_save_leaves_the_last_checkpoint(saved, tmp_path):
 def _train_ddp(ctx, steps, save_dir):
     """The same two steps with DDP + torch.optim.AdamW (no ZeRO), then a checkpoint."""
     share = mesh_share(ctx)
-    params = unique_parameters(share.chunks)
-    opt = torch.optim.AdamW([{"params": [p for p in params if decays(p)]},
-                             {"params": [p for p in params if not decays(p)], "weight_decay": 0.0}],
-                            lr=LR, weight_decay=0.1, foreach=False)
+    opt = reference_adamw(unique_parameters(share.chunks), LR)
     train_steps(share, opt, range(steps))
     save_checkpoint(save_dir, share.ddp, opt, ctx, step=steps, extra={"note": "resume here"})
 

@@ -10,6 +10,8 @@ from minimt.model import GPT
 from minimt.parallel import (CommCounter, DistributedDataParallel, DistributedOptimizer,
                              apply_tensor_parallel, launch)
 
+from helpers import decays, reference_adamw, token_batch
+
 # No biases: the key projection's bias has a zero gradient in exact arithmetic (softmax ignores a
 # constant added to every score), so Adam would turn float noise into +-lr steps and no two
 # summation orders (serial vs averaged over ranks) could agree on it to 1e-6.
@@ -21,9 +23,7 @@ GLOBAL_BATCH, STEPS, LR = 8, 3, 1e-3
 
 def batch(step, size=GLOBAL_BATCH):
     """The global batch of `step`: the same numbers in every process."""
-    g = torch.Generator().manual_seed(100 + step)
-    x = torch.randint(0, CONFIG.vocab_size, (size, CONFIG.block_size), generator=g)
-    return x, torch.roll(x, -1, dims=1)
+    return token_batch(step, CONFIG, size)
 
 
 def local(tensor, ctx):
@@ -31,18 +31,11 @@ def local(tensor, ctx):
     return tensor.chunk(ctx.dp_size)[ctx.dp_rank]
 
 
-def decays(p):
-    return p.dim() >= 2
-
-
 def serial_adamw(steps=STEPS, dtype=torch.float32):
     """The reference: one GPT on the global batch, torch.optim.AdamW (decay on >= 2-D weights)."""
     torch.manual_seed(0)
     model = GPT(CONFIG)
-    params = list(model.parameters())
-    opt = torch.optim.AdamW([{"params": [p for p in params if decays(p)]},
-                             {"params": [p for p in params if not decays(p)], "weight_decay": 0.0}],
-                            lr=LR, weight_decay=0.1, foreach=False)
+    opt = reference_adamw(model.parameters(), LR)
     losses = []
     for step in range(steps):
         x, y = batch(step)
@@ -58,10 +51,7 @@ def _ddp_run(ctx, bucket_size_mb, accumulate):
     torch.manual_seed(0)
     model = GPT(CONFIG)
     ddp = DistributedDataParallel(model, ctx, bucket_size_mb=bucket_size_mb)
-    params = list(model.parameters())
-    opt = torch.optim.AdamW([{"params": [p for p in params if decays(p)]},
-                             {"params": [p for p in params if not decays(p)], "weight_decay": 0.0}],
-                            lr=LR, weight_decay=0.1, foreach=False)
+    opt = reference_adamw(model.parameters(), LR)
     counter = CommCounter()
     with counter:
         for step in range(STEPS):
@@ -217,10 +207,7 @@ def serial_clipped(max_norm, steps=STEPS):
     """The serial reference with torch's clip_grad_norm_ before each AdamW step."""
     torch.manual_seed(0)
     model = GPT(CONFIG)
-    params = list(model.parameters())
-    opt = torch.optim.AdamW([{"params": [p for p in params if decays(p)]},
-                             {"params": [p for p in params if not decays(p)], "weight_decay": 0.0}],
-                            lr=LR, weight_decay=0.1, foreach=False)
+    opt = reference_adamw(model.parameters(), LR)
     norms = []
     for step in range(steps):
         model(*batch(step))[1].backward()

@@ -10,27 +10,20 @@ from minimt.parallel import (CommCounter, DistributedOptimizer, MeshModel, all_r
                              bytes_per_step, full_state_dict, launch, pipeline_step,
                              rank_holdings, stage_numel, sync_tied_grads, unique_parameters)
 
+from helpers import decays, reference_adamw, token_batch
+
 CONFIG = GPTConfig(vocab_size=40, block_size=8, n_layer=4, n_head=4, n_embd=16)
 GLOBAL_BATCH, MICROBATCHES, STEPS, LR = 8, 2, 3, 1e-3
 
 
 def batch(step):
-    g = torch.Generator().manual_seed(100 + step)
-    x = torch.randint(0, CONFIG.vocab_size, (GLOBAL_BATCH, CONFIG.block_size), generator=g)
-    return x, torch.roll(x, -1, dims=1)
-
-
-def decays(p):
-    return p.dim() >= 2
+    return token_batch(step, CONFIG, GLOBAL_BATCH)
 
 
 def serial_run():
     torch.manual_seed(0)
     model = GPT(CONFIG)
-    params = list(model.parameters())
-    opt = torch.optim.AdamW([{"params": [p for p in params if decays(p)]},
-                             {"params": [p for p in params if not decays(p)], "weight_decay": 0.0}],
-                            lr=LR, weight_decay=0.1, foreach=False)
+    opt = reference_adamw(model.parameters(), LR)
     losses = []
     for step in range(STEPS):
         _, loss = model(*batch(step))
@@ -94,10 +87,7 @@ def _mesh_run_ddp(ctx):
     run under no_sync(), then one bucketed all-reduce of the accumulated gradients."""
     share = mesh_share(ctx, bucket_size_mb=0.01)
     stages, schedule, ddp = share.chunks, share.schedule, share.ddp
-    params = unique_parameters(stages)
-    opt = torch.optim.AdamW([{"params": [p for p in params if decays(p)]},
-                             {"params": [p for p in params if not decays(p)], "weight_decay": 0.0}],
-                            lr=LR, weight_decay=0.1, foreach=False)
+    opt = reference_adamw(unique_parameters(stages), LR)
     losses = []
     for step in range(STEPS):
         x, y = (t.chunk(ctx.dp_size)[ctx.dp_rank] for t in batch(step))

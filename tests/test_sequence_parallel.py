@@ -11,16 +11,14 @@ from minimt.parallel import CommCounter, launch
 from minimt.parallel.comm import ring_bytes_of_records
 from minimt.parallel.tensor import apply_tensor_parallel, gather_vocab_parallel_logits
 
+from helpers import batch_with_ignored_targets
+
 CONFIG = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32, bias=True)
 B, T = 3, 16
 
 
 def _batch():
-    g = torch.Generator().manual_seed(1)
-    idx = torch.randint(0, CONFIG.vocab_size, (B, T), generator=g)
-    targets = torch.randint(0, CONFIG.vocab_size, (B, T), generator=g)
-    targets[0, :5] = -100
-    return idx, targets
+    return batch_with_ignored_targets(CONFIG, B, T)
 
 
 def _compare(ctx, recompute):

@@ -9,17 +9,15 @@ from minimt import GPT, GPTConfig
 from minimt.parallel import CommCounter, ParallelContext, launch
 from minimt.parallel.tensor import apply_tensor_parallel, gather_vocab_parallel_logits
 
+from helpers import batch_with_ignored_targets
+
 # vocab 50 is padded to 52 for tp=4; biases on, to check replicated and sharded biases
 CONFIG = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32, bias=True)
 B, T = 3, 16
 
 
 def _batch():
-    g = torch.Generator().manual_seed(1)
-    idx = torch.randint(0, CONFIG.vocab_size, (B, T), generator=g)
-    targets = torch.randint(0, CONFIG.vocab_size, (B, T), generator=g)
-    targets[0, :5] = -100  # ignored positions count in neither loss
-    return idx, targets
+    return batch_with_ignored_targets(CONFIG, B, T)
 
 
 def _sharded_like(serial, tensors, ctx):
