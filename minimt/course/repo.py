@@ -17,6 +17,20 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+def course_root(root: Path, command: str) -> Path:
+    """`root` when it is a checkout of the course (its minimt/ package beside notebooks/ and
+    README.md), else a SystemExit saying so: the course tools read and copy a repository, never
+    an installed package's folder (from site-packages that would be everything installed)."""
+    root = Path(root)
+    missing = [name for name in ("minimt/exercises", "notebooks", "README.md")
+               if not (root / name).exists()]
+    if missing:
+        raise SystemExit(f"{command}: {root} is not a checkout of the course (it has no "
+                         f"{', '.join(missing)}); run it from a clone of the course repository "
+                         f"(git clone, then `pip install -e .` there), not from an installed package")
+    return root
+
+
 def repo_files(root: Path) -> list[str]:
     """Relative paths of the repository's files: git's view (tracked + untracked, not ignored)
     when it is a git repository, else every file outside caches and virtual environments."""
