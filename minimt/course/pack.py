@@ -30,7 +30,9 @@ def write_pack(path: Path, task_ids: list[str] | None = None, root: Path | None 
             raise SystemExit(f"task {task.id} is still a stub here: write packs from the "
                              f"instructor's repository")
         pack["tasks"][task.id] = {"file": task_file(task), "regions": found}
-    Path(path).write_text(json.dumps(pack, indent=1) + "\n", encoding="utf-8")
+    partial = Path(path).with_name(Path(path).name + ".partial")  # never a half-written pack
+    partial.write_text(json.dumps(pack, indent=1) + "\n", encoding="utf-8")
+    partial.replace(path)
     return pack
 
 
