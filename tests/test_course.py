@@ -214,6 +214,14 @@ def test_the_readme_lists_every_task_with_its_points_and_section():
             f"| {task.section} |"), f"README's task table: {task.id}"
 
 
+def test_the_readmes_grade_example_has_the_courses_max_points():
+    readme = (ROOT / "README.md").read_text()
+    examples = re.findall(r'"max_points": (\d+)', readme)
+    total = sum(t.points for t in TASKS)
+    assert examples == [str(total)], f"README's grade example says max_points {examples}; the " \
+                                     f"tasks' points sum to {total}: write {total} there"
+
+
 def test_a_notebook_names_the_earlier_task_it_needs(student_copy):
     minimt.course.require("02.1", "03.4")  # written here
     env = {**os.environ, "PYTHONPATH": str(student_copy)}

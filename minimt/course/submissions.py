@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from . import regions
-from .grade import chosen_tasks, copy_repository, print_row, run_task_isolated
+from .grade import chosen_tasks, copy_repository, preload, print_row, run_task_isolated
 from .repo import course_root, repo_root, task_file, task_of_region
 
 COLUMNS = ["learner", "task", "points", "max_points", "first_failure"]
@@ -103,6 +103,7 @@ def grade_many(folder: Path, out: Path | None, task_ids: list[str] | None = None
                          f"in a folder of its own (named after the learner)")
     root = course_root(repo_root(), "grade --many")
     tasks = chosen_tasks(task_ids)
+    preload()
     print(f"{'learner':<7}{'points':>8}  first failure")
     rows = [row for submission in submissions
             for row in grade_learner(submission, root, tasks, timeout_s)]
