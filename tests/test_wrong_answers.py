@@ -7,7 +7,9 @@ it (minimt.course.grade.run_task), in a separate process: the task must fail, an
 must contain the entry's `hint` when one is given. Two worker processes (one per core) import
 torch once and fork a fresh child per wrong answer, which imports the mutated package anew.
 
-`python tests/test_wrong_answers.py [TASK ...]` prints every entry's outcome and the kill rate.
+An entry marked slow=True hangs until its check's launch timeout (a deadlock): the test leaves
+it out; `python tests/test_wrong_answers.py --slow [TASK ...]` prints every entry's outcome and
+the kill rate, slow ones included.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CATALOGUE = ROOT / "tests" / "wrong_answers"
 WORKERS = 2                # one per core of the CI machine
 CHILD_TIMEOUT_S = 90       # a check that hangs fails in grade too; this only bounds the test
-PRELOAD = ("torch", "numpy", "einops", "transformers")  # imported once per worker, before forking
+# imported once per worker, before forking (torch._dynamo: the optimizers' first step imports it)
+PRELOAD = ("torch", "torch._dynamo", "torch.distributed", "numpy", "einops", "transformers")
 
 
 def catalogue() -> list[dict]:
@@ -135,6 +138,8 @@ def worker(jobs: list[dict]) -> list[dict]:
             __import__(name)
         except ImportError:
             pass
+    import torch
+    torch.set_num_threads(1)  # before any op: a forked child of a multi-threaded parent can hang
     import compileall
     with tempfile.TemporaryDirectory(prefix="minimt_wrong_") as tmp:
         copy = Path(tmp)
@@ -157,12 +162,15 @@ def worker(jobs: list[dict]) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- running them all
-def run_catalogue(task_ids: list[str] | None = None) -> list[dict]:
-    """Every entry (or those of `task_ids`) with its outcome: passed, message, killed, hint_ok."""
+def run_catalogue(task_ids: list[str] | None = None, slow: bool = False) -> list[dict]:
+    """Every entry (or those of `task_ids`; slow ones only when `slow`) with its outcome:
+    passed, message, killed, hint_ok."""
     from minimt.exercises import all_tasks
     tasks = {t.id: t for t in all_tasks()}
-    entries = [e for e in catalogue() if not task_ids or e["task"] in task_ids]
+    entries = [e for e in catalogue() if (not task_ids or e["task"] in task_ids)
+               and (slow or not e.get("slow"))]
     jobs = []
+    entries.sort(key=lambda e: bool(e.get("slow")))  # the slow ones last, spread over workers
     for index, entry in enumerate(entries):
         rel, text = mutated(entry, tasks)
         jobs.append({"index": index, "task": entry["task"], "path": rel, "text": text})
@@ -194,7 +202,7 @@ def test_catalogue_covers_every_task():
         count = sum(e["task"] == task_id for e in entries)
         assert count >= (5 if task.points >= 3 else 3), f"task {task_id}: {count} wrong answers"
     for entry in entries:
-        assert set(entry) <= {"task", "mistake", "old", "new", "hint", "source"}, entry
+        assert set(entry) <= {"task", "mistake", "old", "new", "hint", "slow", "source"}, entry
         assert entry["old"] != entry["new"] and entry["mistake"], entry
         mutated(entry, tasks)  # raises unless `old` is once inside the task's regions
     for path in CATALOGUE.glob("wa_*.py"):
@@ -218,7 +226,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps(results))
         return 0
     start = time.perf_counter()
-    entries = run_catalogue(argv or None)
+    slow = "--slow" in argv
+    entries = run_catalogue([a for a in argv if a != "--slow"] or None, slow)
     for e in entries:
         status = ("KILLED" if e["killed"] else "ESCAPED") + ("" if e["hint_ok"] else " (no hint)")
         print(f"{e['task']:<6}{status:<18}{e['seconds']:6.1f}s  {e['mistake']}")
