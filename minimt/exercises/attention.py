@@ -144,46 +144,137 @@ def _check_causal_mask_task() -> None:
         expected = _tril(t_q, kv, kv - t_q)
         if not torch.equal(got, expected):
             hint = _mask_hint(got, [
-                (_tril(t_q, kv, kv - t_q).logical_not() | torch.eye(t_q, kv, dtype=torch.bool),
-                 "the upper triangle lets a query see the future: keep keys j <= i"),
-                (_tril(t_q, kv, kv - t_q - 1), "the diagonal must be True: a token sees itself"),
                 (_tril(t_q, kv), "with kv_len > seq_len the queries are the LAST seq_len positions: "
                  "query i sits at position kv_len - seq_len + i"),
+                (~_tril(t_q, kv, kv - t_q - 1), "True above the diagonal lets a query see the "
+                 "future: keep keys j <= the query's position (compare with <=, not >=)"),
+                (_tril(t_q, kv, kv - t_q - 1), "the diagonal must be True: a token sees itself"),
                 (torch.ones(t_q, kv, dtype=torch.bool), "nothing is masked: hide key j from query "
-                 "i when j is after i")]) or "query i (at position kv_len - seq_len + i) sees keys j <= its position"
+                 "i when j is after i")]) or ("query i (at position kv_len - seq_len + i) sees keys "
+                                              "j <= its position")
             raise ExerciseError(f"{name}: got\n{got.int()}\nexpected\n{expected.int()}\nHint: {hint}")
     print(f"task 01.2: causal_mask equals torch.tril on all {len(cases)} cases")
 
 
+def _additive(mask, causal, t_q, t_k, dtype):
+    """The mask (bool or float) and the causal rule as one float mask added to the scores."""
+    add = torch.zeros(t_q, t_k, dtype=dtype)
+    if mask is not None:
+        add = add + (mask.to(dtype) if mask.dtype != torch.bool
+                     else torch.zeros((), dtype=dtype).masked_fill(~mask, float("-inf")))
+    if causal:
+        add = add.masked_fill(~_tril(t_q, t_k, t_k - t_q), float("-inf"))
+    return add
+
+
+def _formula(q, k, v, add, scale, softmax_dim=-1):
+    """softmax(q k^T * scale + add) v with all-masked rows giving zeros (to name a bug)."""
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale + add            # (B, H, Tq, Tk)
+    return torch.softmax(scores, dim=softmax_dim).nan_to_num(0.0) @ v      # (B, H, Tq, D)
+
+
+def _task_attention_hint(got, expected, q, k, v, mask, causal):
+    """The likely mistake behind a wrong output of task 01.1, or None."""
+    t_q, t_k, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    add = _additive(mask, causal, t_q, t_k, q.dtype)
+    empty = torch.isinf(add).all(-1)                                       # (Tq,) no key allowed
+    finite = torch.isfinite(got)
+    if empty.any() and not finite[..., empty, :].all() and finite[..., ~empty, :].all():
+        return ("a query whose keys are all masked gives NaN (softmax of a row of -inf); torch "
+                "gives such a row zeros: set its weights to 0 (weights.masked_fill(~allowed, 0))")
+    rows_ok = torch.allclose(got[..., ~empty, :], expected[..., ~empty, :], atol=1e-5)
+    if empty.any() and rows_ok:
+        return ("only the queries whose keys are all masked are wrong: they output zeros, as in "
+                "torch (mask with -inf, not a large negative number, and zero their weights)")
+    variants = [(_formula(q, k, v, add, 1.0), "no 1/sqrt(d_k) scaling: divide the scores Q K^T by "
+                 "sqrt(d_k) = sqrt(q.shape[-1]) before the softmax"),
+                (_formula(q, k, v, add, 1.0 / d), "the scores are divided by d_k; divide by "
+                 "sqrt(d_k) instead"),
+                (_formula(q, k, v, add, d ** -0.5, softmax_dim=-2), "softmax over the wrong axis: "
+                 "each query's weights over the keys must sum to 1, so use dim=-1")]
+    if causal:
+        variants.append((_formula(q, k, v, _additive(mask, False, t_q, t_k, q.dtype), d ** -0.5),
+                         "causal=True is ignored: query i (at position Tk - Tq + i) may not see "
+                         "later keys (combine_masks applies the causal rule)"))
+        variants.append((_formula(q, k, v, _additive(mask, False, t_q, t_k, q.dtype).masked_fill(
+            ~_tril(t_q, t_k), float("-inf")), d ** -0.5), "with Tk > Tq the queries are the LAST "
+            "Tq positions: query i sits at position Tk - Tq + i"))
+    if mask is not None:
+        variants.append((_formula(q, k, v, _additive(None, causal, t_q, t_k, q.dtype), d ** -0.5),
+                         "the mask is ignored: a bool mask (True = may attend) sets the scores "
+                         "where it is False to -inf; a float mask is added to the scores"))
+        if mask.dtype == torch.bool:
+            variants.append((_formula(q, k, v, _additive(~mask, causal, t_q, t_k, q.dtype),
+                                      d ** -0.5), "the mask is inverted: True means 'may attend', "
+                             "so fill the scores where the mask is False"))
+        else:
+            as_bool = _additive(mask == 0, causal, t_q, t_k, q.dtype)
+            variants.append((_formula(q, k, v, as_bool, d ** -0.5), "the float mask was read as "
+                             "allowed/forbidden: a float mask is ADDED to the scores (finite "
+                             "values shift them, -inf forbids)"))
+    return next((advice for wrong, advice in variants if matches(got, wrong)), None)
+
+
+def _task_attention_cases():
+    """(q, k, v, mask, causal): the checker's float64 cases, a float32 one, a query that may attend
+    to nothing (bool and float masks), a float mask with finite values, causal with Tk > Tq."""
+    g = torch.Generator().manual_seed(1)
+
+    def qkv(b, h, t_q, t_k, d, dtype=torch.float64):
+        return [torch.randn(b, h, t, d, generator=g, dtype=dtype) for t in (t_q, t_k, t_k)]
+
+    cases = [(*case, False) for case in _attention_cases()]
+    cases.append((*qkv(2, 2, 3, 6, 4, torch.float32), None, False))
+    blocked = torch.rand(4, 5, generator=g) < 0.6                          # (Tq, Tk)
+    blocked[:, 1], blocked[2] = True, False          # query 2 may attend to nothing
+    cases.append((*qkv(1, 2, 4, 5, 8), blocked, False))
+    additive = torch.randn(4, 6, generator=g, dtype=torch.float64)        # (Tq, Tk) float mask
+    additive[torch.rand(4, 6, generator=g) < 0.3] = float("-inf")
+    additive[:, 0], additive[1] = 0.5, float("-inf")  # query 1 may attend to nothing
+    cases.append((*qkv(2, 1, 4, 6, 8), additive, False))
+    cases.append((*qkv(1, 2, 3, 7, 8), None, True))   # causal, queries = the last 3 of 7
+    window = torch.rand(3, 7, generator=g) < 0.7
+    window[:, 0] = True
+    cases.append((*qkv(2, 1, 3, 7, 4), window, True))
+    return cases
+
+
 def _check_attention_task() -> None:
     """minimt.attention.scaled_dot_product_attention against torch's fused kernel, in float64
-    and float32, with and without masks; its weights must be a softmax over the keys."""
+    and float32: no mask, bool masks (True = may attend), float masks (added to the scores),
+    causal with Tk > Tq, and queries that may attend to nothing (zero output, as torch)."""
     attention = learner("minimt.attention:scaled_dot_product_attention")
-    cases = _attention_cases() + [tuple(t.float() for t in _attention_cases()[2][:3]) + (None,)]
-    for i, (q, k, v, mask) in enumerate(cases):
+    cases = _task_attention_cases()
+    for i, (q, k, v, mask, causal) in enumerate(cases):
+        kind = "None" if mask is None else f"{'bool' if mask.dtype == torch.bool else 'float'} " \
+                                           f"{tuple(mask.shape)}"
         name = (f"task 01.1, case {i + 1} of {len(cases)} (q {tuple(q.shape)}, k {tuple(k.shape)}, "
-                f"{q.dtype}, mask {'None' if mask is None else tuple(mask.shape)})")
-        got = attention(q, k, v, mask)
-        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                f"{q.dtype}, mask {kind}, causal={causal})")
+        got = attention(q, k, v, mask, causal=causal)
+        full = _additive(mask, causal, q.shape[-2], k.shape[-2], q.dtype)
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=full if (
+            mask is not None or causal) else None)
         shape_first(name, got, tuple(expected.shape), "the output has one row per query and "
                     "head_dim columns: (B, H, Tq, D) = weights (B, H, Tq, Tk) @ v (B, H, Tk, D)")
         tolerance = dict(atol=1e-8, rtol=1e-6) if q.dtype == torch.float64 else dict(atol=1e-5)
         try:
             compare(name, got, expected, **tolerance)
         except ExerciseError as err:
-            advice = _attention_hint(got, q, k, v, mask)
+            advice = _task_attention_hint(got, expected, q, k, v, mask, causal)
             raise ExerciseError(f"{err}. Hint: {advice}" if advice else str(err)) from None
-        out, weights = attention(q, k, v, mask, return_weights=True)
+        out, weights = attention(q, k, v, mask, causal=causal, return_weights=True)
         shape_first(name + ", weights", weights, (*q.shape[:-1], k.shape[-2]))
         compare(name + ", weights @ v", weights @ v, expected, **tolerance)
     print(f"task 01.1: equal to torch.nn.functional.scaled_dot_product_attention on all "
-          f"{len(cases)} cases")
+          f"{len(cases)} cases (bool and float masks, causal, fully masked queries)")
 
 
 TASKS = [
     task("01.2", 1, "write causal_mask (queries are the last seq_len of kv_len positions)",
          "minimt.attention:causal_mask", "notebook 01, section 3", _check_causal_mask_task),
-    task("01.1", 3, "write the attention formula in scaled_dot_product_attention",
+    task("01.1", 3, "write the attention formula in scaled_dot_product_attention (masks: bool, "
+         "True = may attend, or float, added to the scores; causal; a query that may attend to "
+         "nothing outputs zeros)",
          "minimt.attention:scaled_dot_product_attention", "notebook 01, section 1",
          _check_attention_task),
 ]

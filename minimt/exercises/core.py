@@ -29,6 +29,12 @@ def compare(name: str, got, expected, atol: float = 1e-6, rtol: float = 1e-5) ->
                 wrong = (got.bool() != expected.bool()).nonzero()[0].tolist()
                 raise ExerciseError(f"{name}: wrong value at index {wrong}")
             return
+        bad = ~torch.isfinite(got.to(expected.dtype)) & torch.isfinite(expected)
+        if bad.any():  # NaN/inf first: max() and allclose say little about them
+            where = tuple(bad.nonzero()[0].tolist())
+            raise ExerciseError(f"{name}: {int(bad.sum())} values are {got[where].item()} where the "
+                                f"reference is finite, first at index {where} (expected "
+                                f"{expected[where].item():.6g})")
         if not torch.allclose(got.to(expected.dtype), expected, atol=atol, rtol=rtol):
             diff = (got.to(expected.dtype) - expected).abs()
             where = tuple(torch.nonzero(diff == diff.max())[0].tolist())

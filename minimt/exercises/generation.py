@@ -25,7 +25,9 @@ def transformers_top_p(logits, p):
 def _top_p_cases():
     g = torch.Generator().manual_seed(0)
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    exact = torch.tensor([[0.125, 0.5, 0.125, 0.25]])  # sums hit p = 0.75 exactly (binary fractions)
     return [(probs.log(), 0.7), (probs.log(), 0.9), (probs.log(), 0.1), (probs.log(), 1.0),
+            (exact.log(), 0.75),
             (torch.randn(3, 10, generator=g) * 2, 0.8), (torch.randn(2, 50, generator=g), 0.5)]
 
 
@@ -255,13 +257,16 @@ def _check_beam_task() -> None:
     hf, ours = _random_gpt2_pair()
     ids, mask = left_pad([[5, 6, 7, 8, 9], [12, 13]], pad_token_id=0)
     with torch.no_grad():
-        eos = int(hf.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False,
-                              pad_token_id=0)[0, -1])                       # some beams finish early
+        greedy = hf.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False,
+                             pad_token_id=0)[:, ids.shape[1]:]              # (2, 3)
+    eos, likely_eos = int(greedy[0, -1]), int(greedy[1, 0])  # some beams finish early, some at once
     cases = [dict(num_beams=3, num_return_sequences=1, length_penalty=1.0, early_stopping=False),
              dict(num_beams=4, num_return_sequences=3, length_penalty=1.0, early_stopping=False,
                   eos_token_id=eos),
              dict(num_beams=4, num_return_sequences=2, length_penalty=0.5, early_stopping=True,
-                  eos_token_id=eos)]
+                  eos_token_id=eos),
+             dict(num_beams=3, num_return_sequences=2, length_penalty=1.0, early_stopping=True,
+                  eos_token_id=likely_eos)]
     for i, settings in enumerate(cases):
         name = f"task 06.5, case {i + 1} of {len(cases)} ({settings}, prompts of 5 and 2 tokens)"
         with torch.no_grad():
@@ -286,6 +291,11 @@ def _check_beam_task() -> None:
                                 f"{expected.sequences[:, ids.shape[1]:].tolist()}\nHint: {hint}")
         compare(f"{name}: sequences_scores (sum of log-probabilities / new_len ** length_penalty)",
                 got.sequences_scores, expected.sequences_scores, atol=1e-5)
+        if len(got.scores) != len(expected.scores):
+            raise ExerciseError(f"{name}: decoding ran {len(got.scores)} steps, transformers' "
+                                f"{len(expected.scores)}. Hint: a prompt is done when num_beams "
+                                f"hypotheses are finished and early_stopping=True, or no running "
+                                f"beam can beat the worst of them; stop when every prompt is done")
     print(f"task 06.5: beam search equals transformers' on {len(cases)} cases (EOS, length "
           f"penalty, early stopping)")
 

@@ -14,10 +14,16 @@ from .core import ExerciseError, call, compare, learner, matches, run_cases, sha
 
 
 def built_param_count(config) -> int:
-    """Oracle: the parameters of GPT(config) built on the meta device (shapes only, no memory)."""
+    """Oracle: the parameters of GPT(config) built on the meta device (shapes only, no memory).
+    Deep models are built with 1 and 2 blocks (the blocks are identical) and extrapolated."""
+    from dataclasses import replace
+
     from ..model import GPT
     with torch.device("meta"):
-        return GPT(config).num_params()
+        if config.n_layer <= 2:
+            return GPT(config).num_params()
+        one, two = (GPT(replace(config, n_layer=n)).num_params() for n in (1, 2))
+    return one + (config.n_layer - 1) * (two - one)
 
 
 def _param_configs():
@@ -195,11 +201,20 @@ def _check_block_task() -> None:
             except ExerciseError as err:
                 advice = _block_hint(block, x, got)
                 raise ExerciseError(f"{err}. Hint: {advice}" if advice else str(err)) from None
-            spy = _SpyCache()
-            block(x, kv_cache=spy)
+            spy, seen, attend = _SpyCache(), {}, block.attn.forward
+            mask = torch.ones(2, 1, 7, 7, dtype=torch.bool)                # (B, 1, T, T) padding
+
+            def spy_attention(z, mask=None, kv_cache=None, **kwargs):
+                seen["mask"] = mask
+                return attend(z, mask=mask, kv_cache=kv_cache, **kwargs)
+            block.attn.forward = spy_attention
+            block(x, mask=mask, kv_cache=spy)
             if spy.calls != 1:
                 raise ExerciseError(f"{name}: the kv_cache argument never reached the attention; "
                                     f"pass kv_cache= (and mask=) on to self.attn")
+            if seen.get("mask") is not mask:
+                raise ExerciseError(f"{name}: the mask argument never reached the attention; "
+                                    f"pass mask= (and kv_cache=) on to self.attn")
     print(f"task 02.1: Block.forward equals torch's pre-LayerNorm TransformerEncoderLayer on "
           f"{len(configs)} configs")
 

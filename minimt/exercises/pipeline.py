@@ -118,12 +118,16 @@ def _check_schedule_task() -> None:
           f"holds min(p - r, m) activations on rank r")
 
 
+P2P_CASES = [("gpipe", 2, 1), ("interleaved", 2, 2)]  # (kind, micro-batches, chunks per rank)
+
+
 def _pipeline_rank(ctx):
-    """One pipeline step of a 4-layer GPT on this stage (GPipe schedule), and the serial model's
-    loss and gradients for the same batch."""
+    """Pipeline steps of a 4-layer GPT on this stage (GPipe, and interleaved with 2 chunks per
+    rank), the serial model's loss and gradients for the same batch, and what comm counted."""
     import torch
     from ..config import GPTConfig
     from ..model import GPT
+    from ..parallel.comm import CommCounter
     from ..parallel.pipeline import pipeline_schedule
     from ..parallel.pipeline_runtime import build_stages, pipeline_step, sync_tied_grads
     config = GPTConfig(vocab_size=17, block_size=8, n_layer=4, n_head=2, n_embd=16)
@@ -133,56 +137,93 @@ def _pipeline_rank(ctx):
     serial = GPT(config)                                   # build_stages uses the same seed
     _, loss = serial(idx, targets)
     loss.backward()
-    stages = build_stages(config, ctx.pp_rank, ctx.pp_size, seed=0)
-    try:
-        record = pipeline_step(stages, pipeline_schedule("gpipe", ctx.pp_size, 2), ctx, idx, targets)
-        sync_tied_grads(stages, ctx)
-    except NotImplementedError:
-        raise
-    except Exception as err:
-        return {"exception": type(err).__name__, "message": str(err)}
-    grads = {name: p.grad for stage in stages for name, p in stage.named_parameters()}
     expected = dict(serial.named_parameters(remove_duplicate=False))  # lm_head.weight is wte.weight
-    return {"loss": record.loss, "expected loss": loss.item(),
-            "grads": grads, "expected grads": {n: expected[n].grad for n in grads}}
+    out = []
+    for kind, m, v in P2P_CASES:
+        stages = build_stages(config, ctx.pp_rank, ctx.pp_size, num_chunks=v, seed=0)
+        try:
+            with CommCounter() as counter:
+                record = pipeline_step(stages, pipeline_schedule(kind, ctx.pp_size, m, v), ctx,
+                                       idx, targets)
+            sync_tied_grads(stages, ctx)
+        except NotImplementedError:
+            raise
+        except Exception as err:
+            return {"exception": type(err).__name__, "message": f"{kind}: {err}"}
+        grads = {f"chunk {chunk}: {name}": (p.grad, expected[name].grad)
+                 for chunk, stage in enumerate(stages) for name, p in stage.named_parameters()}
+        p2p = [(r.kind, r.phase) for r in counter.records if r.kind in ("send", "recv")]
+        out.append({"loss": record.loss, "expected loss": loss.item(), "grads": grads, "p2p": p2p})
+    return out
 
 
 def _check_p2p_task() -> None:
-    """deliver/receive in pipeline_step on 2 pipeline ranks: a GPipe step of a 4-layer GPT gives
-    the serial model's loss and the serial gradients of every parameter."""
+    """deliver/receive in pipeline_step: on 2 pipeline stages x 2 data-parallel replicas, a GPipe
+    step and an interleaved step (2 chunks per rank) of a 4-layer GPT give the serial loss and
+    gradients; on 1 stage with 2 chunks, messages to this rank's own chunks pass through `local`;
+    every message goes through comm with phase PHASE[op] ("forward" for F, "backward" for B)."""
     import torch
     from ..parallel import LaunchTimeout, launch
-    try:
-        results = launch(_pipeline_rank, pp=2, timeout_s=60)
-    except LaunchTimeout:
-        raise ExerciseError("task 04.2: the ranks waited forever for a message: every receive needs "
-                            "a send to the same peer (ranks[dst] of the pipeline group) with the same "
-                            "tag, _tag(op, microbatch, chunk, v)") from None
-    for rank, r in enumerate(results):
-        name = f"task 04.2, pipeline rank {rank} of 2 (GPipe, 2 micro-batches of (2, 8) tokens)"
-        if "exception" in r:
-            raise ExerciseError(f"{name}: your code raised {r['exception']}: {r['message']}. Hint: "
-                                f"receive returns a (B/m, T, C) tensor (`shape`); deliver sends with "
-                                f"dist.isend and keeps the request in `sends`")
-        if rank == 1 and (r["loss"] is None or abs(r["loss"] - r["expected loss"]) > 1e-5):
-            raise ExerciseError(f"{name}: loss {r['loss']!r}, the serial model's is "
-                                f"{r['expected loss']:.6f}. Hint: the last stage must receive the "
-                                f"activation the previous stage sent for this micro-batch")
-        for param, grad in r["grads"].items():
-            expected = r["expected grads"][param]
-            if grad is None or not torch.allclose(grad, expected, atol=1e-5):
-                hint = ("no gradient reached this stage: B must deliver x.grad to the previous "
-                        "stage, which receives it before its backward" if grad is None else
-                        "the gradient that came back belongs to another micro-batch or stage: "
-                        "name each message by the action that receives it (the tag)")
-                raise ExerciseError(f"{name}: gradient of {param} differs from the serial model's. "
-                                    f"Hint: {hint}")
-    print("task 04.2: a GPipe step on 2 processes gives the serial loss and gradients")
+    for sizes in (dict(pp=2, dp=2), dict(pp=1)):
+        try:
+            results = launch(_pipeline_rank, timeout_s=60, **sizes)
+        except LaunchTimeout:
+            raise ExerciseError("task 04.2: the ranks waited forever for a message: every receive "
+                                "needs a send to the same peer (ranks[dst], the global rank of "
+                                "the pipeline group's rank dst) with the same tag, "
+                                "_tag(op, microbatch, chunk, v)") from None
+        for rank, by_case in enumerate(results):
+            where = f"task 04.2, rank {rank} of a {sizes.get('pp')}-stage pipeline" + (
+                f" x {sizes['dp']} data-parallel replicas" if sizes.get("dp") else "")
+            if isinstance(by_case, dict) and "exception" in by_case:
+                raise ExerciseError(f"{where}: your code raised {by_case['exception']}: "
+                                    f"{by_case['message']}. Hint: receive returns a (B/m, T, C) "
+                                    f"tensor of `shape` and `dtype` (comm.recv(shape, dtype, "
+                                    f"ranks[src], ctx, PHASE[op], tag=...)); deliver sends with "
+                                    f"comm.isend(tensor, ranks[dst], ctx, PHASE[op], tag=...) and "
+                                    f"keeps the request in `sends`; a stage held by this rank "
+                                    f"goes through the dict `local`")
+            for (kind, m, v), r in zip(P2P_CASES, by_case):
+                name = f"{where}, {kind} ({m} micro-batches of (2, 8) tokens, {v} chunk(s) per rank)"
+                last = rank % sizes["pp"] == sizes["pp"] - 1 if "dp" in sizes else True
+                if last and (r["loss"] is None or abs(r["loss"] - r["expected loss"]) > 1e-5):
+                    raise ExerciseError(f"{name}: loss {r['loss']!r}, the serial model's is "
+                                        f"{r['expected loss']:.6f}. Hint: the last stage must "
+                                        f"receive the activation the previous stage sent for this "
+                                        f"micro-batch")
+                for param, (grad, expected) in r["grads"].items():
+                    if grad is None or not torch.allclose(grad, expected, atol=1e-5):
+                        hint = ("no gradient reached this stage: B must deliver x.grad to the "
+                                "previous stage, which receives it before its backward"
+                                if grad is None else "the gradient that came back belongs to "
+                                "another micro-batch or stage: name each message by the action "
+                                "that receives it (the tag, _tag(op, microbatch, chunk, v))")
+                        raise ExerciseError(f"{name}: gradient of {param} differs from the serial "
+                                            f"model's. Hint: {hint}")
+                unlabelled = [(k, phase) for k, phase in r["p2p"]
+                              if phase not in ("forward", "backward")]
+                if unlabelled:
+                    raise ExerciseError(f"{name}: {len(unlabelled)} messages counted with phase "
+                                        f"{unlabelled[0][1]!r}. Hint: pass phase=PHASE[op] to "
+                                        f"comm.isend and comm.recv, so the CommCounter files "
+                                        f"activations under 'forward' and gradients under "
+                                        f"'backward'")
+                if kind == "gpipe" and "dp" in sizes:
+                    sent = {phase for k, phase in r["p2p"] if k == "send"}
+                    right = {"forward"} if rank % sizes["pp"] == 0 else {"backward"}
+                    if sent != right:
+                        raise ExerciseError(f"{name}: this stage's sends are counted as {sent}, "
+                                            f"expected {right}. Hint: phase=PHASE[op]: F sends "
+                                            f"activations ('forward'), B gradients ('backward')")
+    print("task 04.2: GPipe and interleaved steps on 2 stages x 2 replicas, and 2 chunks on one "
+          "stage, give the serial loss and gradients; every message counted with its phase")
 
 
 TASKS = [
     task("04.1", 3, "write the 1F1B (and interleaved) part of pipeline_schedule",
          "minimt.parallel.pipeline:pipeline_schedule", "notebook 04, section 2", _check_schedule_task),
-    task("04.2", 2, "write deliver and receive in pipeline_step (activations and gradients between stages)",
+    task("04.2", 2, "write deliver and receive in pipeline_step (comm.isend / comm.recv with "
+         "phase=PHASE[op] and tag=_tag(op, microbatch, chunk, v); a stage on this rank through "
+         "`local`)",
          "minimt.parallel.pipeline_runtime:pipeline_step", "notebook 04, section 6", _check_p2p_task),
 ]

@@ -121,6 +121,7 @@ SCALER_CASES = [  # (pattern of overflows, init_scale, growth_factor, backoff_fa
     ([True, False, False, True, False], 8.0, 4.0, 0.25, 2),
     ([False] * 5, 1.0, 2.0, 0.5, 1),
     ([False, False], 2.0 ** 127, 2.0, 0.5, 1),   # growing would overflow fp32: GradScaler keeps it
+    ([False, False, True, False, False, True], 1000.0, 3.0, 0.25, 2),  # backoff != 1 / growth
 ]
 
 
@@ -195,7 +196,7 @@ def _master_case(name, make_optimizer, dtype, scale, clip, overflow_at, steps=4)
             if clip:
                 torch.nn.utils.clip_grad_norm_(reference, clip)
             reference_optimizer.step()
-        if any(p.grad is not None for p in model.parameters()):
+        if dtype != torch.float32 and any(p.grad is not None for p in model.parameters()):
             raise ExerciseError(f"{where}: the 16-bit gradients must be freed (p.grad = None) "
                                 f"once copied to the fp32 master gradients")
         for k, (mine, theirs) in enumerate(zip(optimizer.master_params, reference)):
@@ -224,7 +225,9 @@ def _check_master_step_task() -> None:
              ("AdamW, bf16, S=1, clip 0.05", lambda ps: torch.optim.AdamW(ps, lr=1e-2), torch.bfloat16,
               1.0, 0.05, None),
              ("AdamW, fp16, S=65536, clip 1.0", lambda ps: torch.optim.AdamW(ps, lr=1e-3), torch.float16,
-              65536.0, 1.0, 1)]
+              65536.0, 1.0, 1),
+             ("SGD, fp32 parameters (their own masters, as under autocast), S=256",
+              lambda ps: torch.optim.SGD(ps, lr=0.1), torch.float32, 256.0, None, 2)]
     for case in cases:
         _master_case(*case)
     print(f"task 05.1: MixedPrecisionOptimizer.step equals torch's optimizers on fp32 copies in "

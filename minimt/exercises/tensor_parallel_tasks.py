@@ -136,46 +136,77 @@ def _check_g_task() -> None:
     print("task 03.2: g sums over 2 ranks forward and passes the gradient through backward")
 
 
+COLUMN_MODES = {"gather_output=False": dict(gather_output=False),
+                "gather_output=True": dict(gather_output=True),
+                "sequence_parallel=True": dict(gather_output=False, sequence_parallel=True)}
+ROW_MODES = {"input_is_parallel=True": dict(input_is_parallel=True),
+             "input_is_parallel=False": dict(input_is_parallel=False),
+             "sequence_parallel=True": dict(input_is_parallel=True, sequence_parallel=True)}
+
+
+def _mode_failed(mode: str, err: Exception, hint: str) -> dict:
+    """A rank's RuntimeError in one mode, as data with a hint (the other ranks may still wait)."""
+    return {"exception": type(err).__name__, "message": f"{mode}: {err}", "hint": hint}
+
+
 def _column_rank(ctx):
     """The learner's ColumnParallelLinear on one rank, against nn.Linear on the unsplit weight."""
     import torch.nn.functional as F
     from ..parallel.tensor import ColumnParallelLinear
     out = {}
-    for gather_output in (False, True):
+    for mode, options in COLUMN_MODES.items():
         torch.manual_seed(0)
         serial = torch.nn.Linear(8, 12)                                # A: (out, in) = (12, 8)
-        x = torch.randn(2, 3, 8)                                       # (B, T, in)
-        upstream = torch.randn(2, 3, 12)                               # dL/dy of L = sum(y * upstream)
+        x = torch.randn(2, 4, 8)                                       # (B, T, in)
+        upstream = torch.randn(2, 4, 12)                               # dL/dy of L = sum(y * upstream)
         cols = slice(ctx.tp_rank * 12 // ctx.tp_size, (ctx.tp_rank + 1) * 12 // ctx.tp_size)
-        layer = ColumnParallelLinear(serial, ctx, gather_output=gather_output)
-        x_mine = x.clone().requires_grad_()
-        y = layer(x_mine)
-        expected_y = serial(x).detach() if gather_output else serial(x).detach()[..., cols]
+        tokens = slice(None)
+        if options.get("sequence_parallel"):                           # this rank's T/tp tokens
+            tokens = slice(ctx.tp_rank * 4 // ctx.tp_size, (ctx.tp_rank + 1) * 4 // ctx.tp_size)
+        layer = ColumnParallelLinear(serial, ctx, **options)
+        x_mine = x[:, tokens].clone().requires_grad_()
+        try:
+            y = layer(x_mine)
+        except NotImplementedError:
+            raise
+        except RuntimeError as err:
+            return _mode_failed(mode, err, "with sequence_parallel x holds T/tp tokens: gather "
+                                "them first (gather_from_sequence_parallel_region)"
+                                if options.get("sequence_parallel") else
+                                "x (B, T, in) enters through f, then F.linear with this rank's rows")
+        gather = options["gather_output"]
+        expected_y = serial(x).detach() if gather else serial(x).detach()[..., cols]
         r = {"y": y.detach(), "expected y": expected_y,
              "g at entrance": F.linear(ctx.tp_size * x, layer.weight, layer.bias).detach()}
         if isinstance(y, torch.Tensor) and y.shape == expected_y.shape:
-            (y * (upstream if gather_output else upstream[..., cols])).sum().backward()
+            (y * (upstream if gather else upstream[..., cols])).sum().backward()
             x_ref = x.clone().requires_grad_()
             (serial(x_ref) * upstream).sum().backward()
-            r.update({"x grad": x_mine.grad, "expected x grad": x_ref.grad,
+            r.update({"x grad": x_mine.grad, "expected x grad": x_ref.grad[:, tokens],
                       "weight grad": layer.weight.grad, "expected weight grad": serial.weight.grad[cols],
                       "bias grad": layer.bias.grad, "expected bias grad": serial.bias.grad[cols]})
-        out[gather_output] = r
+        out[mode] = r
     return out
 
 
 def _check_column_task() -> None:
     """ColumnParallelLinear.forward on 2 ranks: output (its slice, or all of it with gather_output)
-    and the gradients of x, weight and bias equal nn.Linear's on the unsplit weight."""
+    and the gradients of x, weight and bias equal nn.Linear's on the unsplit weight; with
+    sequence_parallel each rank's x holds T/tp of the tokens."""
     results = _on_ranks("03.3", _column_rank)
-    for gather_output in (False, True):
+    for mode, options in COLUMN_MODES.items():
         for rank, by_mode in enumerate(results):
-            r = by_mode[gather_output]
-            name = f"task 03.3, rank {rank} of {TP}, gather_output={gather_output}, x (2, 3, 8) -> 12"
+            r = by_mode[mode]
+            t = 4 // TP if options.get("sequence_parallel") else 4
+            name = f"task 03.3, rank {rank} of {TP}, {mode}, x (2, {t}, 8) -> 12"
             expected = r["expected y"]
             wrong_shape = ("gather_output=True asks for the whole output on every rank: all-gather "
-                           "the slices (gather_from_tensor_model_parallel_region)" if gather_output
-                           else "gather_output=False leaves y split: return this rank's slice")
+                           "the slices (gather_from_tensor_model_parallel_region)"
+                           if options["gather_output"] else
+                           "with sequence_parallel, gather the tokens first "
+                           "(gather_from_sequence_parallel_region): y holds all T tokens"
+                           if options.get("sequence_parallel") else
+                           "gather_output=False leaves y split: return this rank's slice")
             shape_first(f"{name}: output", r["y"], tuple(expected.shape), wrong_shape)
             if not _close(r["y"], expected):
                 hint = ("g instead of f at the entrance: g all-reduces x, which is the same on "
@@ -189,15 +220,18 @@ def _check_column_task() -> None:
                     raise ExerciseError(f"{name}: no {what}: keep x, the weight and the bias in the "
                                         f"autograd graph (F.linear and the comm functions)")
             if not _close(r["x grad"], r["expected x grad"]):
-                partial = _close(sum(q[gather_output]["x grad"] for q in results), r["expected x grad"])
+                partial = not options.get("sequence_parallel") and _close(
+                    sum(q[mode]["x grad"] for q in results), r["expected x grad"])
                 hint = ("each rank's x.grad holds only its own columns' share: x must enter through "
                         "f (copy_to_tensor_model_parallel_region), whose backward all-reduces it"
-                        if partial else "x enters through f, identity forward, sum backward")
+                        if partial else "x enters through f, identity forward, sum backward (with "
+                        "sequence_parallel: gather_from_sequence_parallel_region, whose backward "
+                        "reduce-scatters)")
                 raise ExerciseError(f"{name}: x.grad differs from nn.Linear's. Hint: {hint}")
             for what in ("weight grad", "bias grad"):
                 compare(f"{name}: {what}", r[what], r[f"expected {what}"], atol=1e-5)
-    print("task 03.3: ColumnParallelLinear equals nn.Linear (output and gradients) on 2 ranks, "
-          "gather_output False and True")
+    print(f"task 03.3: ColumnParallelLinear equals nn.Linear (output and gradients) on {TP} ranks: "
+          f"{', '.join(COLUMN_MODES)}")
 
 
 def _row_rank(ctx):
@@ -205,59 +239,70 @@ def _row_rank(ctx):
     import torch.nn.functional as F
     from ..parallel.tensor import RowParallelLinear
     out = {}
-    for input_is_parallel in (True, False):
+    for mode, options in ROW_MODES.items():
         torch.manual_seed(1)
         serial = torch.nn.Linear(12, 8)                                # A: (out, in) = (8, 12)
-        x = torch.randn(2, 3, 12)                                      # (B, T, in)
-        upstream = torch.randn(2, 3, 8)
+        x = torch.randn(2, 4, 12)                                      # (B, T, in)
+        upstream = torch.randn(2, 4, 8)
         cols = slice(ctx.tp_rank * 12 // ctx.tp_size, (ctx.tp_rank + 1) * 12 // ctx.tp_size)
-        layer = RowParallelLinear(serial, ctx, input_is_parallel=input_is_parallel)
-        x_in = (x[..., cols] if input_is_parallel else x).clone().requires_grad_()
-        partial = F.linear(x[..., cols], layer.weight).detach()       # this rank's share, unsummed
-        r = {"partial": partial, "bias": serial.bias.detach(), "expected y": serial(x).detach()}
+        tokens = slice(None)
+        if options.get("sequence_parallel"):                           # this rank's T/tp tokens
+            tokens = slice(ctx.tp_rank * 4 // ctx.tp_size, (ctx.tp_rank + 1) * 4 // ctx.tp_size)
+        layer = RowParallelLinear(serial, ctx, **options)
+        parallel_in = options["input_is_parallel"]
+        x_in = (x[..., cols] if parallel_in else x).clone().requires_grad_()
+        partial = F.linear(x[..., cols], layer.weight).detach()[:, tokens]  # this rank's share
+        r = {"partial": partial, "bias": serial.bias.detach(), "expected y": serial(x).detach()[:, tokens]}
         try:
             y = layer(x_in)
         except NotImplementedError:
             raise
         except RuntimeError as err:
-            hint = ("with input_is_parallel=False x is the whole input: keep this rank's columns "
-                    "first (scatter_to_tensor_model_parallel_region)" if not input_is_parallel
-                    else "x holds this rank's in/tp columns, the weight (out, in/tp)")
-            return {"exception": "RuntimeError", "message": f"input_is_parallel={input_is_parallel}: "
-                    f"{err}", "hint": hint}
+            return _mode_failed(mode, err, "with input_is_parallel=False x is the whole input: keep "
+                                "this rank's columns first (scatter_to_tensor_model_parallel_region)"
+                                if not parallel_in else
+                                "x holds this rank's in/tp columns, the weight (out, in/tp)")
         r["y"] = y.detach()
         if isinstance(y, torch.Tensor) and y.shape == r["expected y"].shape:
-            (y * upstream).sum().backward()
+            (y * upstream[:, tokens]).sum().backward()
             x_ref = x.clone().requires_grad_()
             (serial(x_ref) * upstream).sum().backward()
             r.update({"x grad": x_in.grad, "expected x grad": x_ref.grad[..., cols] if
-                      input_is_parallel else x_ref.grad,
+                      parallel_in else x_ref.grad,
                       "weight grad": layer.weight.grad, "expected weight grad": serial.weight.grad[:, cols],
-                      "bias grad": layer.bias.grad, "expected bias grad": serial.bias.grad})
-        out[input_is_parallel] = r
+                      "bias grad": layer.bias.grad,
+                      "expected bias grad": upstream[:, tokens].sum((0, 1))})  # this rank's tokens
+        out[mode] = r
     return out
 
 
 def _check_row_task() -> None:
     """RowParallelLinear.forward on 2 ranks: output and gradients equal nn.Linear's on the unsplit
-    weight, with input_is_parallel True (x already split) and False (scatter first)."""
+    weight, with input_is_parallel True (x already split) and False (scatter first), and with
+    sequence_parallel (the output reduce-scattered over the tokens)."""
     results = _on_ranks("03.4", _row_rank)
-    for input_is_parallel in (True, False):
+    for mode, options in ROW_MODES.items():
         for rank, by_mode in enumerate(results):
-            r = by_mode[input_is_parallel]
-            name = (f"task 03.4, rank {rank} of {TP}, input_is_parallel={input_is_parallel}, "
-                    f"x (2, 3, {6 if input_is_parallel else 12}) -> 8")
+            r = by_mode[mode]
+            name = (f"task 03.4, rank {rank} of {TP}, {mode}, "
+                    f"x (2, 4, {12 // TP if options['input_is_parallel'] else 12}) -> 8")
             expected = r["expected y"]
-            shape_first(f"{name}: output", r["y"], tuple(expected.shape), "a row-parallel layer "
+            shape_first(f"{name}: output", r["y"], tuple(expected.shape),
+                        "with sequence_parallel the sum is reduce-scattered over the tokens "
+                        "(reduce_scatter_to_sequence_parallel_region): (B, T/tp, out)"
+                        if options.get("sequence_parallel") else "a row-parallel layer "
                         "returns the whole output (B, T, out) on every rank")
             if not _close(r["y"], expected):
                 partial_b = r["partial"] + r["bias"]
+                extra = next((k for k in range(1, TP + 2)
+                              if _close(r["y"], expected + k * r["bias"])), 0)
                 hint = ("this is only this rank's partial sum: all-reduce it with g "
                         "(reduce_from_tensor_model_parallel_region)"
                         if _close(r["y"], partial_b) or _close(r["y"], r["partial"]) else
-                        f"the bias is counted {TP} times: add it once, after g has summed the partial "
-                        "products" if _close(r["y"], expected + (TP - 1) * r["bias"]) else
-                        "y = g(x_r A_r^T) + b")
+                        f"the bias is counted {extra + 1} times: add it once, after g has summed the "
+                        "partial products" if extra else
+                        "the bias is missing: add self.bias once, after the sum"
+                        if _close(r["y"], expected - r["bias"]) else "y = g(x_r A_r^T) + b")
                 raise ExerciseError(f"{name}: output differs from nn.Linear's on the unsplit "
                                     f"weight ({_worst(r['y'], expected)}). Hint: {hint}")
             for what in ("x grad", "weight grad", "bias grad"):
@@ -265,8 +310,8 @@ def _check_row_task() -> None:
                     raise ExerciseError(f"{name}: no {what}: keep x, the weight and the bias in the "
                                         f"autograd graph")
                 compare(f"{name}: {what}", r[what], r[f"expected {what}"], atol=1e-5)
-    print("task 03.4: RowParallelLinear equals nn.Linear (output and gradients) on 2 ranks, "
-          "input_is_parallel True and False")
+    print(f"task 03.4: RowParallelLinear equals nn.Linear (output and gradients) on {TP} ranks: "
+          f"{', '.join(ROW_MODES)}")
 
 
 def _ce_cases():
@@ -312,7 +357,7 @@ def _ce_rank(ctx):
         one_hot = F.one_hot(index.clamp(0, width - 1), width).float()        # (B, T, V/tp)
         r["variants"] = {"softmax alone": r["softmax"] * per_token,
                          "one-hot everywhere": (r["softmax"] - one_hot) * per_token,
-                         "no grad_loss": (r["softmax"] - one_hot * mine) * per_token / upstream}
+                         "no grad_loss": r["softmax"] - one_hot * mine}
         out.append(r)
     return out
 
@@ -383,9 +428,13 @@ TASKS = [
     task("03.2", 2, "write g, _ReduceFromTensorModelParallelRegion (all-reduce forward, identity backward)",
          "minimt.parallel.mappings:_ReduceFromTensorModelParallelRegion", "notebook 03, section 2",
          _check_g_task),
-    task("03.3", 3, "write ColumnParallelLinear.forward", "minimt.parallel.tensor:ColumnParallelLinear.forward",
+    task("03.3", 3, "write ColumnParallelLinear.forward (x through f, or the sequence-parallel "
+         "gather; F.linear with this rank's rows; all-gather when gather_output)",
+         "minimt.parallel.tensor:ColumnParallelLinear.forward",
          "notebook 03, section 3", _check_column_task),
-    task("03.4", 3, "write RowParallelLinear.forward", "minimt.parallel.tensor:RowParallelLinear.forward",
+    task("03.4", 3, "write RowParallelLinear.forward (scatter x unless input_is_parallel; the "
+         "partial product summed by g, or reduce-scattered with sequence_parallel; bias once)",
+         "minimt.parallel.tensor:RowParallelLinear.forward",
          "notebook 03, section 3", _check_row_task),
     task("03.5", 3, "write the forward of _VocabParallelCrossEntropy (max, target logit, sum of exp)",
          "minimt.parallel.cross_entropy:_VocabParallelCrossEntropy.forward", "notebook 03, section 4",

@@ -21,6 +21,21 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets, pctx):
+        """Per-token loss (B, T) from this rank's slice of the logits (B, T, V/tp) and the global
+        target ids (B, T), in five named steps; each all_reduce is comm's, in place:
+        all_reduce(t, pctx, "tp", phase="forward") (op=dist.ReduceOp.MAX for a max).
+        1. logits_max (B, T): the max over the whole vocabulary (this slice's max, all-reduced
+           with MAX); shifted = logits.detach() - logits_max[..., None] (the backward is by hand).
+        2. predicted_logit (B, T): the target's shifted logit, all-reduced (summed). This slice
+           holds global ids start = tp_rank * V/tp .. start + V/tp - 1. Name
+           index (B, T, 1) long: the target's position in this slice, (targets - start) clamped
+           to 0 .. V/tp - 1; mine (B, T) bool: True where this slice holds the target. A rank
+           contributes shifted.gather(-1, index)[..., 0] where mine, 0 elsewhere.
+        3. sum_exp (B, T): the sum of exp(shifted) over the slice, all-reduced (summed).
+        4. loss = log(sum_exp) - predicted_logit, returned.
+        5. ctx.save_for_backward(softmax, index, mine), softmax = exp(shifted) / sum_exp[..., None]
+           (B, T, V/tp): what the backward (task 03.6) reads.
+        """
         ctx.logits_dtype = logits.dtype
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # 16-bit -> fp32
         ### BEGIN SOLUTION
@@ -54,7 +69,10 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):                                  # (B, T)
-        # dloss/dz_j = softmax_j - [j == target]: local, no communication
+        """dL/dlogits of this slice (B, T, V/tp): (softmax - one_hot) * grad_loss[..., None], where
+        one_hot is 1 at `index` on the rank whose slice holds the target (`mine`), 0 elsewhere;
+        softmax, index, mine = ctx.saved_tensors (see forward). Local, no communication. Returns
+        (that gradient in ctx.logits_dtype, None, None): targets and pctx get no gradient."""
         ### BEGIN SOLUTION
         softmax, index, mine = ctx.saved_tensors
         grad = softmax.clone()                                     # (B, T, V/tp)

@@ -190,7 +190,11 @@ def pipeline_step(stages, schedule, ctx, idx, targets,
     peak = 0
 
     def deliver(tensor, op, microbatch, stage):
-        """Hand `tensor` to virtual stage `stage` (F: activation, B: gradient)."""
+        """Hand `tensor` to virtual stage `stage` (F: activation, B: gradient). Its owner is
+        (dst, chunk) = stage_owner(stage, p). A stage on this rank (dst == rank) gets
+        tensor.detach() in the dict `local`, keyed (op, microbatch, chunk); another rank gets
+        comm.isend(tensor, ranks[dst], ctx, PHASE[op], tag=_tag(op, microbatch, chunk, v)),
+        whose request goes into `sends` (waited for at the end of the step)."""
         ### BEGIN SOLUTION
         dst, chunk = stage_owner(stage, p)
         if dst == rank:
@@ -201,7 +205,11 @@ def pipeline_step(stages, schedule, ctx, idx, targets,
         ### END SOLUTION
 
     def receive(op, microbatch, chunk, stage):
-        """The (op, microbatch, chunk) message from virtual stage `stage`: a (B/m, T, C) tensor."""
+        """The (op, microbatch, chunk) message from virtual stage `stage`: a (B/m, T, C) tensor
+        of `shape` and `dtype`. From this rank (stage_owner(stage, p)[0] == rank): pop it from
+        `local`; else comm.recv(shape, dtype, ranks[src], ctx, PHASE[op], tag=_tag(op, microbatch,
+        chunk, v)). ranks[i] is the global rank of pipeline rank i; PHASE[op] files the message
+        under "forward" or "backward" in the CommCounter."""
         ### BEGIN SOLUTION
         src = stage_owner(stage, p)[0]
         if src == rank:

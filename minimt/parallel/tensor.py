@@ -59,14 +59,18 @@ class ColumnParallelLinear(nn.Module):
         self.weight = _shard(serial.weight, 0, ctx)                   # (out/tp, in)
         self.bias = None if serial.bias is None else _shard(serial.bias, 0, ctx)  # (out/tp,)
 
-    def forward(self, x):                                             # (B, T, in)
+    def forward(self, x):                                             # (B, T, in) or (B, T/tp, in)
+        """This rank's slice y = x A_r^T + b_r, (B, T, out/tp), or all of y (B, T, out) when
+        gather_output. x enters through f (copy_to_tensor_model_parallel_region: identity
+        forward, all-reduce backward); with sequence_parallel x holds this rank's T/tp tokens and
+        enters through gather_from_sequence_parallel_region instead. Then
+        F.linear(x, self.weight, self.bias), and gather_from_tensor_model_parallel_region when
+        self.gather_output."""
+        ### BEGIN SOLUTION
         if self.sequence_parallel:                                    # (B, T/tp, in) -> (B, T, in)
             x = gather_from_sequence_parallel_region(x, self.ctx)
         else:
-            ### BEGIN SOLUTION
             x = copy_to_tensor_model_parallel_region(x, self.ctx)     # f
-            ### END SOLUTION
-        ### BEGIN SOLUTION
         y = F.linear(x, self.weight, self.bias)                       # (B, T, out/tp)
         return gather_from_tensor_model_parallel_region(y, self.ctx) if self.gather_output else y
         ### END SOLUTION
@@ -88,18 +92,20 @@ class RowParallelLinear(nn.Module):
         self.bias = None if serial.bias is None else nn.Parameter(serial.bias.detach().clone())
 
     def forward(self, x):                                             # (B, T, in/tp) or (B, T, in)
+        """y = g(x_r A_r^T) + b, (B, T, out) on every rank. Unless input_is_parallel, x is the
+        whole input: keep this rank's in/tp columns first (scatter_to_tensor_model_parallel_region).
+        The partial product F.linear(x, self.weight) (no bias) is summed over tp by g
+        (reduce_from_tensor_model_parallel_region); with sequence_parallel it is summed and split
+        by tokens instead (reduce_scatter_to_sequence_parallel_region: (B, T/tp, out)). The
+        replicated bias is added once, after the sum."""
         ### BEGIN SOLUTION
         if not self.input_is_parallel:
             x = scatter_to_tensor_model_parallel_region(x, self.ctx)  # (B, T, in/tp)
         y = F.linear(x, self.weight)                                  # (B, T, out): partial
-        ### END SOLUTION
         if self.sequence_parallel:                                    # summed (B, T/tp, out)
             y = reduce_scatter_to_sequence_parallel_region(y, self.ctx)
         else:
-            ### BEGIN SOLUTION
             y = reduce_from_tensor_model_parallel_region(y, self.ctx)  # g
-            ### END SOLUTION
-        ### BEGIN SOLUTION
         return y if self.bias is None else y + self.bias              # (B, T, out)
         ### END SOLUTION
 
