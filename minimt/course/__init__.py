@@ -42,14 +42,46 @@ def _where(err: Exception, task) -> str:
 def check(*task_ids: str) -> None:
     """Check tasks ("03.2", ...) against their oracles: one line each when they pass, else an
     ExerciseError naming the case, expected and got, and a hint (shown without a traceback in Jupyter)."""
+    from . import strict
     for task_id in task_ids:
-        _as_exercise_error(_task(task_id))
+        task = _task(task_id)
+        strict.allow(task_id)
+        _reload_if_saved(task)
+        _as_exercise_error(task)
+
+
+def _reload_if_saved(task) -> None:
+    """Reload the task's module when its file changed after it was imported (its .pyc records the
+    source's mtime and size), so a check sees the saved code even without %autoreload 2, and the
+    ranks it forks inherit it. IPython's superreload also updates functions imported elsewhere."""
+    import importlib
+    import os
+    import sys
+    module = sys.modules.get(task.target.partition(":")[0])
+    if module is None:
+        return
+    try:
+        header = open(module.__cached__, "rb").read(16)
+        source = os.stat(module.__file__)
+        fresh = (int.from_bytes(header[4:8], "little") == 0 and (
+            int.from_bytes(header[8:12], "little"), int.from_bytes(header[12:16], "little")) == (
+            int(source.st_mtime) & 0xFFFFFFFF, source.st_size & 0xFFFFFFFF))
+    except (OSError, TypeError, AttributeError):
+        fresh = False  # no .pyc to tell: reloading is cheap and always right
+    if not fresh:
+        try:
+            from IPython.extensions.autoreload import superreload
+            superreload(module)
+        except ImportError:
+            importlib.reload(module)
 
 
 def require(*task_ids: str) -> None:
-    """Stop with a message naming the first of `task_ids` whose region still holds its stub: a
-    notebook that runs code written in earlier tasks says so before it fails deep inside."""
-    from . import regions
+    """A notebook's first cell names every earlier task whose code it runs (its own tasks it
+    checks where it teaches them): stop with one line naming the first of `task_ids` whose region
+    still holds its stub, before the notebook fails deep inside. Under nbval, strict mode checks
+    that the notebook runs no other task (minimt/course/strict.py)."""
+    from . import regions, strict
     from .repo import repo_root, task_file, task_of_region
     for task_id in task_ids:
         task = _task(task_id)
@@ -60,6 +92,7 @@ def require(*task_ids: str) -> None:
             raise ExerciseError(f"this notebook runs task {task_id}, not written yet: "
                                 f"{task.statement} in {task_file(task)}; see {task.section} "
                                 f"(minimt.course.check({task_id!r}) checks it)")
+    strict.start(task_ids)
 
 
 def catch_up(task_id: str, pack: str | Path = "catch_up.json", root: str | Path | None = None,
