@@ -2,7 +2,11 @@
 the grader, catch-up for workshops and the rendered site (`python -m minimt.course --help`)."""
 from __future__ import annotations
 
+import importlib
 import json
+import os
+import sys
+import time
 from pathlib import Path
 
 from ..exercises.core import ExerciseError, unfinished
@@ -51,29 +55,21 @@ def check(*task_ids: str) -> None:
 
 
 def _reload_if_saved(task) -> None:
-    """Reload the task's module when its file changed after it was imported (its .pyc records the
-    source's mtime and size), so a check sees the saved code even without %autoreload 2, and the
-    ranks it forks inherit it. IPython's superreload also updates functions imported elsewhere."""
-    import importlib
-    import os
-    import sys
-    module = sys.modules.get(task.target.partition(":")[0])
-    if module is None:
+    """Reload the task's module when its file was saved after this session imported the course,
+    so a check from a plain Python session sees the saved code and the ranks it forks inherit it
+    (in a notebook, %autoreload 2 has already reloaded it before the cell)."""
+    name = task.target.partition(":")[0]
+    module = sys.modules.get(name)
+    shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
+    if module is None or (shell is not None and "autoreload" in shell.extension_manager.loaded):
         return
-    try:
-        header = open(module.__cached__, "rb").read(16)
-        source = os.stat(module.__file__)
-        fresh = (int.from_bytes(header[4:8], "little") == 0 and (
-            int.from_bytes(header[8:12], "little"), int.from_bytes(header[12:16], "little")) == (
-            int(source.st_mtime) & 0xFFFFFFFF, source.st_size & 0xFFFFFFFF))
-    except (OSError, TypeError, AttributeError):
-        fresh = False  # no .pyc to tell: reloading is cheap and always right
-    if not fresh:
-        try:
-            from IPython.extensions.autoreload import superreload
-            superreload(module)
-        except ImportError:
-            importlib.reload(module)
+    if os.stat(module.__file__).st_mtime > _RELOADED.get(name, _IMPORTED_AT):
+        importlib.reload(module)
+        _RELOADED[name] = time.time()
+
+
+_IMPORTED_AT = time.time()
+_RELOADED: dict[str, float] = {}  # module name -> when check() last reloaded it
 
 
 def require(*task_ids: str) -> None:
