@@ -1,8 +1,10 @@
 """The scale calculator beside the papers: MT-NLG's iteration times (Smith et al. 2022, arXiv
 2201.11990) and Narayanan et al. 2021's end-to-end training times (arXiv 2104.04473).
 
-Not a timing benchmark: it prints the calculator's predictions with their ratio to each published
-figure, then one JSON line. Run: .venv/bin/python benchmarks/scale_papers.py
+Not a timing benchmark: it prints the calculator's figures with their ratio to each published one,
+then one JSON line. MT-NLG's TFLOP/s were derived from its iteration times with the FLOP formula the
+calculator uses, so a ratio near 1 there shows the calculator is consistent with the paper (it
+checks the formula's implementation), not that it predicts MT-NLG's speed. Run: .venv/bin/python benchmarks/scale_papers.py
 """
 import json
 

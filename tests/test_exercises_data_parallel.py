@@ -66,21 +66,20 @@ def test_zero_hint_for_an_all_reduce(monkeypatch):
         check("07.3")
 
 
-def model_group_bytes(config, tp, dp, batch_size):
+def model_ddp_group_bytes(config, tp, dp, batch_size):
     from minimt.parallel import stage_numel
     b, T, C, L = batch_size // dp, config.block_size, config.n_embd, config.n_layer
     tp_numel = (4 * L + 2) * b * T * C + 3 * b * T
-    padded = -(-stage_numel(config, tp, 1, 0) // dp) * dp
-    return {"tp": 4 * tp_numel * (tp > 1), "dp": 2 * 4 * padded * (dp > 1)}
+    return {"tp": 4 * tp_numel * (tp > 1), "dp": 4 * stage_numel(config, tp, 1, 0) * (dp > 1)}
 
 
-def test_group_bytes_exercise_accepts_the_closed_form_and_explains_a_miss(capsys):
-    from minimt.exercises.data_parallel import check_group_bytes
-    check_group_bytes(model_group_bytes)
+def test_ddp_group_bytes_exercise_accepts_the_closed_form_and_explains_a_miss(capsys):
+    from minimt.exercises.data_parallel import check_ddp_group_bytes
+    check_ddp_group_bytes(model_ddp_group_bytes)
     assert "all 4 layouts" in capsys.readouterr().out
 
-    def once(config, tp, dp, batch_size):  # forgets that ZeRO moves the parameters twice
-        got = model_group_bytes(config, tp, dp, batch_size)
-        return {"tp": got["tp"], "dp": got["dp"] // 2}
-    with pytest.raises(ExerciseError, match="reduce-scatter of the flat fp32 gradients"):
-        check_group_bytes(once)
+    def zero_accounting(config, tp, dp, batch_size):  # ZeRO-1's bytes, not DDP's
+        got = model_ddp_group_bytes(config, tp, dp, batch_size)
+        return {"tp": got["tp"], "dp": 2 * got["dp"]}
+    with pytest.raises(ExerciseError, match="no padding and no all-gather"):
+        check_ddp_group_bytes(zero_accounting)

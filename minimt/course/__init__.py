@@ -2,7 +2,11 @@
 the grader, catch-up for workshops and the rendered site (`python -m minimt.course --help`)."""
 from __future__ import annotations
 
+import importlib
 import json
+import os
+import sys
+import time
 from pathlib import Path
 
 from ..exercises.core import ExerciseError, unfinished
@@ -42,14 +46,38 @@ def _where(err: Exception, task) -> str:
 def check(*task_ids: str) -> None:
     """Check tasks ("03.2", ...) against their oracles: one line each when they pass, else an
     ExerciseError naming the case, expected and got, and a hint (shown without a traceback in Jupyter)."""
+    from . import strict
     for task_id in task_ids:
-        _as_exercise_error(_task(task_id))
+        task = _task(task_id)
+        strict.allow(task_id)
+        _reload_if_saved(task)
+        _as_exercise_error(task)
+
+
+def _reload_if_saved(task) -> None:
+    """Reload the task's module when its file was saved after this session imported the course,
+    so a check from a plain Python session sees the saved code and the ranks it forks inherit it
+    (in a notebook, %autoreload 2 has already reloaded it before the cell)."""
+    name = task.target.partition(":")[0]
+    module = sys.modules.get(name)
+    shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
+    if module is None or (shell is not None and "autoreload" in shell.extension_manager.loaded):
+        return
+    if os.stat(module.__file__).st_mtime > _RELOADED.get(name, _IMPORTED_AT):
+        importlib.reload(module)
+        _RELOADED[name] = time.time()
+
+
+_IMPORTED_AT = time.time()
+_RELOADED: dict[str, float] = {}  # module name -> when check() last reloaded it
 
 
 def require(*task_ids: str) -> None:
-    """Stop with a message naming the first of `task_ids` whose region still holds its stub: a
-    notebook that runs code written in earlier tasks says so before it fails deep inside."""
-    from . import regions
+    """A notebook's first cell names every earlier task whose code it runs (its own tasks it
+    checks where it teaches them): stop with one line naming the first of `task_ids` whose region
+    still holds its stub, before the notebook fails deep inside. Under nbval, strict mode checks
+    that the notebook runs no other task (minimt/course/strict.py)."""
+    from . import regions, strict
     from .repo import repo_root, task_file, task_of_region
     for task_id in task_ids:
         task = _task(task_id)
@@ -60,6 +88,7 @@ def require(*task_ids: str) -> None:
             raise ExerciseError(f"this notebook runs task {task_id}, not written yet: "
                                 f"{task.statement} in {task_file(task)}; see {task.section} "
                                 f"(minimt.course.check({task_id!r}) checks it)")
+    strict.start(task_ids)
 
 
 def catch_up(task_id: str, pack: str | Path = "catch_up.json", root: str | Path | None = None,

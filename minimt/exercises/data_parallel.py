@@ -2,15 +2,15 @@
 07.1 the ring reduce-scatter (torch.distributed.all_reduce, and the ring's (n-1)/n bytes);
 07.2 the bucketed all-reduce hook of DistributedDataParallel (autograd on the serial model and
 the global batch; buckets launched during the backward); 07.3 the ZeRO-1 step
-(torch.optim.AdamW on the serial model). And a notebook exercise, `check_group_bytes`: the bytes
-each group carries per step, against the CommCounter on a real run."""
+(torch.optim.AdamW on the serial model). And a notebook exercise, `check_ddp_group_bytes`: the
+bytes each group carries per step with DDP, against the CommCounter on a real run."""
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .core import ExerciseError, Task, compare, rank_stub_message, unfinished
+from .core import ExerciseError, Task, call, compare, needs_tasks, rank_stub_message, unfinished
 
 
 def _launch(task_id: str, fn, *args, **sizes):
@@ -162,48 +162,46 @@ def _check_zero_step() -> None:
 
 
 # ---------------------------------------------------------------------------- exercise: bytes per group
-def _group_bytes_rank(ctx, config, batch_size):
+def _ddp_bytes_rank(ctx, config, batch_size):
+    """The bytes one rank hands to the tp and dp groups in a forward and backward of a
+    tensor-parallel GPT wrapped in DistributedDataParallel, counted by the CommCounter."""
     from ..model import GPT
-    from ..parallel import CommCounter, DistributedOptimizer, apply_tensor_parallel
+    from ..parallel import CommCounter, DistributedDataParallel, apply_tensor_parallel
     torch.manual_seed(0)
-    model = apply_tensor_parallel(GPT(config), ctx)
-    opt = DistributedOptimizer(model, ctx)
+    model = DistributedDataParallel(apply_tensor_parallel(GPT(config), ctx), ctx)
     x = torch.randint(0, config.vocab_size, (batch_size, config.block_size))
     x = x.chunk(ctx.dp_size)[ctx.dp_rank]
     with CommCounter() as counter:
         model(x, x)[1].backward()
-        opt.step()
     return {"tp": counter.bytes(group="tp"), "dp": counter.bytes(group="dp")}
 
 
-def check_group_bytes(fn) -> None:
+@needs_tasks
+def check_ddp_group_bytes(fn) -> None:
     """fn(config, tp, dp, batch_size) -> {"tp": bytes, "dp": bytes}: what one rank hands to each
     group's collectives in one training step of a GPT (fp32, no pipeline, one micro-batch of
-    batch_size / dp sequences of config.block_size tokens, ZeRO-1), measured by the CommCounter."""
+    batch_size / dp sequences of config.block_size tokens, DistributedDataParallel's all-reduce
+    of the gradients, no ZeRO), measured by the CommCounter on real processes."""
     from ..config import GPTConfig
     from ..parallel import launch
     config = GPTConfig(vocab_size=50, block_size=8, n_layer=2, n_head=4, n_embd=16)
     for i, (tp, dp, batch) in enumerate([(2, 1, 4), (1, 2, 4), (2, 2, 8), (4, 1, 2)]):
-        measured = launch(_group_bytes_rank, config, batch, tp=tp, dp=dp, timeout_s=30)[0]
-        try:
-            got = fn(config, tp, dp, batch)
-        except NotImplementedError:
-            raise ExerciseError("check_group_bytes: not implemented yet (the stub still raises)") from None
-        name = f"check_group_bytes, case {i + 1} (tp={tp}, dp={dp}, batch {batch}, {config})"
+        measured = launch(_ddp_bytes_rank, config, batch, tp=tp, dp=dp, timeout_s=30)[0]
+        got = call("check_ddp_group_bytes", fn, config, tp, dp, batch)
+        name = f"check_ddp_group_bytes, case {i + 1} (tp={tp}, dp={dp}, batch {batch}, {config})"
         if not isinstance(got, dict) or set(got) != {"tp", "dp"}:
             raise ExerciseError(f"{name}: return a dict with the keys 'tp' and 'dp', got {got!r}")
-        b, T, C = batch // dp, config.block_size, config.n_embd
+        b = batch // dp
         hints = {"tp": f"per block 2 all-reduces of (b, T, C) forward and 2 backward, one for the "
                        f"embedding, one for the output layer and 3 of (b, T) in the loss; here "
                        f"b = batch / dp = {b}",
-                 "dp": "a reduce-scatter of the flat fp32 gradients and an all-gather of the "
-                       "flat weights: 2 x the rank's parameter count rounded up to a multiple "
-                       "of dp, 4 bytes each"}
+                 "dp": "DDP all-reduces every gradient of the rank's share of the model once, 4 "
+                       "bytes each; no padding and no all-gather (that is ZeRO-1's accounting)"}
         for group in ("tp", "dp"):
             if got[group] != measured[group]:
                 raise ExerciseError(f"{name}: {group} bytes {got[group]}, measured "
                                     f"{measured[group]}. Hint: {hints[group]}")
-    print("check_group_bytes: the tp and dp bytes equal the CommCounter's in all 4 layouts")
+    print("check_ddp_group_bytes: the tp and dp bytes equal the CommCounter's in all 4 layouts")
 
 
 TASKS = [

@@ -305,11 +305,11 @@ TASKS = [
          "notebook 06, section 3", _check_kv_append_task),
     task("06.2", 2, "write Decoder.step (one new token through the KV caches)",
          "minimt.generate:Decoder.step", "notebook 06, section 3", _check_decoder_step_task),
-    task("06.3", 1, "write top_k_filter", "minimt.sampling:top_k_filter", "notebook 06, section 5",
+    task("06.3", 1, "write top_k_filter", "minimt.sampling:top_k_filter", "notebook 06, section 7",
          _check_top_k_task),
     task("06.4", 2, "write top_p_filter (the nucleus: smallest set reaching p)",
-         "minimt.sampling:top_p_filter", "notebook 06, section 6", _check_top_p_task),
+         "minimt.sampling:top_p_filter", "notebook 06, section 8", _check_top_p_task),
     task("06.5", 3, "write the decoding loop of beam_search (each step ranks the beams' 2k best "
          "continuations, finishes or keeps them)", "minimt.generate:beam_search",
-         "notebook 06, section 7", _check_beam_task),
+         "notebook 06, section 9", _check_beam_task),
 ]

@@ -221,7 +221,7 @@ def _check_p2p_task() -> None:
 
 TASKS = [
     task("04.1", 3, "write the 1F1B (and interleaved) part of pipeline_schedule",
-         "minimt.parallel.pipeline:pipeline_schedule", "notebook 04, section 2", _check_schedule_task),
+         "minimt.parallel.pipeline:pipeline_schedule", "notebook 04, section 4", _check_schedule_task),
     task("04.2", 2, "write deliver and receive in pipeline_step (comm.isend / comm.recv with "
          "phase=PHASE[op] and tag=_tag(op, microbatch, chunk, v); a stage on this rank through "
          "`local`)",

@@ -1,9 +1,13 @@
 """ParallelContext: where this process sits in the (dp, pp, tp) mesh, and its process groups.
 
-Ranks follow Megatron-LM's order, tensor-parallel ranks adjacent (they talk most, so on a real
-cluster they share a node's fast links):
+Tensor-parallel ranks are adjacent (they talk most, so on a real cluster they share a node's
+fast links), then pipeline stages, then data-parallel replicas:
 
     rank = dp_rank * (pp * tp) + pp_rank * tp + tp_rank
+
+This is Megatron-LM's optional `--use-tp-pp-dp-mapping` order. Megatron-LM's default,
+"tp-cp-ep-dp-pp" (`initialize_model_parallel` in megatron/core/parallel_state.py), puts data
+parallelism second and the pipeline outermost: rank = pp_rank * (dp * tp) + dp_rank * tp + tp_rank.
 
 The layout is a pure function (`mesh_ranks`), so it can be tested and drawn without processes.
 The context is an object passed to the code that needs it; there are no module-level groups.
