@@ -149,8 +149,11 @@ def check_optimizer(optimizer, what: str) -> None:
     if optimizer is None or isinstance(optimizer, DistributedOptimizer) \
             or type(inner) is torch.optim.AdamW:
         return
+    module = type(inner).__module__
+    name = ("torch.optim" if module.startswith("torch.optim") else module) + "." + \
+        type(inner).__name__
     raise TypeError(f"{what} holds AdamW's state (exp_avg, exp_avg_sq), not that of "
-                    f"{type(inner).__module__}.{type(inner).__name__}: pass optimizer=None to "
+                    f"{name}: pass optimizer=None to "
                     f"{'save' if what.startswith('save') else 'load'} the weights only, or train "
                     f"with torch.optim.AdamW or minimt.parallel.DistributedOptimizer")
 
@@ -386,7 +389,9 @@ def _load_optimizer(model, optimizer, state: dict, weights: dict, num_steps: int
         for name, param, _ in params:
             start, end = where[id(param)]
             # a checkpoint of fp32 weights has no separate master: the weights are the master
-            sources = {"master": weights[name], **state[name]}
+            sources = {"exp_avg": torch.zeros_like(weights[name]),  # no step taken yet
+                       "exp_avg_sq": torch.zeros_like(weights[name]),
+                       "master": weights[name], **state.get(name, {})}
             for key, t in flat.items():
                 t[start:end] = shard(name, sources[key], param, ctx).flatten()
         mine = slice(optimizer.shard_start, optimizer.shard_start + optimizer.shard_size)
@@ -396,6 +401,8 @@ def _load_optimizer(model, optimizer, state: dict, weights: dict, num_steps: int
         return
     inner, masters = _inner_and_masters(optimizer, params)
     for name, param, _ in params:
+        if name not in state:  # saved before its first step: AdamW starts it fresh
+            continue
         master = masters[id(param)]
         if master is not param:  # fp32 master of a 16-bit weight: the saved one, else the weight
             master.copy_(shard(name, state[name].get("master", weights[name]), param, ctx))
