@@ -220,7 +220,13 @@ def generate_main(argv: list[str]) -> int:
         check_torchrun_world_size(args.tp, 1, 1)
         meta, _, _ = read_checkpoint(args.checkpoint)
         check_layout(GPTConfig(**meta["config"]), args.tp, 1, 1, 1)
-        if not char_dataset(CORPUS, byte_fallback=False)[0].encode(args.prompt):
+        tokenizer = char_dataset(CORPUS, byte_fallback=False)[0]
+        try:
+            tokenizer.encode(args.prompt)
+        except ValueError as error:
+            raise ValueError(f"--prompt: {str(error).split(';')[0]} (the model knows the "
+                             f"characters of {CORPUS}); write the prompt with those") from None
+        if not tokenizer.encode(args.prompt):
             raise ValueError("--prompt is empty: give at least one character to continue")
     except (FileNotFoundError, ValueError) as error:
         generate_parser().error(str(error))

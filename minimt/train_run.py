@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint_file import read_file
+from .parallel.checkpoint import checkpoint_folder
 from .model import param_count
 
 # flags that must be the same when a run is resumed (the rest may change: layout, --iters, ...)
@@ -32,8 +33,11 @@ def check_out(out: str, resume: bool, overwrite: bool) -> int | None:
         if not existing:
             raise ValueError(f"--resume: --out {out} holds no run to continue (no 'latest' file); "
                              f"drop --resume to start a new run there")
-        meta = json.loads((path / (path / "latest").read_text().strip() / "meta.json").read_text())
-        return meta["step"]
+        try:
+            return json.loads((checkpoint_folder(path) / "meta.json").read_text())["step"]
+        except (FileNotFoundError, json.JSONDecodeError) as error:
+            raise ValueError(f"--resume: the run in --out {out} cannot be read ({error}); start "
+                             f"again with --overwrite") from None
     if existing and not overwrite:
         raise ValueError(f"--out {out} already holds a run (latest: "
                          f"{(path / 'latest').read_text().strip()}): pass --resume to continue "
@@ -52,8 +56,7 @@ def check_out(out: str, resume: bool, overwrite: bool) -> int | None:
 
 def check_resume_flags(out: str, flags: dict) -> None:
     """The flags that shape the run must be those the checkpoint was written with."""
-    folder = Path(out) / (Path(out) / "latest").read_text().strip()
-    extra = folder / "extra.pt"
+    extra = checkpoint_folder(out) / "extra.pt"
     saved = json.loads(read_file(extra, "python -m minimt train")["flags"]) if extra.is_file() \
         else {}
     differ = [k for k in RESUME_FLAGS if k in saved and saved[k] != flags[k]]

@@ -1,8 +1,9 @@
 """Misuse of runs, checkpoints, data parallelism and the scale calculator: each case ends in a
 sentence that names the argument and the fix, nothing is lost or left half-written on disk, and
 no rank is left alive (launch reaps them; the launch tests check that). MISUSES counts them."""
-import json
+import multiprocessing
 import os
+import re
 import shutil
 import threading
 import warnings
@@ -174,7 +175,7 @@ def _save_on_rank_0_only(ctx, folder):
 def test_save_on_rank_0_only_says_every_rank_must_call_it(tmp_path):
     with pytest.raises(Exception, match=r"save_checkpoint is collective: every rank must call"):
         launch(_save_on_rank_0_only, tmp_path, dp=2, timeout_s=2)
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [] and multiprocessing.active_children() == []
 
 
 # ----------------------------------------------------------------- data parallelism and ZeRO-1
@@ -211,6 +212,7 @@ def test_ddp_makes_frozen_parameters_and_buffers_equal():
 def test_ddp_misuse_is_refused_when_wrapping(case, message):
     with pytest.raises(Exception, match=message):
         launch(_ddp_misuse, case, dp=2, timeout_s=10)
+    assert multiprocessing.active_children() == []  # no rank left alive
 
 
 def test_zero_with_one_replica_says_it_shards_nothing():
@@ -280,7 +282,7 @@ def test_an_existing_run_is_never_replaced_silently(run, flags, message, capsys)
     with pytest.raises(SystemExit) as exit_info:
         main(["train", *FLAGS, *flags, "--out", str(run)])
     assert exit_info.value.code == 2
-    assert __import__("re").search(message, capsys.readouterr().err)
+    assert re.search(message, capsys.readouterr().err)
     assert sorted(p.name for p in run.iterdir()) == before
 
 
@@ -307,6 +309,18 @@ def test_overwrite_replaces_the_run_once_the_new_one_is_saved(run, tmp_path):
     assert read_checkpoint(copy)[0]["step"] == 1
 
 
+@pytest.mark.parametrize("what,message", [
+    ("prompt", r"--prompt: character '日' .* write the prompt with those"),
+    ("a file of the run", r"model_pp0.pt is one file of the checkpoint .*: give the folder"),
+])
+def test_generate_names_a_prompt_or_checkpoint_it_cannot_use(run, what, message, capsys):
+    flags = (["--checkpoint", str(run), "--prompt", "日本"] if what == "prompt" else
+             ["--checkpoint", str(run / "iter_0000002" / "model_pp0.pt")])
+    with pytest.raises(SystemExit):
+        main(["generate", *flags])
+    assert re.search(message, capsys.readouterr().err)
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--resume"], r"holds no run to continue"),
     (["--preset", "mt-nlg-530b"], r"--preset mt-nlg-530b has 5\d\dB parameters.*GiB.*"
@@ -315,7 +329,7 @@ def test_overwrite_replaces_the_run_once_the_new_one_is_saved(run, tmp_path):
 def test_a_run_that_cannot_work_is_refused_before_training(flags, message, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", *FLAGS, *flags, "--out", str(tmp_path / "new")])
-    assert __import__("re").search(message, capsys.readouterr().err)
+    assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "new").exists()
 
 

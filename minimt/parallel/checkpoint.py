@@ -288,6 +288,9 @@ def checkpoint_folder(directory) -> Path:
 
 def _not_a_checkpoint_folder(root: Path) -> None:
     """Say what `root` is when it is another kind of checkpoint, and how to use it."""
+    if root.is_file() and (root.parent / "meta.json").is_file():
+        raise ValueError(f"{root} is one file of the checkpoint {root.parent}: give the folder "
+                         f"({root.parent.parent} for its latest step)")
     if root.is_file():
         raise ValueError(f"{root} is a file, not a checkpoint folder (a Trainer checkpoint "
                          f"written by Trainer.save_checkpoint?): load it with "
