@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import asdict
 from typing import Callable
 
@@ -128,6 +129,10 @@ class Trainer:
         # who clips and skips: ZeRO-1's optimizer and MixedPrecisionOptimizer do it in step()
         self.mixed_precision = cfg.dtype is not None or loss_scaler is not None
         self.optimizer_checks = cfg.zero or self.mixed_precision
+        if cfg.zero and self.ctx.dp_size == 1:
+            warnings.warn("TrainConfig.zero=True (--zero) with one data-parallel replica shards "
+                          "nothing: each rank keeps the whole optimizer state; use dp > 1 for "
+                          "ZeRO to divide it", stacklevel=2)
         if cfg.zero:  # AdamW on this rank's 1/dp shard (fp32 master for 16-bit weights)
             self.optimizer = DistributedOptimizer(
                 self.mesh.chunks, self.ctx, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),

@@ -12,7 +12,6 @@ The bytes on the wire equal one all-reduce (reduce-scatter + all-gather), and ea
 """
 from __future__ import annotations
 
-import warnings
 from typing import Callable
 
 import torch
@@ -49,7 +48,7 @@ class DistributedOptimizer:
             raise ValueError(f"lr={lr} and eps={eps} must be positive, weight_decay={weight_decay} "
                              f">= 0 and betas={betas} in [0, 1)")
         self.ctx = ctx
-        _check_module(module, ctx)
+        _check_module(module)
         self.params = unique_parameters(module)
         dtypes = {p.dtype for p in self.params}
         if len(dtypes) != 1:
@@ -201,15 +200,10 @@ class DistributedOptimizer:
                 "exp_avg_sq": owned(self.exp_avg_sq)}
 
 
-def _check_module(module, ctx: ParallelContext) -> None:
-    """Refuse a DistributedDataParallel wrapper (its gradients would be averaged twice); say that
-    one replica shards nothing."""
+def _check_module(module) -> None:
+    """Refuse a DistributedDataParallel wrapper: its gradients would be averaged twice."""
     if any(type(m).__name__ == "DistributedDataParallel"
            for m in (module if isinstance(module, (list, tuple)) else [module])):
         raise ValueError("DistributedOptimizer was given a DistributedDataParallel wrapper: it "
                          "averages the gradients itself (reduce-scatter), so DDP would average "
                          "them twice; build it on the unwrapped model (ddp.module) and drop DDP")
-    if ctx.dp_size == 1:
-        warnings.warn("DistributedOptimizer with one data-parallel replica (dp=1) shards nothing: "
-                      "this rank holds the whole optimizer state, as torch.optim.AdamW; use dp > 1 "
-                      "to divide it", stacklevel=3)
