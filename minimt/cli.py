@@ -18,13 +18,16 @@ from .data import char_dataset
 from .generate import stream
 from .model import GPT, param_count
 from .parallel import LaunchTimeout, ParallelContext, RankError, launch
-from .parallel.checkpoint import load_serial_model, read_checkpoint, save_checkpoint
+from .parallel.checkpoint import (load_checkpoint, load_serial_model, read_checkpoint,
+                                  save_checkpoint)
 from .parallel.layout import check_layout
-from .parallel.launch import TORCHRUN_VARIABLES
+from .parallel.launch import TORCHRUN_VARIABLES, check_torchrun_world_size
 from .parallel.pipeline import SCHEDULES
 from .parallel.rank_main import seed_everything
 from .parallel.tensor import apply_tensor_parallel
-from .train import TrainConfig, Trainer
+from .train import NonFiniteLoss, TrainConfig, Trainer
+from .train_run import (RESUME_FLAGS, check_fits, check_out, check_resume_flags,
+                        default_batch_size, remove_other_steps, resume, run_state)
 
 CORPUS = "tinyshakespeare"  # the course data: nanoGPT's character-level Shakespeare
 DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
@@ -66,8 +69,9 @@ def train_parser() -> argparse.ArgumentParser:
                         help="pipeline micro-batches per step (default 2 x pp)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weights: fp32, "
                         "or bf16/fp16 with fp32 master weights (fp16 adds dynamic loss scaling)")
-    parser.add_argument("--batch-size", type=cli_number(int, 1), default=12,
-                        help="global batch: sequences per step over all replicas")
+    parser.add_argument("--batch-size", type=cli_number(int, 1), default=None,
+                        help="global batch: sequences per step over all replicas (default 12, or "
+                        "the next multiple of dp x micro-batches)")
     parser.add_argument("--seed", type=int, default=1337,
                         help="seeds the initial weights and the batches")
     parser.add_argument("--iters", type=cli_number(int, 1), required=True, help="optimizer steps")
@@ -79,7 +83,14 @@ def train_parser() -> argparse.ArgumentParser:
                         help="evaluate every this many steps (and at the end)")
     parser.add_argument("--eval-iters", type=cli_number(int, 1), default=20,
                         help="batches per evaluation")
-    parser.add_argument("--out", required=True, help="checkpoint directory to write")
+    parser.add_argument("--out", required=True, help="checkpoint directory to write (a new one, "
+                        "unless --resume or --overwrite)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from "
+                        "its latest checkpoint, at any layout, up to --iters")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run in --out (its checkpoints go once the new run saved)")
+    parser.add_argument("--save-interval", type=cli_number(int, 1), default=None,
+                        help="also save a checkpoint every this many steps (default: at the end)")
     return parser
 
 
@@ -106,10 +117,18 @@ def _train_rank(ctx, args) -> dict:
               f"{args.dtype}", flush=True)
     if not _in_process(ctx) and not _under_torchrun():  # launch forwards output line by line
         trainer.progress_file = ProgressLines(sys.stderr)
-    history = trainer.train()
-    # the optimizer's state too: AdamW, ZeRO-1's shards, or 16-bit runs' fp32 masters and moments
-    folder = save_checkpoint(args.out, trainer.mesh.chunks, trainer.optimizer, ctx,
-                             step=trainer.iter_num)
+    if args.resume:
+        meta = load_checkpoint(args.out, trainer.mesh.chunks, trainer.optimizer, ctx)
+        resume(trainer, meta["extra"], meta["step"])
+    flags = {k: getattr(args, k) for k in RESUME_FLAGS}
+    while True:  # the optimizer's state too: AdamW, ZeRO-1's shards, 16-bit runs' fp32 masters
+        history = trainer.train(num_iters=args.save_interval)
+        folder = save_checkpoint(args.out, trainer.mesh.chunks, trainer.optimizer, ctx,
+                                 step=trainer.iter_num, extra=run_state(trainer, flags))
+        if trainer.iter_num == args.iters:
+            break
+    if args.overwrite and ctx.rank == 0:
+        remove_other_steps(args.out, folder)
     if ctx.rank == 0:
         it, train_loss = history["train"][-1]
         print(f"step {it + 1}: train loss {train_loss:.4f}, val loss {history['val'][-1][1]:.4f}; "
@@ -121,6 +140,20 @@ def train_main(argv: list[str]) -> int:
     args = train_parser().parse_args(argv)
     config = GPTConfig.from_preset(args.preset)
     try:
+        check_torchrun_world_size(args.tp, args.pp, args.dp)
+        start = check_out(args.out, args.resume, args.overwrite)
+        if args.batch_size is None:
+            args.batch_size, note = default_batch_size(args.dp, 1 if args.pp == 1 else (
+                args.microbatches or 2 * args.pp))
+            if note and int(os.environ.get("RANK", 0)) == 0:
+                print(note, flush=True)
+        if start is not None:
+            check_resume_flags(args.out, {k: getattr(args, k) for k in RESUME_FLAGS})
+            if start >= args.iters:
+                raise ValueError(f"--resume: the run in {args.out} is at step {start} already; "
+                                 f"give --iters above {start} to train it further")
+        check_fits(config, args.preset, int(os.environ.get("LOCAL_WORLD_SIZE",
+                                                           args.tp * args.pp * args.dp)))
         settings = train_settings(args)
         check_layout(config, args.tp, args.pp, args.dp, args.batch_size, settings.schedule,
                      settings.num_microbatches, settings.num_chunks)
@@ -184,9 +217,16 @@ def _generate_rank(ctx, args) -> str:
 def generate_main(argv: list[str]) -> int:
     args = generate_parser().parse_args(argv)
     try:
+        check_torchrun_world_size(args.tp, 1, 1)
         meta, _, _ = read_checkpoint(args.checkpoint)
         check_layout(GPTConfig(**meta["config"]), args.tp, 1, 1, 1)
-        if not char_dataset(CORPUS, byte_fallback=False)[0].encode(args.prompt):
+        tokenizer = char_dataset(CORPUS, byte_fallback=False)[0]
+        try:
+            tokenizer.encode(args.prompt)
+        except ValueError as error:
+            raise ValueError(f"--prompt: {str(error).split(';')[0]} (the model knows the "
+                             f"characters of {CORPUS}); write the prompt with those") from None
+        if not tokenizer.encode(args.prompt):
             raise ValueError("--prompt is empty: give at least one character to continue")
     except (FileNotFoundError, ValueError) as error:
         generate_parser().error(str(error))
@@ -221,16 +261,21 @@ def _under_torchrun() -> bool:
 def _run(fn, args, tp: int, pp: int, dp: int, name: str) -> int:
     """fn(ctx, args) in this process for one rank (streamed output, a live progress bar), on
     forked ranks for a mesh, or on this process's rank under torchrun."""
-    if tp * pp * dp == 1 and not _under_torchrun():
-        seed_everything(args.seed)
-        device = "cuda" if args.backend != "gloo" and torch.cuda.is_available() else "cpu"
-        fn(ParallelContext(device=device), args)
-        return 0
     try:
+        if tp * pp * dp == 1 and not _under_torchrun():
+            seed_everything(args.seed)
+            device = "cuda" if args.backend != "gloo" and torch.cuda.is_available() else "cpu"
+            fn(ParallelContext(device=device), args)
+            return 0
         launch(fn, args, tp=tp, pp=pp, dp=dp, backend=args.backend, timeout_s=args.timeout_s,
-               seed=args.seed)
-    except (RankError, LaunchTimeout) as error:
+               seed=args.seed, stream_rank0=name == "generate")
+    except NonFiniteLoss as error:
         print(f"minimt {name} failed: {error}", file=sys.stderr)
+        return 1
+    except (RankError, LaunchTimeout) as error:
+        clear = isinstance(error, RankError) and NonFiniteLoss.__name__ in error.traceback
+        print(f"minimt {name} failed: {str(error).split(chr(10))[0] if clear else error}",
+              file=sys.stderr)
         return 1
     return 0
 

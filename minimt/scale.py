@@ -181,6 +181,44 @@ def stage_params_per_gpu(config: GPTConfig, tp: int, pp: int) -> int:
     return layers + (first if pp == 1 else max(first, last))
 
 
+MAX_TFLOPS_PER_GPU = 5000  # above any GPU's dense 16-bit peak (B200: 2250 TFLOP/s)
+
+
+def check_achieved_tflops(value) -> None:
+    """None, or a plausible per-GPU TFLOP/s (MT-NLG achieved 113-126 on A100s)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"achieved_tflops={value!r} must be a positive number of TFLOP/s per "
+                         f"GPU (MT-NLG reached 113-126 on A100s), or None to skip the time")
+    if value > MAX_TFLOPS_PER_GPU:
+        raise ValueError(f"achieved_tflops={value:g} is more than any GPU computes "
+                         f"(<= {MAX_TFLOPS_PER_GPU} TFLOP/s): give TFLOP/s per GPU, not FLOP/s "
+                         f"nor the whole cluster's (e.g. 1.2e14 FLOP/s is 120)")
+
+
+def _check_best_layout_inputs(config: GPTConfig, num_gpus, global_batch_size, gpu_bytes,
+                              max_tp: int, micro_batch_size: int, sequence_parallel: bool) -> None:
+    """Say which rule rules out every layout before searching: the GPU count, the memory unit,
+    or divisibility (only a real lack of memory is left for "no layout fits")."""
+    for name, value in (("num_gpus", num_gpus), ("global_batch_size", global_batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
+    if isinstance(gpu_bytes, bool) or not isinstance(gpu_bytes, (int, float)) or gpu_bytes <= 0:
+        raise ValueError(f"gpu_bytes={gpu_bytes!r} must be a positive number of bytes per GPU "
+                         f"(e.g. 80 * 2**30)")
+    if gpu_bytes < 2 ** 20:
+        raise ValueError(f"gpu_bytes={gpu_bytes:g} is less than a MiB: it takes bytes, not GB or "
+                         f"GiB; for an 80 GB GPU give 80 * 2**30")
+    problems = [layout_error(config, tp, pp, num_gpus // (tp * pp), micro_batch_size,
+                             global_batch_size, sequence_parallel)
+                for tp in _divisors(num_gpus) if tp <= max_tp for pp in _divisors(num_gpus // tp)]
+    if all(problems):
+        raise ValueError(f"no split of {num_gpus} GPUs into tp x pp x dp divides the model and the "
+                         f"batch (e.g. tp=1, pp=1, dp={num_gpus}: {problems[0]}); change "
+                         f"num_gpus or global_batch_size")
+
+
 def estimate(config: GPTConfig, tp: int, pp: int, dp: int, micro_batch_size: int,
              global_batch_size: int, achieved_tflops: float | None = None,
              recompute: str = "full", sequence_parallel: bool = False, zero: bool = False,
@@ -203,6 +241,7 @@ def estimate(config: GPTConfig, tp: int, pp: int, dp: int, micro_batch_size: int
             raise ValueError(f"{name}={value!r} must be a positive integer")
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"dtype={dtype!r}: choose one of {sorted(DTYPE_BYTES)}")
+    check_achieved_tflops(achieved_tflops)
     if activation_model not in ACTIVATION_MODELS:
         raise ValueError(f"activation_model={activation_model!r}: choose one of "
                          f"{ACTIVATION_MODELS}")
@@ -240,6 +279,9 @@ def best_layout(config: GPTConfig, num_gpus: int, global_batch_size: int,
     and the batch and fit gpu_bytes, the one with the least bubble; ties go to the least model
     parallelism (tp x pp), then the smaller tp. `options` go to estimate (micro_batch_size 1
     unless given). Raises ValueError when nothing fits."""
+    _check_best_layout_inputs(config, num_gpus, global_batch_size, gpu_bytes, max_tp,
+                              options.get("micro_batch_size", 1),
+                              options.get("sequence_parallel", False))
     ### BEGIN SOLUTION
     micro_batch_size = options.pop("micro_batch_size", 1)
     best = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import asdict
 from typing import Callable
 
@@ -31,8 +32,12 @@ from .precision import DynamicLossScaler, MixedPrecisionOptimizer
 from .train_config import AUTOCAST_DTYPES, TrainConfig, check_device
 
 # the public names, wherever they are defined (the config and the schedule have their own files)
-__all__ = ["AUTOCAST_DTYPES", "TrainConfig", "Trainer", "autocast_context", "batch_losses",
-           "configure_adamw", "load_checkpoint", "lr_at"]
+__all__ = ["AUTOCAST_DTYPES", "NonFiniteLoss", "TrainConfig", "Trainer", "autocast_context",
+           "batch_losses", "configure_adamw", "load_checkpoint", "lr_at"]
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss or gradient norm became inf/NaN outside loss scaling: the run cannot go on."""
 
 
 def configure_adamw(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
@@ -124,6 +129,10 @@ class Trainer:
         # who clips and skips: ZeRO-1's optimizer and MixedPrecisionOptimizer do it in step()
         self.mixed_precision = cfg.dtype is not None or loss_scaler is not None
         self.optimizer_checks = cfg.zero or self.mixed_precision
+        if cfg.zero and self.ctx.dp_size == 1:
+            warnings.warn("TrainConfig.zero=True (--zero) with one data-parallel replica shards "
+                          "nothing: each rank keeps the whole optimizer state; use dp > 1 for "
+                          "ZeRO to divide it", stacklevel=2)
         if cfg.zero:  # AdamW on this rank's 1/dp shard (fp32 master for 16-bit weights)
             self.optimizer = DistributedOptimizer(
                 self.mesh.chunks, self.ctx, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
@@ -246,6 +255,7 @@ class Trainer:
             bar.update(1)
             if len(pending) >= cfg.log_interval or self.iter_num == stop:
                 values = torch.stack([loss for _, loss in pending]).tolist()  # one sync
+                self._stop_if_diverged([i for i, _ in pending], values)
                 self.history["train"].extend(zip([i for i, _ in pending], values))
                 pending.clear()
                 postfix = {"loss": f"{values[-1]:.3f}", "lr": f"{cfg.lr(it):.2e}"}
@@ -257,6 +267,22 @@ class Trainer:
         if evaluate and self.iter_num == cfg.max_iters and not evaluated_now:
             self._record_eval()
         return self.history
+
+    def _stop_if_diverged(self, steps: list[int], losses: list[float]) -> None:
+        """A non-finite loss, or gradient norm without loss scaling (which skips such steps
+        itself), ends the run before anything is saved: its weights are garbage."""
+        norm = self.last_grad_norm if self.loss_scaler is None else None
+        norm = None if norm is None else float(norm)
+        bad = next(((it, f"loss is {v}") for it, v in zip(steps, losses)
+                    if not torch.isfinite(torch.tensor(v))), None)
+        if bad is None and norm is not None and not torch.isfinite(torch.tensor(norm)):
+            bad = (steps[-1], f"gradient norm is {norm}")
+        if bad is not None:
+            lr = self.config.lr(bad[0])
+            raise NonFiniteLoss(
+                f"training diverged: the {bad[1]} at step {bad[0]} (learning rate {lr:.3g}); the "
+                f"learning rate is most likely too large: lower --lr (TrainConfig.learning_rate, "
+                f"e.g. 1e-3 or 3e-4). The run stopped and nothing was saved")
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Write model, optimizer, iteration, configs, history and RNG states to `path`

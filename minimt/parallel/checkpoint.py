@@ -16,14 +16,17 @@ sharded way. A checkpoint directory:
     DIR/iter_0000042/optim_pp0.pt {serial name: {"exp_avg", "exp_avg_sq"[, "master"]}}
     DIR/iter_0000042/extra.pt     what the caller passed as `extra` (rank 0's), if anything
 
-Saves are atomic: files go to a hidden folder renamed into place, then `latest` is replaced.
-Loads use torch.load(weights_only=True): tensors and containers only, never pickled code.
+Saves are atomic: files go to a hidden folder renamed into place, then `latest` is replaced; a
+step saved again moves its old folder to `.old-iter_N` first and the loader falls back to it, so
+a save killed at any instant leaves a complete checkpoint. Loads use torch.load(weights_only=True):
+tensors and containers only, never pickled code. fp16 runs keep their loss scaler's state in meta.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -139,6 +142,47 @@ def _optimizer_state(model, optimizer, ctx, config) -> tuple[dict, int]:
     return state, step
 
 
+def check_optimizer(optimizer, what: str) -> None:
+    """Refuse, before anything is read or written, an optimizer whose state the format cannot
+    hold: it keeps AdamW's exp_avg and exp_avg_sq (and fp32 masters), nothing else."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    if optimizer is None or isinstance(optimizer, DistributedOptimizer) \
+            or type(inner) is torch.optim.AdamW:
+        return
+    module = type(inner).__module__
+    name = ("torch.optim" if module.startswith("torch.optim") else module) + "." + \
+        type(inner).__name__
+    raise TypeError(f"{what} holds AdamW's state (exp_avg, exp_avg_sq), not that of "
+                    f"{name}: pass optimizer=None to "
+                    f"{'save' if what.startswith('save') else 'load'} the weights only, or train "
+                    f"with torch.optim.AdamW or minimt.parallel.DistributedOptimizer")
+
+
+def check_step(step) -> None:
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise TypeError(f"save_checkpoint(step={step!r}): step must be an integer >= 0 (the "
+                        f"number of optimizer steps taken, e.g. trainer.iter_num)")
+
+
+def _scaler_state(optimizer) -> dict | None:
+    """The loss scaler's numbers (scale, growth tracker...), so a resumed fp16 run keeps them."""
+    scaler = getattr(optimizer, "loss_scaler", None)
+    return None if scaler is None else {k: v for k, v in vars(scaler).items()
+                                        if isinstance(v, (int, float))}
+
+
+def _collective(ctx: ParallelContext, what: str) -> None:
+    """A barrier whose timeout says what went wrong: a rank that skipped this call."""
+    try:
+        barrier(ctx)
+    except RuntimeError as error:
+        if "timed out" not in str(error).lower() and "timeout" not in str(error).lower():
+            raise
+        raise RuntimeError(f"{what} is collective: every rank must call it (rank {ctx.rank} "
+                           f"waited in vain for the others); call it on all ranks, not under "
+                           f"`if ctx.rank == 0:`") from None
+
+
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(f".tmp-{path.name}")
     torch.save(obj, tmp)
@@ -151,16 +195,41 @@ def save_checkpoint(directory, model, optimizer, ctx: ParallelContext, step: int
     MixedPrecisionOptimizer, or DistributedOptimizer, or None) at `step`
     into directory/iter_{step:07d} in the serial layout; collective: every rank calls it.
     Returns the step folder. `extra` (tensors, numbers, strings: e.g. RNG states) is rank 0's."""
+    check_step(step)
+    check_optimizer(optimizer, "save_checkpoint")
     config = find_config(model, config)
     root = Path(directory)
     final, tmp = root / f"iter_{step:07d}", root / f".tmp-iter_{step:07d}"
     if ctx.rank == 0:
         try:
+            _recover(root)
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         except OSError as error:  # name the caller's folder, not the hidden temporary
             raise write_error(error, directory, "give a folder you can write to") from None
-    barrier(ctx)
+    try:
+        _collective(ctx, "save_checkpoint")
+        _write(root, final, tmp, model, optimizer, ctx, step, config, extra)
+    except BaseException:
+        if ctx.rank == 0:  # never leave a half-written folder behind
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _recover(root: Path) -> None:
+    """A save killed between its renames left `.old-iter_N` without `iter_N`: put it back."""
+    (root / ".tmp-latest").unlink(missing_ok=True)
+    for old in root.glob(".old-iter_*"):
+        final = root / old.name.removeprefix(".old-")
+        if final.exists():
+            shutil.rmtree(old)
+        else:
+            old.rename(final)
+
+
+def _write(root, final, tmp, model, optimizer, ctx, step, config, extra) -> None:
+    """Every rank's part of save_checkpoint after the temporary folder exists."""
     weights = full_state_dict(model, ctx, config)
     state, num_steps = ((None, 0) if optimizer is None
                         else _optimizer_state(model, optimizer, ctx, config))
@@ -176,24 +245,23 @@ def save_checkpoint(directory, model, optimizer, ctx: ParallelContext, step: int
                     layout=dict(tp=ctx.tp_size, pp=ctx.pp_size, dp=ctx.dp_size,
                                 zero=isinstance(optimizer, DistributedOptimizer)),
                     dtype=dtype, has_optimizer=state is not None,
+                    loss_scaler=_scaler_state(optimizer),
                     param_groups=[{k: v for k, v in g.items() if k != "params"} for g in
                                   getattr(getattr(optimizer, "optimizer", optimizer),
                                           "param_groups", [])])
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
     barrier(ctx)
     if ctx.rank == 0:
-        if final.exists():  # re-saving a step: move the old one aside first
-            old = root / f".old-iter_{step:07d}"
-            shutil.rmtree(old, ignore_errors=True)
+        # re-saving a step: the old folder moves aside and stays loadable (checkpoint_folder
+        # falls back to it) until the new one is in place
+        old = root / f".old-{final.name}"
+        if final.exists():
             final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(final)
+        tmp.rename(final)
         (root / ".tmp-latest").write_text(final.name)
         os.replace(root / ".tmp-latest", root / "latest")
+        shutil.rmtree(old, ignore_errors=True)
     barrier(ctx)
-    return final
 
 
 def checkpoint_folder(directory) -> Path:
@@ -201,9 +269,39 @@ def checkpoint_folder(directory) -> Path:
     root = Path(directory)
     if (root / "meta.json").is_file():
         return root
+    _not_a_checkpoint_folder(root)
     if not (root / "latest").is_file():
-        raise FileNotFoundError(f"{root} holds no checkpoint: no 'latest' file and no meta.json")
-    return root / (root / "latest").read_text().strip()
+        raise FileNotFoundError(f"{root} holds no checkpoint: no 'latest' file and no meta.json; "
+                                f"give the folder that `python -m minimt train --out` or "
+                                f"save_checkpoint(directory, ...) wrote")
+    folder = root / (root / "latest").read_text().strip()
+    if not (folder / "meta.json").is_file():  # a save was killed while replacing this step
+        complete = [f for f in (root / f".old-{folder.name}", *sorted(root.glob("iter_*"))[::-1])
+                    if (f / "meta.json").is_file()]
+        if not complete:
+            raise FileNotFoundError(f"{root} holds no complete checkpoint: 'latest' names "
+                                    f"{folder.name}, which is missing; write it again with "
+                                    f"save_checkpoint")
+        folder = complete[0]
+    return folder
+
+
+def _not_a_checkpoint_folder(root: Path) -> None:
+    """Say what `root` is when it is another kind of checkpoint, and how to use it."""
+    if root.is_file() and (root.parent / "meta.json").is_file():
+        raise ValueError(f"{root} is one file of the checkpoint {root.parent}: give the folder "
+                         f"({root.parent.parent} for its latest step)")
+    if root.is_file():
+        raise ValueError(f"{root} is a file, not a checkpoint folder (a Trainer checkpoint "
+                         f"written by Trainer.save_checkpoint?): load it with "
+                         f"trainer.load_checkpoint({os.fspath(root)!r}); this call reads the folder"
+                         f" that `python -m minimt train --out` or save_checkpoint(directory, ...) "
+                         f"writes")
+    if (root / "config.json").is_file() and not (root / "latest").exists():
+        raise ValueError(f"{root} is a Hugging Face model folder (config.json), not a minimt "
+                         f"checkpoint: load it with GPT.from_hf_gpt2({os.fspath(root)!r}); this "
+                         f"call reads the folder that `python -m minimt train --out` or "
+                         f"save_checkpoint(directory, ...) writes")
 
 
 def read_checkpoint(directory) -> tuple[dict, dict, dict | None]:
@@ -219,7 +317,13 @@ def read_checkpoint(directory) -> tuple[dict, dict, dict | None]:
 
     def merged(prefix):
         out = {}
-        for path in sorted(folder.glob(f"{prefix}_pp*.pt")):
+        for stage in range(meta.get("layout", {}).get("pp", 1)):
+            path = folder / f"{prefix}_pp{stage}.pt"
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"the checkpoint {folder} lacks {path.name}: it was written at pp="
+                    f"{meta['layout']['pp']}, one {prefix}_pp*.pt file per pipeline stage; copy "
+                    f"the whole folder, or write it again with save_checkpoint")
             out.update(read_file(path, "minimt.parallel.checkpoint.save_checkpoint"))
         return out
 
@@ -232,6 +336,7 @@ def load_checkpoint(directory, model, optimizer, ctx: ParallelContext,
     """Load a checkpoint of any layout into this rank's model (and optimizer, if not None):
     each tensor is sliced for this rank's stage and tp rank. Returns the meta dict, with
     "extra" (the saved `extra`, or None)."""
+    check_optimizer(optimizer, "load_checkpoint")
     meta, weights, state = read_checkpoint(directory)
     config = find_config(model, config)
     check_same_model_config(directory, {**meta["config"], "dropout": config.dropout}, config,
@@ -241,16 +346,40 @@ def load_checkpoint(directory, model, optimizer, ctx: ParallelContext,
         raise ValueError(f"the checkpoint {os.fspath(directory)!r} lacks {missing[:3]}: a "
                          f"model_pp*.pt file is missing or was cut short; write it again with "
                          f"save_checkpoint")
+    if optimizer is not None and state is None:
+        raise ValueError("this checkpoint holds no optimizer state: pass optimizer=None")
+    _check_dtype(directory, meta["dtype"], weights, local_parameters(model))
     for name, param, _ in local_parameters(model):
         param.copy_(shard(name, weights[name], param, ctx))
     if optimizer is not None:
-        if state is None:
-            raise ValueError("this checkpoint holds no optimizer state: pass optimizer=None")
         _load_optimizer(model, optimizer, state, weights, meta["optimizer_steps"], ctx)
+        scaler = getattr(optimizer, "loss_scaler", None)
+        for key, value in (meta.get("loss_scaler") or {}).items():
+            if scaler is not None and hasattr(scaler, key):
+                setattr(scaler, key, value)
     folder = checkpoint_folder(directory)
     extra = folder / "extra.pt"
     meta["extra"] = read_file(extra, "save_checkpoint") if extra.is_file() else None
     return meta
+
+
+def _check_dtype(directory, saved: str, weights: dict, params) -> None:
+    """Warn when the model's dtype differs from the saved one; refuse values it cannot hold."""
+    for name, param, _ in params:
+        if str(param.dtype).removeprefix("torch.") == saved or not param.is_floating_point():
+            continue
+        biggest = weights[name].float().abs().max().item()
+        if biggest > torch.finfo(param.dtype).max:
+            raise ValueError(f"the checkpoint {os.fspath(directory)!r} holds {saved} values up to "
+                             f"{biggest:.3g} in {name}, beyond {param.dtype}'s largest "
+                             f"{torch.finfo(param.dtype).max:.3g}: load it into a {saved} (or "
+                             f"float32) model, e.g. model.to(torch.{saved}) before loading")
+    changed = {str(p.dtype).removeprefix("torch.") for _, p, _ in params} - {saved}
+    if changed:
+        warnings.warn(f"the checkpoint {os.fspath(directory)!r} holds {saved} weights and this "
+                      f"model is {sorted(changed)}: the values are converted (rounded); cast the "
+                      f"model with model.to(torch.{saved}) first to keep them exact",
+                      stacklevel=3)
 
 
 def _load_optimizer(model, optimizer, state: dict, weights: dict, num_steps: int,
@@ -263,7 +392,9 @@ def _load_optimizer(model, optimizer, state: dict, weights: dict, num_steps: int
         for name, param, _ in params:
             start, end = where[id(param)]
             # a checkpoint of fp32 weights has no separate master: the weights are the master
-            sources = {"master": weights[name], **state[name]}
+            sources = {"exp_avg": torch.zeros_like(weights[name]),  # no step taken yet
+                       "exp_avg_sq": torch.zeros_like(weights[name]),
+                       "master": weights[name], **state.get(name, {})}
             for key, t in flat.items():
                 t[start:end] = shard(name, sources[key], param, ctx).flatten()
         mine = slice(optimizer.shard_start, optimizer.shard_start + optimizer.shard_size)
@@ -273,6 +404,8 @@ def _load_optimizer(model, optimizer, state: dict, weights: dict, num_steps: int
         return
     inner, masters = _inner_and_masters(optimizer, params)
     for name, param, _ in params:
+        if name not in state:  # saved before its first step: AdamW starts it fresh
+            continue
         master = masters[id(param)]
         if master is not param:  # fp32 master of a 16-bit weight: the saved one, else the weight
             master.copy_(shard(name, state[name].get("master", weights[name]), param, ctx))

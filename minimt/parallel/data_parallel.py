@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+import zlib
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
-from .comm import all_reduce_async, broadcast
+from .comm import all_gather, all_reduce_async, broadcast
 from .context import ParallelContext
 
 
@@ -55,14 +56,18 @@ class DistributedDataParallel(nn.Module):
 
     def __init__(self, module, ctx: ParallelContext, bucket_size_mb: float = 25.0):
         super().__init__()
-        if not bucket_size_mb > 0:
-            raise ValueError(f"bucket_size_mb={bucket_size_mb!r} must be positive (25 is PyTorch's)")
+        if isinstance(bucket_size_mb, bool) or not isinstance(bucket_size_mb, (int, float)) \
+                or not bucket_size_mb > 0:
+            raise ValueError(f"bucket_size_mb={bucket_size_mb!r} must be a positive number of MiB "
+                             f"(25 is PyTorch's)")
+        if any(isinstance(m, DistributedDataParallel)
+               for m in (module if isinstance(module, (list, tuple)) else [module])):
+            raise ValueError("the module is already a DistributedDataParallel: wrap the model once "
+                             "(wrapping twice averages every gradient twice)")
         self.module = nn.ModuleList(module) if isinstance(module, (list, tuple)) else module
         self.ctx, self.bucket_size_mb = ctx, bucket_size_mb
         self.params = unique_parameters(module)
-        with torch.no_grad():
-            for p in self.params:
-                broadcast(p.data, ctx, "dp")
+        self._broadcast_state()
         self.buckets = self._make_buckets(bucket_size_mb * 2 ** 20)
         self._bucket_of = {id(p): i for i, b in enumerate(self.buckets) for p in b.params}
         self.require_sync = True
@@ -72,6 +77,23 @@ class DistributedDataParallel(nn.Module):
         for p in self.params:
             p.register_post_accumulate_grad_hook(self._on_grad_ready)
         self._reset()
+
+    @torch.no_grad()
+    def _broadcast_state(self) -> None:
+        """Make the replicas equal, as PyTorch's DDP does: dp rank 0's parameters (frozen ones
+        too) and buffers go to every replica, after checking that their shapes agree."""
+        tensors = {id(t): t for t in [*self.module.parameters(), *self.module.buffers()]}
+        shapes = [(tuple(t.shape), str(t.dtype)) for t in tensors.values()]
+        mine = torch.tensor([len(shapes), zlib.crc32(repr(shapes).encode())])
+        every = all_gather(mine, self.ctx, "dp", dim=0).view(-1, 2)  # (dp, 2)
+        differ = [r for r in range(len(every)) if not torch.equal(every[r], every[0])]
+        if differ:
+            raise ValueError(f"the replicas differ: data-parallel rank(s) {differ} hold parameters "
+                             f"or buffers of other shapes or dtypes than rank 0 (this rank: "
+                             f"{len(shapes)} tensors); build every replica from the same config "
+                             f"before wrapping it in DistributedDataParallel")
+        for t in tensors.values():
+            broadcast(t.data, self.ctx, "dp")
 
     def _make_buckets(self, capacity_bytes: float) -> list[Bucket]:
         """Consecutive parameters in reverse order, a new bucket when full or the dtype changes."""

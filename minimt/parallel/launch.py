@@ -27,6 +27,7 @@ import socket
 import sys
 from datetime import timedelta
 
+import cloudpickle
 import torch
 import torch.distributed as dist
 
@@ -40,7 +41,8 @@ START_METHOD_VARIABLE = "MINIMT_START_METHOD"
 
 
 def launch(fn, *args, tp: int = 1, pp: int = 1, dp: int = 1, backend: str | None = None,
-           timeout_s: float = 60, seed: int = 0, start_method: str | None = None) -> list:
+           timeout_s: float = 60, seed: int = 0, start_method: str | None = None,
+           stream_rank0: bool = False) -> list:
     """Run fn(ctx, *args) on tp*pp*dp ranks; return the ranks' results in rank order.
 
     backend: None picks "nccl" when there is one GPU per rank (rank r on cuda:r), else "gloo".
@@ -51,6 +53,8 @@ def launch(fn, *args, tp: int = 1, pp: int = 1, dp: int = 1, backend: str | None
     forked: fn runs on this process's rank only and the list holds its result alone (a process
     group that launch initialised there is destroyed after a final barrier).
     start_method: "fork" or "spawn"; None reads MINIMT_START_METHOD, else forks except on macOS.
+    stream_rank0: rank 0's stdout reaches the caller's as written, partial lines too and without
+    "[rank 0] " (a program whose rank 0 prints its result, e.g. streamed text).
     """
     if not callable(fn):
         raise TypeError(f"launch needs a function fn(ctx, *args), got {type(fn).__name__}")
@@ -63,12 +67,14 @@ def launch(fn, *args, tp: int = 1, pp: int = 1, dp: int = 1, backend: str | None
     world_size = tp * pp * dp
     start_method = _choose_start_method(start_method)
     backend = _choose_backend(backend, world_size, fork=start_method == "fork")
+    if start_method == "spawn":
+        _check_picklable(fn, args)
     # Bind a free port now (no race with other programs) and let rank 0 serve the rendezvous
     # store on it. The caller must not run a store itself: forking while its server thread
     # holds a lock can hang a child.
     listener = socket.create_server(("127.0.0.1", 0))
     spec = RankSpec(tp, pp, dp, backend, float(timeout_s), seed, listener.getsockname()[1],
-                 listener.fileno())
+                    listener.fileno(), stream_rank0)
     ranks: list[RankProcess] = []
     try:
         for rank in range(world_size):
@@ -79,6 +85,19 @@ def launch(fn, *args, tp: int = 1, pp: int = 1, dp: int = 1, backend: str | None
         listener.close()
         for r in ranks:
             r.close()
+
+
+def _check_picklable(fn, args) -> None:
+    """Spawned ranks get fn and args by value: say which one cloudpickle cannot send."""
+    for what, value in (("fn", fn), *((f"argument {i + 1}", a) for i, a in enumerate(args))):
+        try:
+            cloudpickle.dumps(value)
+        except Exception as error:
+            raise TypeError(f"launch with start_method='spawn' sends fn and its arguments to "
+                            f"fresh interpreters by value (cloudpickle), and {what} cannot be "
+                            f"pickled ({type(error).__name__}: {error}); pass plain data (numbers, "
+                            f"strings, tensors) and build the rest inside fn, or use "
+                            f"start_method='fork' (Linux)") from None
 
 
 def _choose_start_method(start_method: str | None) -> str:
@@ -111,13 +130,21 @@ def _choose_backend(backend: str | None, world_size: int, fork: bool) -> str:
     return backend
 
 
-def _run_under_torchrun(fn, args, tp, pp, dp, backend, timeout_s, seed):
-    """torchrun already started one process per rank: join its group and run fn here only."""
+def check_torchrun_world_size(tp: int, pp: int, dp: int) -> None:
+    """Under torchrun, its process count must be the mesh's; nothing to check otherwise."""
+    if not all(name in os.environ for name in TORCHRUN_VARIABLES):
+        return
     world_size = int(os.environ["WORLD_SIZE"])
     if world_size != tp * pp * dp:
         raise ValueError(f"torchrun started WORLD_SIZE={world_size} processes but "
                          f"tp*pp*dp = {tp}*{pp}*{dp} = {tp * pp * dp}; make them equal "
                          f"(e.g. --nproc-per-node {tp * pp * dp})")
+
+
+def _run_under_torchrun(fn, args, tp, pp, dp, backend, timeout_s, seed):
+    """torchrun already started one process per rank: join its group and run fn here only."""
+    world_size = int(os.environ["WORLD_SIZE"])
+    check_torchrun_world_size(tp, pp, dp)
     owner = not dist.is_initialized()  # we create the process group, so we also destroy it
     if owner:
         local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))

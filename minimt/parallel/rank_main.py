@@ -34,6 +34,7 @@ class RankSpec:
     seed: int
     store_port: int
     store_fd: int  # a listening socket on store_port, bound by the caller; rank 0 serves on it
+    stream_rank0: bool = False  # rank 0's stdout goes out as written, without "[rank 0] "
 
     @property
     def world_size(self) -> int:

@@ -1,6 +1,6 @@
 """One output stream of a rank (its stdout or stderr pipe) cut into what the caller prints.
 
-Each line is printed once it ends, prefixed "[rank r] ". A line that carriage returns rewrite (a
+Each line is printed once it ends, prefixed "[rank r] " (or, raw, the text as it comes). A line that carriage returns rewrite (a
 tqdm bar: "\r 10%|#  |", "\r 20%|## |", ...) is redrawn each time a read brings a new state, as
 "\r[rank r] 20%|## |", so the caller's terminal or notebook cell shows it live. Several ranks
 drawing bars on one line overwrite each other: show a bar on one rank only, e.g.
@@ -18,8 +18,9 @@ class RankOutput:
 
     BAR_MAX_CHARS = 4096  # a longer line rewritten by "\r" is printed only once it ends
 
-    def __init__(self, prefix: str):
+    def __init__(self, prefix: str, raw: bool = False):
         self.prefix = prefix
+        self.raw = raw  # pass the text on as it comes: partial lines, no prefix
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self.pieces: list[str] = []  # the current line, not yet ended
         self.chars = 0               # its length
@@ -30,6 +31,8 @@ class RankOutput:
         """(text for the caller's stream, the lines that ended); data=b"" means end of file."""
         final = not data
         text, self.held = self.held + self.decoder.decode(data, final=final), ""
+        if self.raw:
+            return text, []
         if text.endswith("\r") and not final:
             text, self.held = text[:-1], "\r"
         out, ended = [], []

@@ -69,7 +69,8 @@ class RankProcess:
         os.close(out_w)
         os.close(err_w)
         self.streams = {out_r: "stdout", err_r: "stderr"}  # fd -> which stream of the caller
-        self.outputs = {fd: RankOutput(f"[rank {rank}] ") for fd in self.streams}
+        self.outputs = {fd: RankOutput(f"[rank {rank}] ", raw=spec.stream_rank0 and rank == 0
+                                       and self.streams[fd] == "stdout") for fd in self.streams}
         self.captured: list[str] | None = None  # stderr lines kept while the watchdog listens
 
     def forward(self, fd: int) -> bool:

@@ -48,6 +48,7 @@ class DistributedOptimizer:
             raise ValueError(f"lr={lr} and eps={eps} must be positive, weight_decay={weight_decay} "
                              f">= 0 and betas={betas} in [0, 1)")
         self.ctx = ctx
+        _check_module(module)
         self.params = unique_parameters(module)
         dtypes = {p.dtype for p in self.params}
         if len(dtypes) != 1:
@@ -98,15 +99,37 @@ class DistributedOptimizer:
 
     def flat_grads(self) -> torch.Tensor:
         """Every parameter's gradient end to end in fp32, zeros for none and for the padding."""
+        self._check_parameters_in_place()
         flat = torch.zeros(self.flat_params.numel(), device=self.ctx.device)  # (N_pad,)
+        self.has_grad = torch.ones(self.shard_size, dtype=torch.bool, device=self.ctx.device)
         for p, start, end in self.segments:
             if p.grad is not None:
                 flat[start:end] = p.grad.flatten()
+            elif (where := self._local_range(start, end)) is not None:
+                self.has_grad[where[0]:where[1]] = False  # (shard,) this rank's elements
         return flat
+
+    def _check_parameters_in_place(self) -> None:
+        """The parameters must still be views of flat_params: model.to(dtype or device) after
+        building the optimizer gives them new storage, and step() would update a detached copy."""
+        base = self.flat_params.data_ptr()
+        for p, start, _ in self.segments:
+            if p.dtype != self.dtype or p.device != self.flat_params.device \
+                    or p.data_ptr() != base + start * self.flat_params.element_size():
+                raise RuntimeError(
+                    f"the model's parameters were cast or moved after DistributedOptimizer was "
+                    f"built (now {p.dtype} on {p.device}, built for {self.dtype} on "
+                    f"{self.flat_params.device}): step() would update a detached buffer; build "
+                    f"the optimizer after model.to(...)")
 
     @torch.no_grad()
     def adamw_update(self, grad: torch.Tensor) -> None:
         """torch.optim.AdamW's update of this rank's shard: master, exp_avg, exp_avg_sq (fp32)."""
+        has_grad = getattr(self, "has_grad", None)
+        if has_grad is not None and not has_grad.all():  # as AdamW: no gradient, no update
+            if has_grad.any():
+                self._masked_update(grad, has_grad)
+            return
         group = self.param_groups[0]
         lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         self.num_steps += 1
@@ -117,6 +140,15 @@ class DistributedOptimizer:
         bias1, bias2 = 1 - beta1 ** self.num_steps, 1 - beta2 ** self.num_steps
         denom = (self.exp_avg_sq.sqrt() / bias2 ** 0.5).add_(eps)
         self.master.addcdiv_(self.exp_avg, denom, value=-lr / bias1)
+
+    def _masked_update(self, grad: torch.Tensor, has_grad: torch.Tensor) -> None:
+        """adamw_update on the elements whose parameter has a gradient; the rest keep their
+        weights and moments, as torch.optim.AdamW skips parameters whose .grad is None."""
+        before = [t.clone() for t in (self.master, self.exp_avg, self.exp_avg_sq)]
+        self.has_grad = None
+        self.adamw_update(grad)
+        for t, old in zip((self.master, self.exp_avg, self.exp_avg_sq), before):
+            t.copy_(torch.where(has_grad, t, old))
 
     def unscale_and_clip(self, grad: torch.Tensor) -> bool:
         """Divide this rank's gradient shard by the loss scale and clip it by the global norm, in
@@ -167,3 +199,11 @@ class DistributedOptimizer:
         return {"master weights": owned(self.master), "exp_avg": owned(self.exp_avg),
                 "exp_avg_sq": owned(self.exp_avg_sq)}
 
+
+def _check_module(module) -> None:
+    """Refuse a DistributedDataParallel wrapper: its gradients would be averaged twice."""
+    if any(type(m).__name__ == "DistributedDataParallel"
+           for m in (module if isinstance(module, (list, tuple)) else [module])):
+        raise ValueError("DistributedOptimizer was given a DistributedDataParallel wrapper: it "
+                         "averages the gradients itself (reduce-scatter), so DDP would average "
+                         "them twice; build it on the unwrapped model (ddp.module) and drop DDP")
