@@ -333,3 +333,22 @@ def test_site_refuses_an_out_dir_that_is_a_file(tmp_path):
     with pytest.raises(SystemExit, match=r"site .*site: that is a file, not a folder; give a folder"):
         site.build(a_file, ["00"])
     assert a_file.read_text() == "mine"
+
+
+def test_under_nbgrader_autograde_every_task_check_refuses_the_instructors_package(monkeypatch):
+    import minimt.exercises.memory as memory
+    from minimt.course import nbgrader_tags
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")   # what nbgrader's autograde sets
+    said = r"nbgrader is autograding with the instructor's package .*PYTHONPATH=/path/to/their"
+    for task in TASKS:                                       # TASKS["07.1"].check(), check("01.1")
+        with pytest.raises(ExerciseError, match=rf"^task {task.id}: {said}"):
+            task.check()
+        with pytest.raises(ExerciseError, match=rf"^task {task.id}: {said}"):
+            minimt.course.check(task.id)
+    direct = [name for name in nbgrader_tags.task_points() if name.startswith("check_")]
+    assert direct                                            # notebook 08 calls these directly
+    for name in direct:
+        with pytest.raises(ExerciseError, match=said):
+            getattr(memory, name)()
+    monkeypatch.setenv("NBGRADER_EXECUTION", "validate")     # a learner validating: checks run
+    minimt.course.check("06.3")

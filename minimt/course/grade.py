@@ -180,7 +180,11 @@ def run_task_isolated(task_id: str, root, timeout_s: float = TIMEOUT_S) -> tuple
         return False, (f"task {task_id}: the check ended its process (exit status "
                        f"{os.WEXITSTATUS(status)}) before it finished: does your code call "
                        f"sys.exit() or os._exit()? A task's code must return its result")
-    result = json.loads(raw)
+    try:
+        result = json.loads(raw)
+    except ValueError:
+        return False, (f"task {task_id}: the check's result was garbled (does your code write to "
+                       f"file descriptors it did not open?)")
     if harm:
         more = f" and {len(harm) - 3} more" if len(harm) > 3 else ""
         return False, (f"task {task_id}: the check {', '.join(harm[:3])}{more} in the repository; "
