@@ -74,12 +74,12 @@ def top_p_without_crossing_token(logits, p):
 WRONG = [
     ("03.3", tensor.ColumnParallelLinear, "forward", column_with_g, "g instead of f"),
     ("03.3", tensor.ColumnParallelLinear, "forward", column_without_gather,
-     r"gather_output=True, .*output: shape \(2, 3, 6\), expected \(2, 3, 12\). Hint: gather_output=True"),
+     r"gather_output=True, .*output: shape \(2, 4, 6\), expected \(2, 4, 12\). Hint: gather_output=True"),
     ("03.3", tensor.ColumnParallelLinear, "forward", column_transposed,
-     r"output: shape \(3, 2, 6\), expected \(2, 3, 6\)"),
+     r"output: shape \(4, 2, 6\), expected \(2, 4, 6\)"),
     ("03.4", tensor.RowParallelLinear, "forward", row_bias_before_g, "the bias is counted 2 times"),
     ("03.4", tensor.RowParallelLinear, "forward", row_without_g,
-     r"rank 0 of 2, input_is_parallel=True, x \(2, 3, 6\) -> 8: output differs from nn.Linear's .*"
+     r"rank 0 of 2, input_is_parallel=True, x \(2, 4, 6\) -> 8: output differs from nn.Linear's .*"
      r"at index \(\d+, \d+, \d+\): got -?\d.*, expected -?\d.*Hint: .*partial sum: all-reduce it with g"),
     ("03.4", tensor.RowParallelLinear, "forward", row_without_scatter,
      "input_is_parallel=False.*scatter_to_tensor_model_parallel_region"),
@@ -164,3 +164,26 @@ def test_the_column_parallel_exercise_names_g_for_f_and_an_ignored_gather_output
     from minimt.exercises import check_column_parallel_forward
     with pytest.raises(ExerciseError, match=message):
         check_column_parallel_forward(wrong)
+
+
+def test_the_expected_best_layouts_equal_a_search_over_every_layout():
+    """08.3's checker carries each case's best layout as a hash and its bubble only: recompute
+    them by trying every tp <= 8 and pp with minimt.scale.estimate (the oracle the copy lacks)."""
+    from minimt.exercises.memory import EXPECTED_LAYOUTS, _layout_cases, layout_digest
+    from minimt.scale import estimate
+    for (config, gpus, batch, gpu_bytes, options), expected in zip(_layout_cases(),
+                                                                    EXPECTED_LAYOUTS):
+        found = []
+        for tp in range(1, 9):
+            for pp in range(1, gpus + 1):
+                dp, rest = divmod(gpus, tp * pp)
+                if rest:
+                    continue
+                try:
+                    est = estimate(config, tp, pp, dp, 1, batch, **options)
+                except ValueError:  # does not divide the model or the batch
+                    continue
+                if est.memory_bytes_per_gpu["total"] <= gpu_bytes:
+                    found.append(((est.bubble, tp * pp, tp), (tp, pp, dp)))
+        best = min(found) if found else None
+        assert (None if best is None else (best[0][0], layout_digest(best[1]))) == expected

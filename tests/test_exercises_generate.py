@@ -31,7 +31,7 @@ def nucleus_one_short(logits, p):
 
 def test_check_top_p_filter(capsys):
     check_top_p_filter(nucleus)
-    assert "all 6 cases pass" in capsys.readouterr().out
+    assert "all 7 cases pass" in capsys.readouterr().out
     with pytest.raises(ExerciseError, match="keep the token that makes the sum cross p"):
         check_top_p_filter(nucleus_one_short)
     with pytest.raises(ExerciseError, match="not implemented yet"):

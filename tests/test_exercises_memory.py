@@ -54,5 +54,5 @@ def test_a_layout_that_does_not_fit_is_caught(monkeypatch):
     def data_parallel_only(config, num_gpus, global_batch_size, gpu_bytes=0, **options):
         return minimt.scale.estimate(config, 1, 1, num_gpus, 1, global_batch_size, **options)
     monkeypatch.setattr(minimt.scale, "best_layout", data_parallel_only)
-    with pytest.raises(ExerciseError, match="task 08.3, case 1 of 5"):
+    with pytest.raises(ExerciseError, match="task 08.3, case 1 of 6"):
         TASKS[2].check()

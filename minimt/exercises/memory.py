@@ -1,7 +1,8 @@
 """Tasks of 08_memory_and_scale: the saved-bytes counter, the MLP's activation bytes, and the
 layout that fits a GPU with the least bubble. Each is checked against an independent oracle:
-bytes worked out by hand, a measurement with torch's own saved-tensor hooks, a brute-force search
-over `minimt.scale.estimate`."""
+bytes worked out by hand, a measurement with torch's own saved-tensor hooks, and for the layout
+the properties checked with `minimt.scale.estimate` plus the expected best layout's hash and bubble
+(computed by a search the student copy does not carry)."""
 from __future__ import annotations
 
 import importlib
@@ -105,38 +106,47 @@ def check_mlp_activation_bytes() -> None:
     print(f"task 08.2: mlp_activation_bytes equals the measurement in all {len(cases)} cases")
 
 
-def _brute_force_layout(config, num_gpus, global_batch_size, gpu_bytes, options):
-    from ..scale import estimate
+def _layout_cases():
+    """(config, num_gpus, global batch, gpu_bytes, options) of the checker's cases."""
+    from ..config import GPTConfig
+    mt_nlg = GPTConfig.from_preset("mt-nlg-530b")
+    small = GPTConfig(vocab_size=50257, block_size=1024, n_layer=24, n_head=16, n_embd=2048)
+    return [(mt_nlg, 2240, 1920, 80 * 2**30, {}),
+            (mt_nlg, 2240, 1920, 40 * 2**30, {"zero": True}),
+            (mt_nlg, 1120, 960, 80 * 2**30, {"sequence_parallel": True, "recompute": "selective"}),
+            (small, 16, 64, 16 * 2**30, {"recompute": "none"}),
+            (mt_nlg, 8, 1920, 80 * 2**30, {}),
+            (small, 64, 256, 8 * 2**30, {"recompute": "full"})]
 
-    found = []
-    for tp in range(1, 9):
-        for pp in range(1, num_gpus + 1):
-            dp, rest = divmod(num_gpus, tp * pp)
-            if rest:
-                continue
-            try:
-                est = estimate(config, tp, pp, dp, 1, global_batch_size, **options)
-            except ValueError:
-                continue
-            if est.memory_bytes_per_gpu["total"] <= gpu_bytes:
-                found.append(((est.bubble, tp * pp, tp), (tp, pp, dp)))
-    return min(found)[1] if found else None
+
+# Per case: (the least bubble of a layout that fits, sha256 of repr((tp, pp, dp)) of the best
+# layout, first 16 hex digits), or None when nothing fits. Computed by a search over every layout
+# with minimt.scale.estimate (tests/test_course_checkers.py recomputes it); hashed so that the
+# student copy carries no answer.
+EXPECTED_LAYOUTS = [(0.14166666666666666, "87d38edc69a645bf"),
+                    (0.14166666666666666, "87d38edc69a645bf"),
+                    (0.14166666666666666, "911aab28a7d86700"),
+                    (0.0, "f8021f653f0a6a87"),
+                    None,
+                    (0.0, "e27e43ba59096022")]
+
+
+def layout_digest(layout: tuple[int, int, int]) -> str:
+    """The first 16 hex digits of sha256(repr((tp, pp, dp)))."""
+    import hashlib
+    return hashlib.sha256(repr(tuple(int(n) for n in layout)).encode()).hexdigest()[:16]
 
 
 def check_best_layout() -> None:
-    """best_layout picks, among the layouts that divide and fit, the one with the least bubble."""
-    from ..config import GPTConfig
+    """best_layout picks, among the layouts that divide and fit, the one with the least bubble:
+    its answer must divide the GPUs, the model and the batch and fit (minimt.scale.estimate), and
+    equal the expected best layout (known only by its hash and its bubble)."""
+    from ..scale import estimate, layout_error
 
     best_layout = _target("minimt.scale", "best_layout")
-    mt_nlg = GPTConfig.from_preset("mt-nlg-530b")
-    small = GPTConfig(vocab_size=50257, block_size=1024, n_layer=24, n_head=16, n_embd=2048)
-    cases = [(mt_nlg, 2240, 1920, 80 * 2**30, {}),
-             (mt_nlg, 2240, 1920, 40 * 2**30, {"zero": True}),
-             (mt_nlg, 1120, 960, 80 * 2**30, {"sequence_parallel": True, "recompute": "selective"}),
-             (small, 16, 64, 16 * 2**30, {"recompute": "none"}),
-             (mt_nlg, 8, 1920, 80 * 2**30, {})]
-    for i, (config, gpus, batch, gpu_bytes, options) in enumerate(cases):
-        expected = _brute_force_layout(config, gpus, batch, gpu_bytes, options)
+    cases = _layout_cases()
+    for i, ((config, gpus, batch, gpu_bytes, options), expected) in enumerate(
+            zip(cases, EXPECTED_LAYOUTS)):
         name = (f"task 08.3, case {i + 1} of {len(cases)} ({config.n_layer} layers, {gpus} GPUs, "
                 f"batch {batch}, {gpu_bytes / 2**30:.0f} GiB, {options or 'defaults'})")
         try:
@@ -147,13 +157,31 @@ def check_best_layout() -> None:
         except ValueError as err:
             if expected is None:
                 continue
-            raise ExerciseError(f"{name}: raised {err!r}, but (tp, pp, dp) = {expected} fits")
+            raise ExerciseError(f"{name}: raised {err!r}, but a layout fits (its bubble is "
+                                f"{expected[0]:.4g})")
         if expected is None:
-            raise ExerciseError(f"{name}: returned {got}, but no layout fits: raise ValueError")
-        if got != expected:
-            raise ExerciseError(f"{name}: got (tp, pp, dp) = {got}, expected {expected}. Hint: "
-                                f"keep only layouts whose estimate fits gpu_bytes, then take the "
-                                f"least bubble (p-1)/m, ties to the smaller tp*pp, then tp")
+            raise ExerciseError(f"{name}: returned (tp, pp, dp) = {got}, but no layout fits: "
+                                f"raise ValueError")
+        tp, pp, dp = got
+        if tp * pp * dp != gpus or tp > 8:
+            raise ExerciseError(f"{name}: got (tp, pp, dp) = {got}: tp x pp x dp must equal the "
+                                f"{gpus} GPUs, with tp <= max_tp = 8 (one node)")
+        problem = layout_error(config, tp, pp, dp, options.get("micro_batch_size", 1), batch,
+                               options.get("sequence_parallel", False))
+        if problem:
+            raise ExerciseError(f"{name}: got (tp, pp, dp) = {got}, which does not divide: {problem}")
+        mine = estimate(config, tp, pp, dp, 1, batch, **options)
+        if not mine.fits(gpu_bytes):
+            raise ExerciseError(f"{name}: got (tp, pp, dp) = {got}, which needs "
+                                f"{mine.memory_bytes_per_gpu['total'] / 2**30:.1f} GiB per GPU, more "
+                                f"than {gpu_bytes / 2**30:.0f}. Hint: keep only layouts whose "
+                                f"estimate fits gpu_bytes")
+        if layout_digest(got) != expected[1]:
+            hint = (f"a layout with a smaller bubble fits: {expected[0]:.4g} against your "
+                    f"{mine.bubble:.4g}; search every tp <= max_tp and pp with tp x pp x dp = GPUs"
+                    if mine.bubble > expected[0] + 1e-12 else
+                    "the bubble ties: take the least model parallelism tp x pp, then the smaller tp")
+            raise ExerciseError(f"{name}: got (tp, pp, dp) = {got}, not the best layout. Hint: {hint}")
     print(f"task 08.3: best_layout picks the right layout in all {len(cases)} cases")
 
 

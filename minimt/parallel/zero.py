@@ -167,9 +167,11 @@ class DistributedOptimizer:
 
     @torch.no_grad()
     def step(self) -> bool:
-        """Average the gradients over dp (reduce-scatter), update this rank's shard (AdamW on the
-        fp32 master), then all-gather the shards into every replica's parameters. Returns False
-        when the loss scaler skipped the step."""
+        """Average the gradients over dp: reduce_scatter(flat_grads() / dp, ctx, "dp",
+        phase="optimizer") gives this rank's (N_pad/dp,) shard; unscale_and_clip(shard) (False:
+        return False, the loss scaler skipped the step); adamw_update(shard) on the fp32 master;
+        then all_gather(master in the parameters' dtype, ctx, "dp", dim=0, phase="optimizer")
+        into flat_params, every replica's parameters. Returns True when the step was taken."""
         ### BEGIN SOLUTION
         flat = self.flat_grads().div_(self.ctx.dp_size)                 # (N_pad,)
         grad = reduce_scatter(flat, self.ctx, "dp", phase="optimizer")   # (N_pad/dp,) my shard
