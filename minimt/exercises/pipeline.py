@@ -8,6 +8,18 @@ from typing import Callable
 from .core import ExerciseError, call, needs_tasks, run_cases, task
 
 
+def _exact_cases(exercise: str, fn: Callable, expected: Callable, cases: list[tuple],
+                 hint: Callable) -> None:
+    """fn(*case) must equal expected(*case) exactly (counts); else the case, got, expected and
+    hint(got, *case)."""
+    for i, case in enumerate(cases):
+        got, want = call(exercise, fn, *case), expected(*case)
+        if got != want:
+            raise ExerciseError(f"{exercise}, case {i + 1} of {len(cases)} {case}: got {got!r}, "
+                                f"expected {want}; {hint(got, *case)}")
+    print(f"{exercise}: all {len(cases)} cases pass")
+
+
 def check_min_microbatches(fn: Callable) -> None:
     """fn(num_stages, target) -> the fewest micro-batches m for which 1F1B (or GPipe: the same
     makespan) idles at most `target` of the time, checked by scanning the event simulator."""
@@ -15,18 +27,17 @@ def check_min_microbatches(fn: Callable) -> None:
 
     from ..parallel.pipeline import pipeline_schedule, simulate
 
+    def simulated(p, target):
+        return next(m for m in range(1, 1000)
+                    if simulate(pipeline_schedule("gpipe", p, m)).idle_fraction() <= target + 1e-12)
+
+    def hint(got, p, target):
+        return ("that keeps (p-1)/m, the bubble over the ideal time, under the target; the idle "
+                "fraction is (p-1)/(m+p-1)" if got == math.ceil((p - 1) / target) else
+                "the smallest integer m with (p-1)/(m+p-1) <= target")
+
     cases = [(2, 0.33), (4, 0.33), (4, 0.17), (8, 0.22), (8, 0.45), (3, 0.6)]
-    for i, (p, target) in enumerate(cases):
-        got = call("check_min_microbatches", fn, p, target)
-        expected = next(m for m in range(1, 1000)
-                        if simulate(pipeline_schedule("gpipe", p, m)).idle_fraction() <= target + 1e-12)
-        if got != expected:
-            hint = ("that keeps (p-1)/m, the bubble over the ideal time, under the target; the "
-                    "idle fraction is (p-1)/(m+p-1)" if got == math.ceil((p - 1) / target) else
-                    "the smallest integer m with (p-1)/(m+p-1) <= target")
-            raise ExerciseError(f"check_min_microbatches, case {i + 1} of {len(cases)} (p={p}, "
-                                f"target {target}): got {got!r}, expected {expected}; {hint}")
-    print(f"check_min_microbatches: all {len(cases)} cases pass")
+    _exact_cases("check_min_microbatches", fn, simulated, cases, hint)
 
 
 @needs_tasks
@@ -36,19 +47,18 @@ def check_messages_sent(fn: Callable) -> None:
     1F1B, counted from your schedule (task 04.1) by the runtime's routing rule."""
     from ..parallel.pipeline import p2p_messages, pipeline_schedule
 
-    cases = [(4, 8, 1, 0), (4, 8, 1, 1), (4, 8, 1, 3), (4, 8, 2, 0), (4, 8, 2, 2), (2, 4, 3, 1)]
-    for i, (p, m, v, rank) in enumerate(cases):
-        got = call("check_messages_sent", fn, p, m, v, rank)
+    def counted(p, m, v, rank):
         sends, _ = p2p_messages(pipeline_schedule("interleaved" if v > 1 else "1f1b", p, m, v))
-        expected = sum(1 for message in sends if message[0] == rank)
-        if got != expected:
-            hint = ("every F sends its activation on and every B its gradient back, except at "
-                    "the two ends of the pipeline: the last virtual stage's F and the first "
-                    "one's B" if rank in (0, p - 1) else
-                    "a rank in the middle sends after each of its forwards and backwards, on every chunk")
-            raise ExerciseError(f"check_messages_sent, case {i + 1} of {len(cases)} (p={p}, m={m}, "
-                                f"v={v}, rank {rank}): got {got!r}, expected {expected}; {hint}")
-    print(f"check_messages_sent: all {len(cases)} cases pass")
+        return sum(1 for message in sends if message[0] == rank)
+
+    def hint(got, p, m, v, rank):
+        return ("every F sends its activation on and every B its gradient back, except at the "
+                "two ends of the pipeline: the last virtual stage's F and the first one's B"
+                if rank in (0, p - 1) else
+                "a rank in the middle sends after each of its forwards and backwards, on every chunk")
+
+    cases = [(4, 8, 1, 0), (4, 8, 1, 1), (4, 8, 1, 3), (4, 8, 2, 0), (4, 8, 2, 2), (2, 4, 3, 1)]
+    _exact_cases("check_messages_sent", fn, counted, cases, hint)
 
 
 @needs_tasks
