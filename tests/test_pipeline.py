@@ -128,21 +128,19 @@ def test_deadlocking_schedule_is_refused_with_the_waits():
 
 @pytest.mark.instructor_only  # model answers: left out of student copies
 def test_exercise_checkers_accept_answers_and_reject_bugs(capsys):
-    from minimt.exercises import (ExerciseError, check_bubble_prediction, check_gpipe_schedule,
-                                  check_warmup_count)
-    check_warmup_count(lambda p, r, m: min(p - r - 1, m))
-    check_gpipe_schedule(lambda p, m: [[("F", i) for i in range(m)] + [("B", i) for i in range(m)]
-                                       for _ in range(p)])
-    check_bubble_prediction(
-        lambda kind, p, m, v: (p - 1) / ((1 if kind == "naive" else v * m) + p - 1))
-    assert "check_bubble_prediction: all 6 cases pass" in capsys.readouterr().out
-    with pytest.raises(ExerciseError, match="cap at m"):
-        check_warmup_count(lambda p, r, m: p - r - 1)
-    with pytest.raises(ExerciseError, match="comes before its forward"):
-        check_gpipe_schedule(lambda p, m: [[("B", i) for i in range(m)] +
-                                           [("F", i) for i in range(m)] for _ in range(p)])
-    with pytest.raises(ExerciseError, match="case 5 of 6"):  # forgets v
-        check_bubble_prediction(
-            lambda kind, p, m, v: (p - 1) / ((1 if kind == "naive" else m) + p - 1))
+    import math
+
+    from minimt.exercises import (ExerciseError, check_messages_sent, check_min_microbatches,
+                                  check_step_time)
+    check_min_microbatches(lambda p, t: math.ceil((p - 1) * (1 - t) / t))
+    check_messages_sent(lambda p, m, v, r: 2 * m * v - m * (r == 0) - m * (r == p - 1))
+    check_step_time(lambda p, m, v, f, b: (m * v + p - 1) * (f + b) / v)
+    assert "check_step_time: all 5 cases pass" in capsys.readouterr().out
+    with pytest.raises(ExerciseError, match="the idle fraction is"):  # (p-1)/m, not the idle share
+        check_min_microbatches(lambda p, t: math.ceil((p - 1) / t))
+    with pytest.raises(ExerciseError, match="two ends of the pipeline"):
+        check_messages_sent(lambda p, m, v, r: 2 * m * v)
+    with pytest.raises(ExerciseError, match="case 2 of 5"):  # forgets that a chunk costs 1/v
+        check_step_time(lambda p, m, v, f, b: (m * v + p - 1) * (f + b))
     with pytest.raises(ExerciseError, match="not implemented"):
-        check_warmup_count(lambda p, r, m: (_ for _ in ()).throw(NotImplementedError))
+        check_min_microbatches(lambda p, t: (_ for _ in ()).throw(NotImplementedError))

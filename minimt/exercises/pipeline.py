@@ -1,67 +1,81 @@
-"""Checkers for 04_pipeline_parallel: 1F1B warm-up counts, the GPipe schedule, bubble prediction,
-and the task: the 1F1B and interleaved schedule generator, checked by the event simulator
+"""Checkers for 04_pipeline_parallel's exercises (micro-batches for a bubble target, messages per
+rank, the time of an interleaved step), and the task: the 1F1B and interleaved schedule generator, checked by the event simulator
 (valid, no deadlock, GPipe's bubble) and the activation memory 1F1B promises."""
 from __future__ import annotations
 
 from typing import Callable
 
-from .core import ExerciseError, call, compare, needs_tasks, run_cases, task
+from .core import ExerciseError, call, needs_tasks, run_cases, task
 
 
-def check_warmup_count(fn: Callable) -> None:
-    """fn(num_stages, rank, num_microbatches) -> int: forwards a rank runs before its first
-    backward in 1F1B (Megatron-LM's num_warmup_microbatches)."""
-    from ..parallel.pipeline import num_warmup_microbatches
-
-    cases = [(4, 0, 8), (4, 3, 8), (4, 1, 8), (2, 0, 1), (4, 0, 2), (8, 2, 16)]
-    for i, (p, rank, m) in enumerate(cases):
-        got = call("check_warmup_count", fn, p, rank, m)
-        expected = num_warmup_microbatches("1f1b", p, rank, m)
-        if got != expected:
-            hint = ("the last stage starts its backward right after its first forward"
-                    if rank == p - 1 else
-                    "a rank can never warm up with more micro-batches than there are (cap at m)"
-                    if expected == m else "rank r waits for the p - r - 1 stages after it to fill")
-            raise ExerciseError(f"check_warmup_count, case {i + 1} of {len(cases)} (p={p}, "
-                                f"rank={rank}, m={m}): got {got!r}, expected {expected}; {hint}")
-    print(f"check_warmup_count: all {len(cases)} cases pass")
+def _exact_cases(exercise: str, fn: Callable, expected: Callable, cases: list[tuple],
+                 hint: Callable) -> None:
+    """fn(*case) must equal expected(*case) exactly (counts); else the case, got, expected and
+    hint(got, *case)."""
+    for i, case in enumerate(cases):
+        got, want = call(exercise, fn, *case), expected(*case)
+        if got != want:
+            raise ExerciseError(f"{exercise}, case {i + 1} of {len(cases)} {case}: got {got!r}, "
+                                f"expected {want}; {hint(got, *case)}")
+    print(f"{exercise}: all {len(cases)} cases pass")
 
 
-def check_gpipe_schedule(fn: Callable) -> None:
-    """fn(num_stages, num_microbatches) -> per rank, a list of Actions (or (op, microbatch) pairs):
-    every forward, then every backward (GPipe)."""
-    from ..parallel.pipeline import Action, pipeline_schedule, validate_schedule
+def check_min_microbatches(fn: Callable) -> None:
+    """fn(num_stages, target) -> the fewest micro-batches m for which 1F1B (or GPipe: the same
+    makespan) idles at most `target` of the time, checked by scanning the event simulator."""
+    import math
 
-    def as_actions(schedule):
-        return [[a if isinstance(a, Action) else Action(*a) for a in rank] for rank in schedule]
+    from ..parallel.pipeline import pipeline_schedule, simulate
 
-    cases = [(2, 1), (2, 4), (4, 8), (3, 5)]
-    for i, (p, m) in enumerate(cases):
-        name = f"check_gpipe_schedule, case {i + 1} of {len(cases)} (p={p}, m={m})"
-        got = as_actions(call("check_gpipe_schedule", fn, p, m))
-        if len(got) != p:
-            raise ExerciseError(f"{name}: {len(got)} ranks, expected one list per stage ({p})")
-        try:
-            validate_schedule(got)
-        except ValueError as err:
-            raise ExerciseError(f"{name}: not a valid schedule: {err}") from None
-        compare(name, [[repr(a) for a in rank] for rank in got],
-                [[repr(a) for a in rank] for rank in pipeline_schedule("gpipe", p, m)])
-    print(f"check_gpipe_schedule: all {len(cases)} cases pass")
+    def simulated(p, target):
+        return next(m for m in range(1, 1000)
+                    if simulate(pipeline_schedule("gpipe", p, m)).idle_fraction() <= target + 1e-12)
+
+    def hint(got, p, target):
+        return ("that keeps (p-1)/m, the bubble over the ideal time, under the target; the idle "
+                "fraction is (p-1)/(m+p-1)" if got == math.ceil((p - 1) / target) else
+                "the smallest integer m with (p-1)/(m+p-1) <= target")
+
+    cases = [(2, 0.33), (4, 0.33), (4, 0.17), (8, 0.22), (8, 0.45), (3, 0.6)]
+    _exact_cases("check_min_microbatches", fn, simulated, cases, hint)
 
 
 @needs_tasks
-def check_bubble_prediction(fn: Callable) -> None:
-    """fn(kind, num_stages, num_microbatches, num_chunks) -> predicted idle fraction, checked
-    against the event simulator's timeline (F = 1, B = 2 time units per stage)."""
+def check_messages_sent(fn: Callable) -> None:
+    """fn(num_stages, num_microbatches, num_chunks, rank) -> how many point-to-point messages
+    (activations and gradients) `rank` sends in one step of 1F1B (num_chunks 1) or interleaved
+    1F1B, counted from your schedule (task 04.1) by the runtime's routing rule."""
+    from ..parallel.pipeline import p2p_messages, pipeline_schedule
+
+    def counted(p, m, v, rank):
+        sends, _ = p2p_messages(pipeline_schedule("interleaved" if v > 1 else "1f1b", p, m, v))
+        return sum(1 for message in sends if message[0] == rank)
+
+    def hint(got, p, m, v, rank):
+        return ("every F sends its activation on and every B its gradient back, except at the "
+                "two ends of the pipeline: the last virtual stage's F and the first one's B"
+                if rank in (0, p - 1) else
+                "a rank in the middle sends after each of its forwards and backwards, on every chunk")
+
+    cases = [(4, 8, 1, 0), (4, 8, 1, 1), (4, 8, 1, 3), (4, 8, 2, 0), (4, 8, 2, 2), (2, 4, 3, 1)]
+    _exact_cases("check_messages_sent", fn, counted, cases, hint)
+
+
+@needs_tasks
+def check_step_time(fn: Callable) -> None:
+    """fn(num_stages, num_microbatches, num_chunks, forward_time, backward_time) -> the time of
+    one step of interleaved 1F1B (1F1B when num_chunks is 1), messages free, when a whole stage's
+    forward takes forward_time (each of its num_chunks chunks 1/num_chunks of it): the event
+    simulator's makespan of your schedule (task 04.1)."""
     from ..parallel.pipeline import pipeline_schedule, simulate
 
-    def simulated(kind, p, m, v):
-        return simulate(pipeline_schedule(kind, p, m, v)).idle_fraction()
+    def simulated(p, m, v, forward, backward):
+        schedule = pipeline_schedule("interleaved" if v > 1 else "1f1b", p, m, v)
+        return simulate(schedule, forward_cost=forward, backward_cost=backward).makespan
 
-    cases = [("gpipe", 4, 8, 1), ("1f1b", 2, 1, 1), ("1f1b", 4, 4, 1), ("naive", 4, 8, 1),
-             ("interleaved", 4, 8, 2), ("interleaved", 2, 4, 3)]
-    run_cases("check_bubble_prediction", fn, simulated, cases, atol=1e-9, rtol=0)
+    cases = [(4, 8, 1, 1.0, 2.0), (4, 8, 2, 1.0, 2.0), (4, 4, 2, 0.5, 1.0), (2, 4, 3, 3.0, 6.0),
+             (4, 8, 2, 1.0, 3.0)]
+    run_cases("check_step_time", fn, simulated, cases, atol=1e-9, rtol=0)
 
 
 # ---------------------------------------------------------------------------- tasks in the package
