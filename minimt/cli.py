@@ -24,6 +24,7 @@ from .parallel.launch import TORCHRUN_VARIABLES
 from .parallel.pipeline import SCHEDULES
 from .parallel.rank_main import seed_everything
 from .parallel.tensor import apply_tensor_parallel
+from .preprocess import preprocess_main
 from .train import TrainConfig, Trainer
 
 CORPUS = "tinyshakespeare"  # the course data: nanoGPT's character-level Shakespeare
@@ -235,4 +236,4 @@ def _run(fn, args, tp: int, pp: int, dp: int, name: str) -> int:
     return 0
 
 
-COMMANDS = {"train": train_main, "generate": generate_main}
+COMMANDS = {"train": train_main, "generate": generate_main, "preprocess": preprocess_main}
