@@ -90,3 +90,11 @@ MT_NLG_RAMP = Ramp(start=32, increment=32, samples=12_000_000_000 // 2048, globa
 MT_NLG_TOKENS = 270_000_000_000  # trained on 270B tokens
 MT_NLG_LR = dict(max_lr=5.0e-5, min_lr=5.0e-6, warmup_samples=1_000_000_000 // 2048,
                  decay_samples=340_000_000_000 // 2048)
+
+# MT-NLG's 15 datasets and their weights (the paper's Table 2, as fractions; in this order in
+# Microsoft's Megatron-DeepSpeed example scripts, DATA_BLEND under USE_INTERNAL_DATA).
+MT_NLG_BLEND = {"Books3": 0.14336, "RealNews": 0.08962, "OpenWebText2": 0.19336,
+                "StackExchange": 0.05689, "CC-Stories": 0.00859, "PubMed Abstracts": 0.02897,
+                "Wikipedia": 0.04771, "Gutenberg (PG-19)": 0.00873, "BookCorpus2": 0.01007,
+                "NIH ExPorter": 0.00208, "CC-2020-50": 0.13017, "Pile-CC": 0.09446,
+                "CC-2021-04": 0.15652, "ArXiv": 0.01359, "GitHub": 0.01588}
