@@ -98,3 +98,40 @@ MT_NLG_BLEND = {"Books3": 0.14336, "RealNews": 0.08962, "OpenWebText2": 0.19336,
                 "Wikipedia": 0.04771, "Gutenberg (PG-19)": 0.00873, "BookCorpus2": 0.01007,
                 "NIH ExPorter": 0.00208, "CC-2020-50": 0.13017, "Pile-CC": 0.09446,
                 "CC-2021-04": 0.15652, "ArXiv": 0.01359, "GitHub": 0.01588}
+
+
+class RampedBatches:
+    """A training run's global batch per step under --rampup-batch-size START INCR SAMPLES, in a
+    Trainer whose micro-step draws `micro_batch` sequences (over all replicas): each step runs
+    global / micro_batch micro-steps. The learning rate is then counted in samples, as Megatron
+    does: warm-up and decay steps of the final global batch become samples."""
+
+    def __init__(self, rampup: tuple[int, int, int], micro_batch: int, final_global: int):
+        start, increment, samples = rampup
+        for name, size in (("START", start), ("INCR", increment), ("final global batch",
+                                                                    final_global)):
+            if size % micro_batch:
+                raise ValueError(f"--rampup-batch-size {start} {increment} {samples}: {name} "
+                                 f"{size} is not a multiple of the micro-step batch {micro_batch}; "
+                                 "every size of the ramp must be a whole number of micro-steps")
+        self.ramp = Ramp(start, increment, samples, final_global)
+        rampup_global_batch_size(0, start, increment, samples, final_global)  # validates
+        self.micro_batch = micro_batch
+        self._consumed = [0]  # samples consumed before step i, grown on demand
+
+    def consumed(self, step: int) -> int:
+        while len(self._consumed) <= step:
+            self._consumed.append(self._consumed[-1] + self.ramp.batch_at(self._consumed[-1]))
+        return self._consumed[step]
+
+    def global_batch(self, step: int) -> int:
+        return self.ramp.batch_at(self.consumed(step))
+
+    def micro_steps(self, step: int) -> int:
+        return self.global_batch(step) // self.micro_batch
+
+    def lr(self, step: int, max_lr: float, min_lr: float, warmup_iters: int,
+           decay_iters: int) -> float:
+        final = self.ramp.global_batch_size
+        return lr_at_sample(self.consumed(step), max_lr, min_lr, warmup_iters * final,
+                            decay_iters * final)
