@@ -135,3 +135,8 @@ class RampedBatches:
         final = self.ramp.global_batch_size
         return lr_at_sample(self.consumed(step), max_lr, min_lr, warmup_iters * final,
                             decay_iters * final)
+
+
+# MT-NLG's optimizer (section 4 of the paper, per secondary reading notes; the same values appear
+# in Microsoft's Megatron-DeepSpeed MT-NLG-style scripts): Adam, gradient clipping, weight decay.
+MT_NLG_OPTIMIZER = dict(beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0, weight_decay=0.1)

@@ -92,3 +92,28 @@ def test_iteration_counted_warmup_goes_wrong_under_a_ramp():
     assert len(steps) > 10 * iteration_warmup
     assert samples_at_iteration_warmup < MT_NLG_LR["warmup_samples"] / 10
     assert lr_at_sample(samples_at_iteration_warmup, **MT_NLG_LR) < MT_NLG_LR["max_lr"] / 10
+
+
+def test_scale_estimate_counts_mt_nlg_iterations_with_the_ramp():
+    from minimt import GPTConfig
+    from minimt.scale import estimate
+    layout = estimate(GPTConfig.from_preset("mt-nlg-530b"), 8, 35, 8, 1, 1920, achieved_tflops=126)
+    assert layout.iterations(MT_NLG_TOKENS) == 68_665  # 270B / (1920 x 2048), rounded up
+    assert layout.iterations(MT_NLG_TOKENS, MT_NLG_RAMP) == 80_087
+
+
+def test_mt_nlg_preset_init_std_and_optimizer():
+    import math
+
+    from minimt import GPTConfig
+    from minimt.recipe import MT_NLG_OPTIMIZER
+    config = GPTConfig.from_preset("mt-nlg-530b")
+    assert config.init_std == pytest.approx(math.sqrt(1 / (3 * 20480)))
+    assert config.init_std == pytest.approx(4.0e-3, abs=5e-5)  # the paper's 4.0e-3
+    assert MT_NLG_OPTIMIZER == dict(beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0,
+                                    weight_decay=0.1)
+    from minimt import GPT
+    torch.manual_seed(0)
+    small = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=2, n_head=2, n_embd=256,
+                          init_std=0.004))
+    assert small.transformer.h[0].mlp.c_fc.weight.std().item() == pytest.approx(0.004, rel=0.05)
