@@ -15,6 +15,7 @@ import torch
 from .checks import cli_number
 from .config import PRESETS, GPTConfig
 from .data import char_dataset
+from .eval_cli import eval_main
 from .generate import stream
 from .model import GPT, param_count
 from .parallel import LaunchTimeout, ParallelContext, RankError, launch
@@ -236,3 +237,4 @@ def _run(fn, args, tp: int, pp: int, dp: int, name: str) -> int:
 
 
 COMMANDS = {"train": train_main, "generate": generate_main}
+COMMANDS["eval"] = eval_main
