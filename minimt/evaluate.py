@@ -110,10 +110,11 @@ def sliding_window_nll(model, ids: list[int], stride: int, max_length: int | Non
     """(summed negative log-likelihood, tokens scored) of `ids` cut into windows of max_length
     tokens (default block_size + 1: the model reads all but the last) that start every `stride`
     tokens; each window scores only the tokens no earlier window scored (Hugging Face's
-    perplexity guide). The first token has no context: it is scored only after `prefix_id`."""
+    perplexity guide). A token with no context in its window (the first, and each window's first
+    when stride = max_length) is not scored; `prefix_id` gives the first one a context."""
     max_length = max_length or model.config.block_size + 1
-    if not 1 <= stride < max_length or max_length > model.config.block_size + 1:
-        raise ValueError(f"need 1 <= stride < max_length <= block_size + 1, got stride={stride}, "
+    if not 1 <= stride <= max_length or max_length > model.config.block_size + 1:
+        raise ValueError(f"need 1 <= stride <= max_length <= block_size + 1, got stride={stride}, "
                          f"max_length={max_length}, block_size={model.config.block_size}")
     ids = ([prefix_id] if prefix_id is not None else []) + list(ids)
     device = next(model.parameters()).device
@@ -125,7 +126,7 @@ def sliding_window_nll(model, ids: list[int], stride: int, max_length: int | Non
         logits = model.gather_logits(model(window[:, :-1])[0])[0]             # (L-1, V)
         logprobs = F.log_softmax(logits.float(), dim=-1)
         picked = logprobs.gather(-1, window[0, 1:, None])[:, 0]                # (L-1,)
-        new = picked[scored_until - begin - 1:]          # the targets no window scored before
+        new = picked[max(0, scored_until - begin - 1):]  # the targets no window scored yet
         nll -= new.sum().item()
         count += len(new)
         scored_until = end
