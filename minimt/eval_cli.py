@@ -52,16 +52,17 @@ def flat_results(results: dict) -> dict:
 
 
 def run_lm_eval(model, tasks: list[str], include_path=None, num_fewshot=None, limit=None,
-                batch_size: int = 16, bootstrap_iters: int = 1000) -> dict:
-    """lm_eval.simple_evaluate on `model` (a minimt GPT) over the course's tasks and any under
-    include_path; returns lm-eval's results dict."""
+                batch_size: int = 16, bootstrap_iters: int = 1000, course_dir=None) -> dict:
+    """lm_eval.simple_evaluate on `model` (a minimt GPT) over the course's tasks (written into
+    course_dir, default .cache/eval_tasks, unless given) and any under include_path; returns
+    lm-eval's results dict."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
     from .eval_tasks import course_tasks
     from .lm_eval_model import MinimtLM
 
-    paths = [str(course_tasks())] + ([str(include_path)] if include_path else [])
+    paths = [str(course_dir or course_tasks())] + ([str(include_path)] if include_path else [])
     manager = TaskManager(include_path=paths, include_defaults=False)
     return simple_evaluate(model=MinimtLM(model=model, batch_size=batch_size), tasks=tasks,
                            num_fewshot=num_fewshot, limit=limit, task_manager=manager,
@@ -69,9 +70,9 @@ def run_lm_eval(model, tasks: list[str], include_path=None, num_fewshot=None, li
                            verbosity="ERROR")
 
 
-def _eval_rank(ctx, args) -> dict:
-    """One rank: the checkpoint's model (this rank's tensor-parallel slice), lm-eval on it; rank
-    0 prints the table and the JSON line."""
+def _eval_rank(ctx, args):
+    """One rank: the checkpoint's model (this rank's tensor-parallel slice), lm-eval on it;
+    rank 0 returns (lm-eval's table, the flat results), the others None."""
     from lm_eval.utils import make_table
 
     from .parallel.checkpoint import load_serial_model
@@ -81,19 +82,27 @@ def _eval_rank(ctx, args) -> dict:
     if ctx.tp_size > 1:
         apply_tensor_parallel(model, ctx)
     results = run_lm_eval(model.to(ctx.device), args.tasks.split(","), args.include_path,
-                          args.num_fewshot, args.limit, args.batch_size, args.bootstrap_iters)
-    flat = flat_results(results)
-    if ctx.rank == 0:
-        print(make_table(results), flush=True)
-        print(json.dumps({"results": flat}), flush=True)
-    return flat
+                          args.num_fewshot, args.limit, args.batch_size, args.bootstrap_iters,
+                          args.course_dir)
+    return (make_table(results), flat_results(results)) if ctx.rank == 0 else None
+
+
+def _evaluate(args) -> tuple[str, dict] | None:
+    """_eval_rank here (one rank), on forked ranks (--tp N), or on this rank under torchrun."""
+    from .parallel import ParallelContext, launch
+    from .parallel.launch import TORCHRUN_VARIABLES
+
+    if args.tp == 1 and not all(v in os.environ for v in TORCHRUN_VARIABLES):
+        return _eval_rank(ParallelContext(), args)
+    return launch(_eval_rank, args, tp=args.tp, timeout_s=args.timeout_s)[0]
 
 
 def eval_main(argv: list[str]) -> int:
     """python -m minimt eval --checkpoint DIR --tasks NAME[,NAME] ... (see --help)."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    from .cli import _run
     from .config import GPTConfig
+    from .parallel import LaunchTimeout, RankError
+    from .eval_tasks import course_tasks
     from .parallel.checkpoint import read_checkpoint
     from .parallel.layout import check_layout
 
@@ -106,12 +115,26 @@ def eval_main(argv: list[str]) -> int:
         parser.error(str(error))
     if args.include_path and not os.path.isdir(args.include_path):
         parser.error(f"--include-path {args.include_path}: no such folder of task YAML")
-    args.seed, args.backend = 0, None
+    args.course_dir = course_tasks()  # written once, before any rank reads it
     try:
-        return _run(_eval_rank, args, args.tp, 1, 1, "eval")
-    except KeyError as error:  # lm-eval's answer to a task name it does not know
-        parser.error(f"--tasks: {error}; the course's tasks are minimt_lambada_shakespeare, "
-                     f"minimt_next_line, minimt_shakespeare_ppl (more with --include-path)")
+        result = _evaluate(args)
+    except (KeyError, RankError) as error:
+        if "is not a registered task" in str(error):  # lm-eval's answer to an unknown name
+            parser.error(f"--tasks {args.tasks}: a task lm-eval does not know; the course's are "
+                         f"minimt_lambada_shakespeare, minimt_next_line, minimt_shakespeare_ppl "
+                         f"(more with --include-path)")
+        if isinstance(error, KeyError):
+            raise
+        print(f"minimt eval failed: {error}", file=sys.stderr)
+        return 1
+    except LaunchTimeout as error:
+        print(f"minimt eval failed: {error}", file=sys.stderr)
+        return 1
+    if result is not None:  # rank 0's: lm-eval's table, then one JSON line
+        table, flat = result
+        print(table, flush=True)
+        print(json.dumps({"results": flat}), flush=True)
+    return 0
 
 
 if __name__ == "__main__":

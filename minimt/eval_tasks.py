@@ -10,6 +10,7 @@ downloaded), written as JSON lines plus lm-evaluation-harness task YAML that rea
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -109,12 +110,19 @@ def write_task(directory, name: str, docs: list[dict], body: str) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     data = directory / f"{name}.jsonl"
-    data.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs))
-    (directory / f"{name}.yaml").write_text(
-        f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
-        f"    test: {json.dumps(str(data.resolve()))}\ntest_split: test\n"
-        f"fewshot_split: test\n" + body)
+    _replace(data, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs))
+    _replace(directory / f"{name}.yaml",
+             f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+             f"    test: {json.dumps(str(data.resolve()))}\ntest_split: test\n"
+             f"fewshot_split: test\n" + body)
     return directory / f"{name}.yaml"
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write atomically: a reader (another rank, another process) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def course_tasks(directory=None) -> Path:

@@ -106,12 +106,15 @@ def score_requests(model, contexts, continuations, batch_size: int = 16,
 
 @torch.no_grad()
 def sliding_window_nll(model, ids: list[int], stride: int, max_length: int | None = None,
-                       prefix_id: int | None = None) -> tuple[float, int]:
+                       prefix_id: int | None = None,
+                       full_last_window: bool = False) -> tuple[float, int]:
     """(summed negative log-likelihood, tokens scored) of `ids` cut into windows of max_length
     tokens (default block_size + 1: the model reads all but the last) that start every `stride`
     tokens; each window scores only the tokens no earlier window scored (Hugging Face's
     perplexity guide). A token with no context in its window (the first, and each window's first
-    when stride = max_length) is not scored; `prefix_id` gives the first one a context."""
+    when stride = max_length) is not scored; `prefix_id` gives the first one a context.
+    full_last_window: the last window ends at the text's end with max_length tokens, so its
+    targets see a full context (lm-eval's rolling windows) instead of starting at k * stride."""
     max_length = max_length or model.config.block_size + 1
     if not 1 <= stride <= max_length or max_length > model.config.block_size + 1:
         raise ValueError(f"need 1 <= stride <= max_length <= block_size + 1, got stride={stride}, "
@@ -122,6 +125,8 @@ def sliding_window_nll(model, ids: list[int], stride: int, max_length: int | Non
     ### BEGIN SOLUTION
     for begin in range(0, len(ids) - 1, stride):
         end = min(begin + max_length, len(ids))
+        if full_last_window and end == len(ids):
+            begin = max(0, end - max_length)
         window = torch.tensor([ids[begin:end]], device=device)               # (1, L)
         logits = model.gather_logits(model(window[:, :-1])[0])[0]             # (L-1, V)
         logprobs = F.log_softmax(logits.float(), dim=-1)
