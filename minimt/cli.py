@@ -17,6 +17,7 @@ from .checks import cli_number
 from .config import PRESETS, GPTConfig
 from .data import char_dataset
 from .data_path import MegatronData
+from .eval_cli import eval_main
 from .generate import stream
 from .model import GPT, param_count
 from .parallel import LaunchTimeout, ParallelContext, RankError, launch
@@ -311,4 +312,5 @@ def _run(fn, args, tp: int, pp: int, dp: int, name: str) -> int:
     return 0
 
 
-COMMANDS = {"train": train_main, "generate": generate_main, "preprocess": preprocess_main}
+COMMANDS = {"train": train_main, "generate": generate_main, "preprocess": preprocess_main,
+            "eval": eval_main}
