@@ -28,6 +28,7 @@ from .comm import all_reduce
 from .mappings import (SEQUENCE_DIM, copy_to_tensor_model_parallel_region,
                        gather_from_sequence_parallel_region,
                        gather_from_tensor_model_parallel_region,
+                       linear_with_sequence_parallel_input,
                        reduce_from_tensor_model_parallel_region,
                        reduce_scatter_to_sequence_parallel_region,
                        scatter_to_tensor_model_parallel_region)
@@ -60,8 +61,9 @@ class ColumnParallelLinear(nn.Module):
         self.bias = None if serial.bias is None else _shard(serial.bias, 0, ctx)  # (out/tp,)
 
     def forward(self, x):                                             # (B, T, in)
-        if self.sequence_parallel:                                    # (B, T/tp, in) -> (B, T, in)
-            x = gather_from_sequence_parallel_region(x, self.ctx)
+        if self.sequence_parallel:  # (B, T/tp, in) -> (B, T, out/tp), saving the (B, T/tp, in)
+            y = linear_with_sequence_parallel_input(x, self.weight, self.bias, self.ctx)
+            return gather_from_tensor_model_parallel_region(y, self.ctx) if self.gather_output else y
         else:
             ### BEGIN SOLUTION
             x = copy_to_tensor_model_parallel_region(x, self.ctx)     # f
