@@ -189,6 +189,19 @@ def stage_params_per_gpu(config: GPTConfig, tp: int, pp: int) -> int:
     return layers + (first if pp == 1 else max(first, last))
 
 
+def zero_state_bytes(n_params: float, dp: int, zero: int = 0, dtype_bytes: int = 2,
+                     bytes_per_parameter: str = "zero") -> dict[str, float]:
+    """Bytes of weights, gradients and optimizer state per GPU for n_params parameters under ZeRO
+    stage `zero` over dp ranks (Rajbhandari et al. 2019, Figure 1, K = 12 for mixed precision):
+    stage 0: (2 + 2 + K) n, 1: (2 + 2) n + K n/dp, 2: 2n + (2 + K) n/dp, 3: (2 + 2 + K) n/dp.
+    dtype_bytes 4 (fp32 training): 4 + 4 + 8. bytes_per_parameter: see BYTES_PER_PARAMETER."""
+    weight, grad, optimizer = BYTES_PER_PARAMETER[bytes_per_parameter] if dtype_bytes == 2 else (
+        4, 4, 8)
+    shards = {stage: dp if zero >= stage else 1 for stage in ZERO_STAGES}  # stage s shards more
+    return {"weights": n_params * weight / shards[3], "gradients": n_params * grad / shards[2],
+            "optimizer": n_params * optimizer / shards[1]}
+
+
 def estimate(config: GPTConfig, tp: int, pp: int, dp: int, micro_batch_size: int,
              global_batch_size: int, achieved_tflops: float | None = None,
              recompute: str = "full", sequence_parallel: bool = False, zero: int = 0,
@@ -234,8 +247,6 @@ def estimate(config: GPTConfig, tp: int, pp: int, dp: int, micro_batch_size: int
     m = global_batch_size // (dp * micro_batch_size)
     e = DTYPE_BYTES[dtype]
     n_params = stage_params_per_gpu(config, tp, pp)
-    weight_bytes, grad_bytes, optimizer_bytes = (
-        BYTES_PER_PARAMETER[bytes_per_parameter] if e == 2 else (4, 4, 8))
     if activation_model == "megatron":
         per_layer = megatron_layer_activation_bytes(s, micro_batch_size, config.n_embd, a, tp,
                                                     sequence_parallel, recompute) * e / 2
@@ -243,10 +254,7 @@ def estimate(config: GPTConfig, tp: int, pp: int, dp: int, micro_batch_size: int
         per_layer = layer_activation_bytes(s, micro_batch_size, config.n_embd, a, tp,
                                            sequence_parallel, recompute, "fused", e,
                                            config.mlp_ratio)
-    shards = {stage: dp if zero >= stage else 1 for stage in ZERO_STAGES}  # stage s shards more
-    memory = {"weights": n_params * weight_bytes / shards[3],
-              "gradients": n_params * grad_bytes / shards[2],
-              "optimizer": n_params * optimizer_bytes / shards[1],
+    memory = {**zero_state_bytes(n_params, dp, zero, e, bytes_per_parameter),
               "activations": per_layer * (L // pp) * min(pp, m)}
     memory["total"] = sum(memory.values())
     return Estimate(config, tp, pp, dp, micro_batch_size, global_batch_size, recompute,

@@ -103,8 +103,11 @@ class FullyShardedDataParallel:
                 for p, (start, end) in zip(unit.params, unit.bounds):
                     flat[start:end] = p.detach().flatten()
                 self.master[unit.shard] = flat.view(ctx.dp_size, unit.piece)[ctx.dp_rank]
+        # ZeRO-3 keeps a 16-bit copy of its pieces to gather from; ZeRO-2's full weights hold it
         sixteen = self.param_dtype in SIXTEEN_BIT
         self.param_shard = self.master.to(self.param_dtype) if sixteen else self.master
+        if stage == 2:
+            self.param_shard = None if sixteen else self.master
         self.grad_shard = torch.zeros(offset, dtype=self.param_dtype, device=ctx.device)
         for i, unit in enumerate(self.units):
             self._free(unit)
@@ -124,8 +127,14 @@ class FullyShardedDataParallel:
         """Launch the all-gather of unit `index`'s pieces, unless it is gathered or in flight."""
         unit = self.units[index]
         if unit.full is None and unit.pending is None:
-            unit.pending = all_gather_start(self.param_shard[unit.shard], self.ctx, "dp", dim=0,
+            unit.pending = all_gather_start(self._compute_piece(unit), self.ctx, "dp", dim=0,
                                             phase=phase)
+
+    def _compute_piece(self, unit: ShardedUnit) -> torch.Tensor:
+        """This rank's piece of a unit in the compute dtype (piece,)."""
+        if self.param_shard is None:
+            return self.master[unit.shard].to(self.param_dtype)
+        return self.param_shard[unit.shard]
 
     def gather(self, index: int, phase: str | None) -> None:
         """Make unit `index`'s full weights the parameters' data (waiting for its all-gather),
@@ -200,11 +209,11 @@ class FullyShardedDataParallel:
     @torch.no_grad()
     def after_step(self) -> None:
         """The updated fp32 master -> the compute pieces; ZeRO-2 all-gathers every unit back."""
-        if self.param_shard is not self.master:
+        if self.param_shard is not None and self.param_shard is not self.master:
             self.param_shard.copy_(self.master)
         if self.stage == 2:
             for unit in self.units:
-                unit.full.copy_(all_gather(self.param_shard[unit.shard], self.ctx, "dp", dim=0,
+                unit.full.copy_(all_gather(self._compute_piece(unit), self.ctx, "dp", dim=0,
                                            phase="optimizer"))
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
@@ -237,7 +246,8 @@ class ShardedAdamW(DistributedOptimizer):
         self.num_steps, self.grad_clip, self.loss_scaler = 0, grad_clip, loss_scaler
         self.last_grad_norm, self.skipped_steps = None, 0
         self.grads = MeshGradients(fsdp.ctx)
-        self.flat_params = fsdp.param_shard    # fp32 compute: the master is the weights' shard
+        # fp32 compute: the master is the weights' own shard (state_bytes counts it as 0)
+        self.flat_params = fsdp.master if fsdp.param_dtype == torch.float32 else torch.empty(0)
         self.master = fsdp.master
         self.exp_avg = torch.zeros_like(fsdp.master)                   # Adam's m, fp32
         self.exp_avg_sq = torch.zeros_like(fsdp.master)                # Adam's v, fp32
@@ -257,3 +267,32 @@ class ShardedAdamW(DistributedOptimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
         self.fsdp.grad_shard.zero_()
+
+
+def training_state_bytes(params, optimizer, fsdp: FullyShardedDataParallel | None = None) -> dict:
+    """Bytes this rank holds for the weights, gradients and optimizer state, read from the
+    storages (each once, in that order: an fp32 master that is the weights' own shard counts as
+    weights). Works for torch optimizers, MixedPrecisionOptimizer, DistributedOptimizer (ZeRO-1)
+    and ShardedAdamW (ZeRO-2/3)."""
+    seen = set()
+
+    def total(tensors) -> int:
+        nbytes = 0
+        for t in tensors:
+            if t is None or t.numel() == 0 or t.untyped_storage().data_ptr() in seen:
+                continue
+            seen.add(t.untyped_storage().data_ptr())
+            nbytes += t.untyped_storage().nbytes()
+        return nbytes
+
+    sharded = [] if fsdp is None else [fsdp]
+    weights = total([p.data for p in params] + [f.param_shard for f in sharded])
+    gradients = total([p.grad for p in params] + [f.grad_shard for f in sharded])
+    if isinstance(optimizer, DistributedOptimizer):
+        state = [optimizer.master, optimizer.exp_avg, optimizer.exp_avg_sq]
+    else:  # torch's: its per-parameter state (not the 0-d step counts), plus any fp32 masters
+        inner = getattr(optimizer, "optimizer", optimizer)
+        state = list(getattr(optimizer, "master_params", []))
+        state += [v for s in inner.state.values() for v in s.values()
+                  if isinstance(v, torch.Tensor) and v.dim() > 0]
+    return {"weights": weights, "gradients": gradients, "optimizer": total(state)}
