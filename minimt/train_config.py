@@ -42,7 +42,8 @@ class TrainConfig:
     schedule: str = "1f1b"               # pipeline schedule when pp > 1: see minimt.parallel.pipeline
     num_microbatches: int | None = None  # pipeline micro-batches per micro-step; None = 2 * pp
     num_chunks: int = 1                  # model chunks per pipeline rank ("interleaved" only)
-    zero: bool = False                   # ZeRO-1: shard the optimizer state over data parallelism
+    zero: int = 0                        # ZeRO stage over dp: 1 optimizer state, 2 + gradients,
+                                         # 3 + weights (FSDP); True means 1
     dtype: str | None = None             # None (fp32 weights) or 16-bit weights with fp32 masters
 
     def __post_init__(self):
@@ -82,6 +83,8 @@ class TrainConfig:
         self._check_layout_fields()
 
     def _check_layout_fields(self):
+        if self.zero not in (0, 1, 2, 3):
+            raise ValueError(f"TrainConfig.zero={self.zero!r}: choose a ZeRO stage 0, 1, 2 or 3")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"TrainConfig.schedule={self.schedule!r}: choose one of {SCHEDULES}")
         if self.dtype not in AUTOCAST_DTYPES:

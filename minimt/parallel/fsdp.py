@@ -80,11 +80,13 @@ class FullyShardedDataParallel:
             raise ValueError(f"ZeRO-{stage} here shards over data parallelism only: use tp=1 and "
                              f"pp=1 (got tp={ctx.tp_size}, pp={ctx.pp_size}), or ZeRO-1 (zero=1)")
         if stage == 3 and model.recompute != "none":
-            raise ValueError(f"recompute={model.recompute!r} reruns blocks whose weights ZeRO-3 has "
-                             f"freed: use recompute='none' with zero=3")
+            raise ValueError(f"recompute={model.recompute!r} reruns blocks whose weights ZeRO-3 "
+                             f"has freed: use recompute='none' with zero=3")
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
-            raise ValueError(f"prefetch={prefetch!r} must be an integer >= 0 (units gathered ahead)")
+            raise ValueError(f"prefetch={prefetch!r} must be an integer >= 0 (units gathered "
+                             f"ahead)")
         self.model, self.ctx, self.stage, self.prefetch = model, ctx, stage, prefetch
+        model.zero_sharded = self  # save_checkpoint / load_checkpoint find the pieces here
         self.params = unique_parameters(model)
         self.param_dtype = param_dtype or self.params[0].dtype
         blocks = list(model.transformer.h)
@@ -216,17 +218,40 @@ class FullyShardedDataParallel:
                 unit.full.copy_(all_gather(self._compute_piece(unit), self.ctx, "dp", dim=0,
                                            phase="optimizer"))
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The serial model's state dict (fp32 master weights), assembled on every rank."""
-        flat = all_gather(self.master, self.ctx, "dp", dim=0)          # (dp * sum of pieces,)
-        by_rank = flat.view(self.ctx.dp_size, -1)
-        names = {id(p): n for n, p in self.model.named_parameters()}
+    def full_state_dict(self, pieces: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """{serial name: full tensor} of per-rank pieces laid out like the master (default: the
+        fp32 master weights; or Adam's moments), assembled on every rank (an all-gather)."""
+        pieces = self.master if pieces is None else pieces
+        by_rank = all_gather(pieces, self.ctx, "dp", dim=0).view(self.ctx.dp_size, -1)
         state = {}
         for unit in self.units:
             whole = by_rank[:, unit.shard].reshape(-1)                 # (padded,)
-            for p, (start, end), shape in zip(unit.params, unit.bounds, unit.shapes):
-                state[names[id(p)]] = whole[start:end].view(shape).clone()
+            for name, (start, end), shape in zip(self._names(unit), unit.bounds, unit.shapes):
+                state[name] = whole[start:end].view(shape).clone()
         return state
+
+    @torch.no_grad()
+    def load_full_state_dict(self, full: dict[str, torch.Tensor],
+                             pieces: torch.Tensor | None = None) -> None:
+        """The inverse: this rank's pieces of serial tensors `full` into `pieces` (default: the
+        master weights; then the compute copies follow, ZeRO-2 all-gathering them: every rank
+        calls it)."""
+        target = self.master if pieces is None else pieces
+        for unit in self.units:
+            flat = torch.zeros(unit.padded, device=self.ctx.device)
+            for name, (start, end) in zip(self._names(unit), unit.bounds):
+                flat[start:end] = full[name].flatten()
+            target[unit.shard] = flat.view(self.ctx.dp_size, unit.piece)[self.ctx.dp_rank]
+        if pieces is None:
+            self.after_step()
+            if self.stage == 3:
+                for unit in self.units:
+                    self._free(unit)
+
+    def _names(self, unit: ShardedUnit) -> list[str]:
+        """The serial model's names of a unit's parameters (a tied weight under its first)."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        return [names[id(p)] for p in unit.params]
 
 
 class ShardedAdamW(DistributedOptimizer):

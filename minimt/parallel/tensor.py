@@ -63,7 +63,8 @@ class ColumnParallelLinear(nn.Module):
     def forward(self, x):                                             # (B, T, in)
         if self.sequence_parallel:  # (B, T/tp, in) -> (B, T, out/tp), saving the (B, T/tp, in)
             y = linear_with_sequence_parallel_input(x, self.weight, self.bias, self.ctx)
-            return gather_from_tensor_model_parallel_region(y, self.ctx) if self.gather_output else y
+            return (gather_from_tensor_model_parallel_region(y, self.ctx) if self.gather_output
+                    else y)
         else:
             ### BEGIN SOLUTION
             x = copy_to_tensor_model_parallel_region(x, self.ctx)     # f
