@@ -165,10 +165,12 @@ class FullyShardedDataParallel:
         self.gather(index, "forward")
 
     def _after_forward(self, index: int, output):
-        """ZeRO-3: free the unit after its forward; with autograd on, its outputs gather it
-        again before its backward."""
+        """ZeRO-3, after unit `index`'s forward: free its full weights (`_free`), and pass the
+        outputs that require grad through `_GatherBeforeBackward`, so that the backward gathers
+        the weights again before it reaches this unit. Returns the output, same structure."""
         if self.stage == 2:
             return output
+        ### BEGIN SOLUTION
         self._free(self.units[index])
         outputs = output if isinstance(output, tuple) else (output,)
         grads = [o for o in outputs if isinstance(o, torch.Tensor) and o.requires_grad]
@@ -179,6 +181,7 @@ class FullyShardedDataParallel:
         result = tuple(next(wrapped) if isinstance(o, torch.Tensor) and o.requires_grad else o
                        for o in outputs)
         return result if isinstance(output, tuple) else result[0]
+        ### END SOLUTION
 
     # ------------------------------------------------------------------------ gradients
     def _grad_ready(self, unit: ShardedUnit, param: nn.Parameter) -> None:
