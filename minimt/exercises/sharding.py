@@ -97,6 +97,6 @@ def _check_zero3_layer() -> None:
 TASKS = [
     task("07.4", 2, "write FullyShardedDataParallel._after_forward: free the unit's weights, and "
          "make its backward gather them again", "minimt.parallel.fsdp:"
-         "FullyShardedDataParallel._after_forward", "notebook 07, ZeRO-2 and ZeRO-3",
+         "FullyShardedDataParallel._after_forward", "notebook 07, section 3",
          _check_zero3_layer),
 ]
