@@ -194,7 +194,12 @@ def zero_state_bytes(n_params: float, dp: int, zero: int = 0, dtype_bytes: int =
     """Bytes of weights, gradients and optimizer state per GPU for n_params parameters under ZeRO
     stage `zero` over dp ranks (Rajbhandari et al. 2019, Figure 1, K = 12 for mixed precision):
     stage 0: (2 + 2 + K) n, 1: (2 + 2) n + K n/dp, 2: 2n + (2 + K) n/dp, 3: (2 + 2 + K) n/dp.
-    dtype_bytes 4 (fp32 training): 4 + 4 + 8. bytes_per_parameter: see BYTES_PER_PARAMETER."""
+    dtype_bytes 4 (fp32 training): 4 + 4 + 8. bytes_per_parameter: see BYTES_PER_PARAMETER
+    ("megatron", zero=1: Megatron-LM's distributed optimizer, 6 + 12/d).
+    Only the model states of ZeRO's Figure 1, no buffers. DeepSpeed's estimators add theirs:
+    estimate_zero2_model_states_mem_needs counts 4 n + 16 n/dp (it keeps a full 16-bit gradient
+    buffer and fp32 gradient partitions), estimate_zero3_model_states_mem_needs 18 n/dp plus
+    4 x the largest layer (one layer's weights and gradients gathered at a time)."""
     weight, grad, optimizer = BYTES_PER_PARAMETER[bytes_per_parameter] if dtype_bytes == 2 else (
         4, 4, 8)
     shards = {stage: dp if zero >= stage else 1 for stage in ZERO_STAGES}  # stage s shards more
