@@ -62,8 +62,9 @@ def train_parser() -> argparse.ArgumentParser:
                         help="pipeline-parallel size (stages of consecutive blocks)")
     parser.add_argument("--dp", type=cli_number(int, 1), default=1,
                         help="data-parallel size (replicas, each reading batch-size/dp sequences)")
-    parser.add_argument("--zero", action="store_true", help="ZeRO-1: shard the AdamW state over "
-                        "the data-parallel replicas instead of copying it")
+    parser.add_argument("--zero", type=int, nargs="?", const=1, default=0, choices=(0, 1, 2, 3),
+                        help="ZeRO stage over the data-parallel replicas: 1 (--zero alone) shards "
+                        "the AdamW state, 2 also the gradients, 3 also the weights (FSDP; tp=pp=1)")
     parser.add_argument("--schedule", choices=SCHEDULES, default="1f1b",
                         help="pipeline schedule when --pp > 1")
     parser.add_argument("--chunks", type=cli_number(int, 1), default=None,
@@ -142,7 +143,8 @@ def _train_rank(ctx, args) -> dict:
     trainer = Trainer(GPT(GPTConfig.from_preset(args.preset, **overrides)), data, settings, ctx=ctx)
     if ctx.rank == 0:
         print(f"training {args.preset} ({param_count(trainer.model.config) / 1e6:.2f}M parameters) on "
-              f"tp={ctx.tp_size} pp={ctx.pp_size} dp={ctx.dp_size}{' + ZeRO-1' if args.zero else ''}"
+              f"tp={ctx.tp_size} pp={ctx.pp_size} dp={ctx.dp_size}"
+              f"{f' + ZeRO-{args.zero}' if args.zero else ''}"
               f" ({ctx.backend or 'one process'}, {ctx.device}), global batch {args.batch_size}, "
               f"{args.dtype}", flush=True)
     if not _in_process(ctx) and not _under_torchrun():  # launch forwards output line by line

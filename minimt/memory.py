@@ -97,7 +97,8 @@ def layer_activation_terms(s: int, b: int, h: int, a: int, t: int = 1,
     held in the activation dtype (dtype_bytes: 4 fp32, 2 bf16), measured on the CPU (LayerNorm
     statistics in the activation dtype; the fused kernel's log-sum-exp always fp32).
     With sequence parallelism the LayerNorms (and the residual stream) hold s/t of the tokens,
-    but the column-parallel layers keep their all-gathered, full-sequence input.
+    and so do the inputs that c_attn and c_fc save: as in Megatron-LM (Korthikanti et al. 2022,
+    section 4.2.2) they keep their sequence shard and all-gather it again in backward.
     """
     if recompute not in RECOMPUTE_MODES:
         raise ValueError(f"recompute={recompute!r}: choose one of {RECOMPUTE_MODES}")
@@ -109,7 +110,7 @@ def layer_activation_terms(s: int, b: int, h: int, a: int, t: int = 1,
     terms = {
         "ln_1 input": ls * b * h * e,
         "ln_1 mean and 1/std": 2 * ls * b * e,
-        "c_attn input (full sequence)": s * b * h * e,
+        "c_attn input (the sequence shard under SP)": ls * b * h * e,
     }
     if recompute == "selective":
         terms["q, k, v (input of the recomputed core)"] = 3 * s * b * h * e // t
@@ -127,7 +128,7 @@ def layer_activation_terms(s: int, b: int, h: int, a: int, t: int = 1,
     terms["ln_2 input"] = ls * b * h * e
     terms["ln_2 mean and 1/std"] = 2 * ls * b * e
     terms["MLP: c_fc input, GELU input, c_proj input"] = mlp_activation_bytes(
-        s, b, h, t, dtype_bytes, mlp_ratio)
+        s, b, h, t, dtype_bytes, mlp_ratio) - (s - ls) * b * h * e  # c_fc keeps ls tokens
     return terms
 
 

@@ -16,6 +16,14 @@ from .memory import layer_activation_bytes
 from .model import RECOMPUTE_MODES, param_count
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+ZERO_STAGES = (0, 1, 2, 3)
+# bytes per parameter (weight, gradient, optimizer state) of mixed-precision AdamW, by convention:
+# "zero": Rajbhandari et al. 2019 (arXiv 1910.02054), 2 + 2 + 12 = 16 (16-bit weight and gradient;
+#   fp32 master weight, momentum, variance), DeepSpeed's estimators;
+# "megatron": Megatron-LM's theoretical_memory_usage.py, 2 + 4 + 12 = 18: the gradient is
+#   accumulated in an fp32 "main gradient" buffer (its distributed optimizer: 6 + 12/d).
+# fp32 training is 4 + 4 + 8 = 16 in both.
+BYTES_PER_PARAMETER = {"zero": (2, 2, 12), "megatron": (2, 4, 12)}
 ACTIVATION_MODELS = ("megatron", "minimt")
 GPU_BYTES = 80 * 2**30  # an 80 GB A100 or H100 (80 GiB)
 
@@ -80,7 +88,7 @@ class Estimate:
     global_batch_size: int
     recompute: str
     sequence_parallel: bool
-    zero: bool
+    zero: int                      # ZeRO stage 0-3 (True from older callers means 1)
     dtype: str
     achieved_tflops: float | None
     params: int                    # the whole model (minimt.model.param_count)
@@ -133,7 +141,7 @@ class Estimate:
         mem = self.memory_bytes_per_gpu
         lines = [f"tp={self.tp} pp={self.pp} dp={self.dp} ({self.num_gpus} GPUs), micro-batch "
                  f"{self.micro_batch_size} x {self.num_microbatches}, recompute={self.recompute}, "
-                 f"SP={self.sequence_parallel}, ZeRO-1={self.zero}, {self.dtype}",
+                 f"SP={self.sequence_parallel}, ZeRO-{self.zero}, {self.dtype}",
                  f"params {self.params / 1e9:.1f}B, {self.flops_per_iteration:.3e} FLOP per "
                  f"iteration, bubble (p-1)/m = {self.bubble:.3f}"]
         if self.achieved_tflops is not None:
@@ -227,15 +235,37 @@ def _check_best_layout_inputs(config: GPTConfig, num_gpus, global_batch_size, gp
                          f"num_gpus or global_batch_size")
 
 
+def zero_state_bytes(n_params: float, dp: int, zero: int = 0, dtype_bytes: int = 2,
+                     bytes_per_parameter: str = "zero") -> dict[str, float]:
+    """Bytes of weights, gradients and optimizer state per GPU for n_params parameters under ZeRO
+    stage `zero` over dp ranks (Rajbhandari et al. 2019, Figure 1, K = 12 for mixed precision):
+    stage 0: (2 + 2 + K) n, 1: (2 + 2) n + K n/dp, 2: 2n + (2 + K) n/dp, 3: (2 + 2 + K) n/dp.
+    dtype_bytes 4 (fp32 training): 4 + 4 + 8. bytes_per_parameter: see BYTES_PER_PARAMETER
+    ("megatron", zero=1: Megatron-LM's distributed optimizer, 6 + 12/d).
+    Only the model states of ZeRO's Figure 1, no buffers. DeepSpeed's estimators add theirs:
+    estimate_zero2_model_states_mem_needs counts 4 n + 16 n/dp (it keeps a full 16-bit gradient
+    buffer and fp32 gradient partitions), estimate_zero3_model_states_mem_needs 18 n/dp plus
+    4 x the largest layer (one layer's weights and gradients gathered at a time)."""
+    weight, grad, optimizer = BYTES_PER_PARAMETER[bytes_per_parameter] if dtype_bytes == 2 else (
+        4, 4, 8)
+    shards = {stage: dp if zero >= stage else 1 for stage in ZERO_STAGES}  # stage s shards more
+    return {"weights": n_params * weight / shards[3], "gradients": n_params * grad / shards[2],
+            "optimizer": n_params * optimizer / shards[1]}
+
+
 def estimate(config: GPTConfig, tp: int, pp: int, dp: int, micro_batch_size: int,
              global_batch_size: int, achieved_tflops: float | None = None,
-             recompute: str = "full", sequence_parallel: bool = False, zero: bool = False,
-             dtype: str = "bf16", activation_model: str = "megatron") -> Estimate:
+             recompute: str = "full", sequence_parallel: bool = False, zero: int = 0,
+             dtype: str = "bf16", activation_model: str = "megatron",
+             bytes_per_parameter: str = "zero") -> Estimate:
     """Time and memory of training `config` on tp x pp x dp GPUs with 1F1B pipelining.
 
-    Memory per GPU (ZeRO's accounting): 16-bit weights and gradients (2 + 2 bytes per
-    parameter) and fp32 Adam state (master weight, momentum, variance: 12), the 12 sharded over
-    dp when zero=True (ZeRO stage 1); fp32 training: 4 + 4 + 8. Activations: the stage's layers
+    Memory per GPU: bytes_per_parameter="zero" (ZeRO's accounting, 2 + 2 + 12 bytes: 16-bit
+    weight and gradient, fp32 master weight, momentum, variance) or "megatron" (Megatron-LM's
+    theoretical_memory_usage.py, 2 + 4 + 12: fp32 main gradients); fp32 training 4 + 4 + 8.
+    zero (Rajbhandari et al. 2019, arXiv 1910.02054, Figure 1) shards over dp: 0 nothing,
+    1 the optimizer state (2 + 2 + 12/N_d), 2 also the gradients (2 + 14/N_d), 3 also the
+    weights (16/N_d); zero=True means 1. Activations: the stage's layers
     times the micro-batches in flight on the first stage of 1F1B, min(pp, m); per layer
     Korthikanti's Table 2 (activation_model="megatron") or minimt's measured formula ("minimt",
     fused attention). Left out: the embeddings' and the loss's activations, the working memory
@@ -255,6 +285,12 @@ def estimate(config: GPTConfig, tp: int, pp: int, dp: int, micro_batch_size: int
                          f"{ACTIVATION_MODELS}")
     if recompute not in RECOMPUTE_MODES:
         raise ValueError(f"recompute={recompute!r}: choose one of {RECOMPUTE_MODES}")
+    zero = int(zero)  # True (the old ZeRO-1 switch) is stage 1
+    if zero not in ZERO_STAGES:
+        raise ValueError(f"zero={zero!r}: choose a ZeRO stage in {ZERO_STAGES}")
+    if bytes_per_parameter not in BYTES_PER_PARAMETER:
+        raise ValueError(f"bytes_per_parameter={bytes_per_parameter!r}: choose one of "
+                         f"{sorted(BYTES_PER_PARAMETER)}")
     problem = layout_error(config, tp, pp, dp, micro_batch_size, global_batch_size,
                            sequence_parallel)
     if problem:
@@ -263,7 +299,6 @@ def estimate(config: GPTConfig, tp: int, pp: int, dp: int, micro_batch_size: int
     m = global_batch_size // (dp * micro_batch_size)
     e = DTYPE_BYTES[dtype]
     n_params = stage_params_per_gpu(config, tp, pp)
-    weight_bytes, grad_bytes, optimizer_bytes = (e, e, 12) if e == 2 else (4, 4, 8)
     if activation_model == "megatron":
         per_layer = megatron_layer_activation_bytes(s, micro_batch_size, config.n_embd, a, tp,
                                                     sequence_parallel, recompute) * e / 2
@@ -271,8 +306,7 @@ def estimate(config: GPTConfig, tp: int, pp: int, dp: int, micro_batch_size: int
         per_layer = layer_activation_bytes(s, micro_batch_size, config.n_embd, a, tp,
                                            sequence_parallel, recompute, "fused", e,
                                            config.mlp_ratio)
-    memory = {"weights": n_params * weight_bytes, "gradients": n_params * grad_bytes,
-              "optimizer": n_params * optimizer_bytes / (dp if zero else 1),
+    memory = {**zero_state_bytes(n_params, dp, zero, e, bytes_per_parameter),
               "activations": per_layer * (L // pp) * min(pp, m)}
     memory["total"] = sum(memory.values())
     return Estimate(config, tp, pp, dp, micro_batch_size, global_batch_size, recompute,

@@ -27,6 +27,7 @@ from .lr_schedule import lr_at
 from .parallel.context import ParallelContext
 from .parallel.grads import MeshGradients
 from .parallel.layout import MeshModel
+from .parallel.fsdp import ShardedAdamW
 from .parallel.zero import DistributedOptimizer
 from .precision import DynamicLossScaler, MixedPrecisionOptimizer
 from .train_config import AUTOCAST_DTYPES, TrainConfig, check_device
@@ -131,10 +132,15 @@ class Trainer:
         self.mixed_precision = cfg.dtype is not None or loss_scaler is not None
         self.optimizer_checks = cfg.zero or self.mixed_precision
         if cfg.zero and self.ctx.dp_size == 1:
-            warnings.warn("TrainConfig.zero=True (--zero) with one data-parallel replica shards "
+            warnings.warn("TrainConfig.zero (--zero) with one data-parallel replica shards "
                           "nothing: each rank keeps the whole optimizer state; use dp > 1 for "
                           "ZeRO to divide it", stacklevel=2)
-        if cfg.zero:  # AdamW on this rank's 1/dp shard (fp32 master for 16-bit weights)
+        if cfg.zero >= 2:  # ZeRO-2/3: AdamW on this rank's pieces of every unit
+            self.optimizer = ShardedAdamW(
+                self.mesh.sharded, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
+                weight_decay=cfg.weight_decay, decay_filter=lambda p: p.dim() >= 2,
+                grad_clip=cfg.grad_clip, loss_scaler=loss_scaler)
+        elif cfg.zero:  # AdamW on this rank's 1/dp shard (fp32 master for 16-bit weights)
             self.optimizer = DistributedOptimizer(
                 self.mesh.chunks, self.ctx, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                 weight_decay=cfg.weight_decay, decay_filter=lambda p: p.dim() >= 2,

@@ -43,7 +43,8 @@ class TrainConfig:
     schedule: str = "1f1b"               # pipeline schedule when pp > 1: see minimt.parallel.pipeline
     num_microbatches: int | None = None  # pipeline micro-batches per micro-step; None = 2 * pp
     num_chunks: int = 1                  # model chunks per pipeline rank ("interleaved" only)
-    zero: bool = False                   # ZeRO-1: shard the optimizer state over data parallelism
+    zero: int = 0                        # ZeRO stage over dp: 1 optimizer state, 2 + gradients,
+                                         # 3 + weights (FSDP); True means 1
     dtype: str | None = None             # None (fp32 weights) or 16-bit weights with fp32 masters
     # Megatron's --rampup-batch-size START INCR SAMPLES: the global batch grows from START to
     # batch_size * gradient_accumulation_steps (more micro-steps); the lr is then counted in samples
@@ -87,6 +88,8 @@ class TrainConfig:
         self.ramp  # a bad --rampup-batch-size is refused here, with what to change
 
     def _check_layout_fields(self):
+        if self.zero not in (0, 1, 2, 3):
+            raise ValueError(f"TrainConfig.zero={self.zero!r}: choose a ZeRO stage 0, 1, 2 or 3")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"TrainConfig.schedule={self.schedule!r}: choose one of {SCHEDULES}")
         if self.dtype not in AUTOCAST_DTYPES:

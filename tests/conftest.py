@@ -24,6 +24,7 @@ TASKS_OF_TEST_FILE = {
     "test_sequence_parallel.py": ["03.3", "03.4"],
     "test_ring.py": ["07.1"],
     "test_data_parallel.py": ["07.2", "07.3"],
+    "test_fsdp.py": ["07.3", "07.4"],
     "test_memory.py": ["08.1", "08.2"],
     "test_scale.py": ["08.3"],
     "test_evaluate.py": ["10.1", "10.2", "10.3", "03.1", "03.2", "03.3", "03.4", "03.5"],

@@ -124,3 +124,16 @@ def test_a_16_bit_run_without_zero_saves_its_fp32_masters_and_adam_state(tmp_pat
         assert state[name]["master"].dtype == torch.float32, name
         assert state[name]["exp_avg"].shape == tensor.shape, name
         assert torch.equal(state[name]["master"].to(torch.bfloat16), tensor), name
+
+
+def test_zero3_run_ends_with_the_serial_weights(serial_run, tmp_path):
+    assert main(["train", *FLAGS, "--dp", "2", "--zero", "3", "--out", str(tmp_path)]) == 0
+    assert largest_gap(load_serial_model(serial_run), load_serial_model(tmp_path)) < TOLERANCE
+
+
+def test_zero_alone_is_stage_1_and_a_bad_stage_is_refused(capsys):
+    assert train_parser().parse_args([*FLAGS, "--out", "x", "--zero"]).zero == 1
+    assert train_parser().parse_args([*FLAGS, "--out", "x"]).zero == 0
+    with pytest.raises(SystemExit):
+        train_parser().parse_args([*FLAGS, "--out", "x", "--zero", "4"])
+    assert "invalid choice: 4" in capsys.readouterr().err

@@ -122,3 +122,31 @@ def test_best_layout_fits_with_the_least_bubble():
     assert est.fits() and est.num_gpus == 2240
     with pytest.raises(ValueError, match="no layout of 8 GPUs fits"):
         best_layout(MT_NLG, 8, 1920)
+
+
+@pytest.mark.parametrize("dp", [1, 8, 64])
+def test_zero_stages_and_bytes_per_parameter_conventions(dp):
+    n = stage_params_per_gpu(MT_NLG, 8, 35)
+    per_param = {}
+    for convention in ("zero", "megatron"):
+        for stage in (0, 1, 2, 3):
+            mem = estimate(MT_NLG, 8, 35, dp, 1, 1920 // dp * dp, zero=stage,
+                           bytes_per_parameter=convention).memory_bytes_per_gpu
+            per_param[convention, stage] = (mem["weights"] + mem["gradients"] + mem["optimizer"]) / n
+    # Rajbhandari et al. 2019, Figure 1: 2 + 2 + K, 2 + 2 + K/N, 2 + (2 + K)/N, (4 + K)/N, K = 12
+    assert per_param["zero", 0] == 16
+    assert per_param["zero", 1] == pytest.approx(4 + 12 / dp)
+    assert per_param["zero", 2] == pytest.approx(2 + 14 / dp)
+    assert per_param["zero", 3] == pytest.approx(16 / dp)
+    # Megatron-LM: 18 bytes (fp32 main gradients), distributed optimizer 6 + 12/d
+    assert per_param["megatron", 0] == 18
+    assert per_param["megatron", 1] == pytest.approx(6 + 12 / dp)
+    old_switch = estimate(MT_NLG, 8, 35, dp, 1, 1920 // dp * dp, zero=True)
+    assert old_switch.zero == 1 and "ZeRO-1" in old_switch.summary()
+
+
+def test_bad_zero_stage_and_convention_are_refused():
+    with pytest.raises(ValueError, match="zero=4: choose a ZeRO stage in"):
+        estimate(MT_NLG, 8, 35, 8, 1, 1920, zero=4)
+    with pytest.raises(ValueError, match="bytes_per_parameter='deepspeed': choose one of"):
+        estimate(MT_NLG, 8, 35, 8, 1, 1920, bytes_per_parameter="deepspeed")

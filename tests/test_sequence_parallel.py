@@ -9,6 +9,7 @@ import torch
 from minimt import GPT, GPTConfig
 from minimt.parallel import CommCounter, launch
 from minimt.parallel.comm import ring_bytes_of_records
+from minimt.parallel.mappings import REGATHER_PHASE
 from minimt.parallel.tensor import apply_tensor_parallel, gather_vocab_parallel_logits
 
 from helpers import batch_with_ignored_targets
@@ -74,13 +75,16 @@ def _count(ctx, sequence_parallel):
     with CommCounter() as backward:
         loss.backward()
     grad_sync = [r for r in backward.select("all_reduce", "tp") if r.numel != B * T * CONFIG.n_embd]
-    activations = [r for r in backward.records if r not in grad_sync or not sequence_parallel]
+    regather = backward.select(phase=REGATHER_PHASE)
+    activations = [r for r in backward.records
+                   if (r not in grad_sync or not sequence_parallel) and r not in regather]
     return {"forward": ring_bytes_of_records(forward.records, ctx.tp_size),
             "backward": ring_bytes_of_records(activations, ctx.tp_size),
             "grad_sync_numel": sum(r.numel for r in grad_sync) if sequence_parallel else 0,
             "kinds": sorted({(r.kind, r.phase) for r in forward.records + backward.records}),
             "forward_gathers": forward.count("all_gather", "tp"),
             "forward_reduce_scatters": forward.count("reduce_scatter", "tp"),
+            "regather": [(r.kind, r.numel) for r in regather],
             "summary": backward.summary()}
 
 
@@ -100,6 +104,10 @@ def test_same_bytes_on_the_wire_as_plain_tensor_parallelism():
         # and, separately, the replicated parameters' gradients summed over the group:
         # 2 LayerNorms (weight + bias) and 2 row-parallel biases per layer, ln_f, the positions
         assert sp["grad_sync_numel"] == L * (4 * C + 2 * C) + 2 * C + CONFIG.block_size * C
+        # c_attn and c_fc saved their T/tp tokens: each all-gathers the (B, T, C) input again in
+        # backward, in its own phase (Korthikanti et al. 2022, section 4.2.2)
+        assert sp["regather"] == [("all_gather", B * T * C)] * (2 * L)
+        assert plain["regather"] == []
 
 
 def _recompute_grads(ctx):

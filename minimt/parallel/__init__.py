@@ -2,8 +2,8 @@
 primitives (comm, and the ring algorithm in ring), Megatron's autograd mappings f and g
 (mappings), its tensor-parallel layers (tensor,
 cross_entropy), pipeline schedules with their runtime (pipeline, pipeline_runtime), data
-parallelism and ZeRO-1 (data_parallel, zero), checkpoints that change layout (checkpoint), and a
-rank's share of the model on the mesh with mesh-wide gradient checks (layout, grads)."""
+parallelism and ZeRO-1 (data_parallel, zero), ZeRO-2/3 (fsdp), checkpoints that change layout
+(checkpoint), and a rank's share of the model on the mesh with mesh-wide gradient checks (layout, grads)."""
 from .comm import (
     CommCounter,
     CommRecord,
@@ -44,6 +44,7 @@ from .tensor import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbed
 from .ring import ring_all_gather, ring_all_reduce, ring_reduce_scatter
 from .data_parallel import DistributedDataParallel, unique_parameters
 from .zero import DistributedOptimizer
+from .fsdp import FullyShardedDataParallel, ShardedAdamW
 from .checkpoint import (checkpoint_to_hf_gpt2_state_dict, full_state_dict, load_checkpoint,
                          load_serial_model, read_checkpoint, save_checkpoint)
 from .mesh import bytes_per_step, rank_holdings, stage_numel

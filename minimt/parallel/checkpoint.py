@@ -112,13 +112,27 @@ def full_state_dict(model, ctx: ParallelContext, config: GPTConfig | None = None
     """{serial name: full tensor} of the parameters of this rank's pipeline stage(s); every tp
     rank must call it (it gathers over tp). The union over stages is the serial state dict."""
     config = find_config(model, config)
+    sharded = _zero_sharded(model)
+    if sharded is not None:  # ZeRO-2/3: the fp32 master pieces, in the weights' dtype
+        return {name: t.to(sharded.param_dtype) for name, t in sharded.full_state_dict().items()}
     return {name: unshard(name, p, p, ctx, config)
             for name, p, tied in local_parameters(model) if not tied}
+
+
+def _zero_sharded(model):
+    """The FullyShardedDataParallel (ZeRO-2/3) that holds this model's pieces, or None."""
+    return getattr(_modules(model)[0], "zero_sharded", None)
 
 
 def _optimizer_state(model, optimizer, ctx, config) -> tuple[dict, int]:
     """({serial name: {"exp_avg", "exp_avg_sq"[, "master"]}} of this stage, step count)."""
     params = local_parameters(model)
+    if _zero_sharded(model) is not None:  # ZeRO-2/3's ShardedAdamW
+        sharded = _zero_sharded(model)
+        keys = ("exp_avg", "exp_avg_sq") + (("master",) if optimizer.dtype != torch.float32 else ())
+        full = {key: sharded.full_state_dict(getattr(optimizer, key)) for key in keys}
+        return {name: {key: full[key][name] for key in keys} for name in full["exp_avg"]}, \
+            optimizer.num_steps
     if isinstance(optimizer, DistributedOptimizer):
         flat = {key: all_gather(t, ctx, "dp", dim=0) for key, t in
                 (("exp_avg", optimizer.exp_avg), ("exp_avg_sq", optimizer.exp_avg_sq),
@@ -243,7 +257,8 @@ def _write(root, final, tmp, model, optimizer, ctx, step, config, extra) -> None
         dtype = str(next(p for _, p, _ in local_parameters(model)).dtype).removeprefix("torch.")
         meta = dict(format=FORMAT, step=step, optimizer_steps=num_steps, config=asdict(config),
                     layout=dict(tp=ctx.tp_size, pp=ctx.pp_size, dp=ctx.dp_size,
-                                zero=isinstance(optimizer, DistributedOptimizer)),
+                                zero=getattr(_zero_sharded(model), "stage",
+                                             isinstance(optimizer, DistributedOptimizer))),
                     dtype=dtype, has_optimizer=state is not None,
                     loss_scaler=_scaler_state(optimizer),
                     param_groups=[{k: v for k, v in g.items() if k != "params"} for g in
@@ -349,7 +364,10 @@ def load_checkpoint(directory, model, optimizer, ctx: ParallelContext,
     if optimizer is not None and state is None:
         raise ValueError("this checkpoint holds no optimizer state: pass optimizer=None")
     _check_dtype(directory, meta["dtype"], weights, local_parameters(model))
-    for name, param, _ in local_parameters(model):
+    sharded = _zero_sharded(model)
+    if sharded is not None:  # ZeRO-2/3: this rank's pieces of the serial tensors
+        sharded.load_full_state_dict(weights)
+    for name, param, _ in local_parameters(model) if sharded is None else ():
         param.copy_(shard(name, weights[name], param, ctx))
     if optimizer is not None:
         _load_optimizer(model, optimizer, state, weights, meta["optimizer_steps"], ctx)
@@ -385,6 +403,14 @@ def _check_dtype(directory, saved: str, weights: dict, params) -> None:
 def _load_optimizer(model, optimizer, state: dict, weights: dict, num_steps: int,
                     ctx: ParallelContext) -> None:
     params = local_parameters(model)
+    sharded = _zero_sharded(model)
+    if sharded is not None:  # ZeRO-2/3's ShardedAdamW; fp32 checkpoints: weights are the master
+        for key in ("exp_avg", "exp_avg_sq", "master"):
+            sharded.load_full_state_dict({name: state[name].get(key, weights[name])
+                                          for name in weights}, getattr(optimizer, key))
+        optimizer.fsdp.after_step()
+        optimizer.num_steps = num_steps
+        return
     if isinstance(optimizer, DistributedOptimizer):
         where = {id(p): (start, end) for p, start, end in optimizer.segments}
         flat = {key: torch.zeros(optimizer.flat_params.numel())

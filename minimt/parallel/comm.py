@@ -171,31 +171,57 @@ def ring_bytes_per_rank(kind: str, nbytes: float, n: int) -> float:
 
 def all_gather(tensor: torch.Tensor, ctx: ParallelContext, group: str, dim: int = -1,
                phase: str | None = None) -> torch.Tensor:
-    """Concatenate every rank's `tensor` along `dim`, in group-rank order (a new tensor)."""
+    """Concatenate every rank's `tensor` along `dim`, in group-rank order (a new tensor):
+    (..., n) -> (..., size * n) for dim=-1."""
+    return all_gather_start(tensor, ctx, group, dim, phase).wait()
+
+
+class PendingCollective:
+    """A collective started with async_op=True: `wait()` returns its result (once)."""
+
+    def __init__(self, work, finish):
+        self._work, self._finish = work, finish
+
+    def wait(self) -> torch.Tensor:
+        if self._work is not None:
+            self._work.wait()
+        return self._finish()
+
+
+def all_gather_start(tensor: torch.Tensor, ctx: ParallelContext, group: str, dim: int = -1,
+                     phase: str | None = None) -> PendingCollective:
+    """Start `all_gather` and return at once, so computation overlaps the communication."""
     size = ctx.size(group)
     if size == 1:
-        return tensor
+        return PendingCollective(None, lambda: tensor)
     tensor = tensor.contiguous()
     parts = [torch.empty_like(tensor) for _ in range(size)]
     _record("all_gather", group, tensor, phase, numel=tensor.numel() * size)
-    dist.all_gather(parts, tensor, group=ctx.group(group))
-    return torch.cat(parts, dim=dim)  # (..., size * n) for dim=-1
+    work = dist.all_gather(parts, tensor, group=ctx.group(group), async_op=True)
+    return PendingCollective(work, lambda: torch.cat(parts, dim=dim))
 
 
-def reduce_scatter_along(tensor: torch.Tensor, ctx: ParallelContext, group: str, dim: int,
-                         phase: str | None = None) -> torch.Tensor:
-    """Sum `tensor` over the group and keep this rank's 1/size slice of `dim` (a new tensor),
-    recorded as "reduce_scatter" with the elements of the whole tensor, like an all-reduce."""
+def reduce_scatter_along_start(tensor: torch.Tensor, ctx: ParallelContext, group: str, dim: int,
+                               phase: str | None = None) -> PendingCollective:
+    """Start `reduce_scatter_along` and return at once (wait() gives this rank's slice)."""
     size = ctx.size(group)
     if size == 1:
-        return tensor
+        return PendingCollective(None, lambda: tensor)
     chunk = divide(tensor.size(dim), size, f"sequence length (dimension {dim})",
                    f"{group} size (sequence parallelism splits the tokens)")
     parts = [part.contiguous() for part in tensor.split(chunk, dim=dim)]
     out = torch.empty_like(parts[0])
     _record("reduce_scatter", group, tensor, phase)
-    dist.reduce_scatter(out, parts, group=ctx.group(group))
-    return out                                                        # (..., n / size, ...)
+    work = dist.reduce_scatter(out, parts, group=ctx.group(group), async_op=True)
+    return PendingCollective(work, lambda: out)
+
+
+def reduce_scatter_along(tensor: torch.Tensor, ctx: ParallelContext, group: str, dim: int,
+                         phase: str | None = None) -> torch.Tensor:
+    """Sum `tensor` over the group and keep this rank's 1/size slice of `dim` (a new tensor),
+    recorded as "reduce_scatter" with the elements of the whole tensor, like an all-reduce:
+    (..., n, ...) -> (..., n / size, ...)."""
+    return reduce_scatter_along_start(tensor, ctx, group, dim, phase).wait()
 
 
 def ring_bytes_of_records(records, group_size: int) -> float:

@@ -19,6 +19,7 @@ from ..model import GPT
 from . import comm
 from .context import ParallelContext, divide
 from .data_parallel import DistributedDataParallel
+from .fsdp import FullyShardedDataParallel
 from .pipeline import SCHEDULES, pipeline_schedule
 from .pipeline_runtime import (GPTStage, mark_tied_copy, pipeline_forward, pipeline_step,
                                stage_parameters, sync_tied_grads)
@@ -68,7 +69,7 @@ class MeshModel:
 
     def __init__(self, model: GPT, ctx: ParallelContext, batch_size: int,
                  schedule: str = "1f1b", num_microbatches: int | None = None,
-                 num_chunks: int = 1, dtype: torch.dtype = torch.float32, zero: bool = False,
+                 num_chunks: int = 1, dtype: torch.dtype = torch.float32, zero: int = 0,
                  bucket_size_mb: float = 25.0):
         self.ctx, self.model = ctx, model
         self.num_microbatches = check_layout(model.config, ctx.tp_size, ctx.pp_size, ctx.dp_size,
@@ -88,7 +89,9 @@ class MeshModel:
             self.schedule = pipeline_schedule(schedule, ctx.pp_size, self.num_microbatches,
                                               num_chunks)
             mark_tied_copy(self.stages, ctx)  # the first stage counts the tie in the norm
-        # ZeRO-1's optimizer averages the gradients itself; otherwise DDP does, in buckets
+        # ZeRO-1's optimizer averages the gradients itself, ZeRO-2/3 reduce-scatter them in
+        # backward (self.sharded); otherwise DDP does, in buckets
+        self.sharded = FullyShardedDataParallel(model, ctx, stage=zero) if zero >= 2 else None
         self.ddp = (DistributedDataParallel(self.stages or model, ctx, bucket_size_mb)
                     if ctx.dp_size > 1 and not zero else None)
 
@@ -134,7 +137,9 @@ class MeshModel:
             sync_tied_grads(self.stages, self.ctx)
             if self.ddp is not None:
                 self.ddp.sync_gradients()
-        if accumulation_steps > 1:
+        if accumulation_steps > 1 and self.sharded is not None:  # ZeRO-2/3: the gradient shard
+            self.sharded.grad_shard.div_(accumulation_steps)
+        elif accumulation_steps > 1:
             for p in self.parameters():
                 if p.grad is not None:
                     p.grad.div_(accumulation_steps)

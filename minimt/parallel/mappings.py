@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .comm import all_gather, all_reduce, reduce_scatter_along
+from .comm import (all_gather, all_gather_start, all_reduce, reduce_scatter_along,
+                   reduce_scatter_along_start)
 from .context import ParallelContext, divide
 
 
@@ -152,3 +153,48 @@ def reduce_scatter_to_sequence_parallel_region(x: torch.Tensor,
     """Partial (B, T, C) -> summed (B, T/t, C) after a row-parallel layer (replaces g under
     sequence parallelism); backward all-gathers the gradient."""
     return x if ctx.tp_size == 1 else _ReduceScatterToSequenceParallelRegion.apply(x, ctx)
+
+
+# Korthikanti et al. 2022, section 4.2.2 ("we only store the [sequence-split] input ... and
+# perform an extra all-gather in the backward pass"), Megatron-LM's
+# LinearWithGradAccumulationAndAsyncCommunication: a column-parallel layer after a
+# sequence-parallel region keeps its s/t-token input, not the all-gathered s tokens, and
+# all-gathers it again in backward. That re-gather is counted in its own phase, REGATHER_PHASE.
+REGATHER_PHASE = "regather"
+
+
+class _LinearWithSequenceParallelInput(torch.autograd.Function):
+    """y = all_gather_sequence(x) W^T + b, saving x's shard (B, T/t, in) instead of (B, T, in)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, pctx):                          # x (B, T/t, in)
+        ctx.pctx, ctx.has_bias = pctx, bias is not None
+        ctx.save_for_backward(x, weight)
+        total = all_gather(x, pctx, "tp", dim=SEQUENCE_DIM, phase="forward")  # (B, T, in)
+        return torch.nn.functional.linear(total, weight, bias)        # (B, T, out/t)
+
+    @staticmethod
+    def backward(ctx, grad):                                          # (B, T, out/t)
+        x, weight = ctx.saved_tensors
+        # start re-gathering the input, compute dL/d(total input) meanwhile
+        gathering = all_gather_start(x, ctx.pctx, "tp", SEQUENCE_DIM, phase=REGATHER_PHASE)
+        grad_total = grad.matmul(weight)                              # (B, T, in): partial sums
+        total = gathering.wait()                                      # (B, T, in)
+        # start reduce-scattering dL/dx, compute the weight gradient meanwhile
+        scattering = reduce_scatter_along_start(grad_total, ctx.pctx, "tp", SEQUENCE_DIM,
+                                                phase="backward")
+        grad_2d = grad.reshape(-1, grad.size(-1))                     # (B*T, out/t)
+        grad_weight = grad_2d.t().matmul(total.reshape(-1, total.size(-1)))  # (out/t, in)
+        grad_bias = grad_2d.sum(0) if ctx.has_bias else None          # (out/t,)
+        return scattering.wait(), grad_weight, grad_bias, None        # dL/dx (B, T/t, in)
+
+
+def linear_with_sequence_parallel_input(x: torch.Tensor, weight: torch.Tensor, bias,
+                                        ctx: ParallelContext) -> torch.Tensor:
+    """(B, T/t, in) -> (B, T, out/t): a column-parallel Linear on the all-gathered sequence that
+    saves only this rank's tokens for backward and all-gathers them again there (phase
+    REGATHER_PHASE), overlapped with the input-gradient matmul; the input gradient's
+    reduce-scatter overlaps the weight-gradient matmul."""
+    if ctx.tp_size == 1:
+        return torch.nn.functional.linear(x, weight, bias)
+    return _LinearWithSequenceParallelInput.apply(x, weight, bias, ctx)

@@ -28,6 +28,7 @@ from .comm import all_reduce
 from .mappings import (SEQUENCE_DIM, copy_to_tensor_model_parallel_region,
                        gather_from_sequence_parallel_region,
                        gather_from_tensor_model_parallel_region,
+                       linear_with_sequence_parallel_input,
                        reduce_from_tensor_model_parallel_region,
                        reduce_scatter_to_sequence_parallel_region,
                        scatter_to_tensor_model_parallel_region)
@@ -62,16 +63,17 @@ class ColumnParallelLinear(nn.Module):
     def forward(self, x):                                             # (B, T, in) or (B, T/tp, in)
         """This rank's slice y = x A_r^T + b_r, (B, T, out/tp), or all of y (B, T, out) when
         gather_output. x enters through f (copy_to_tensor_model_parallel_region: identity
-        forward, all-reduce backward); with sequence_parallel x holds this rank's T/tp tokens and
-        enters through gather_from_sequence_parallel_region instead. Then
-        F.linear(x, self.weight, self.bias), and gather_from_tensor_model_parallel_region when
-        self.gather_output."""
+        forward, all-reduce backward), then F.linear(x, self.weight, self.bias). With
+        sequence_parallel x holds this rank's T/tp tokens: instead of f and F.linear,
+        linear_with_sequence_parallel_input(x, self.weight, self.bias, self.ctx) all-gathers the
+        tokens and applies the weight, saving only the (B, T/tp, in) shard for backward (as
+        Megatron does). Then gather_from_tensor_model_parallel_region when self.gather_output."""
         ### BEGIN SOLUTION
-        if self.sequence_parallel:                                    # (B, T/tp, in) -> (B, T, in)
-            x = gather_from_sequence_parallel_region(x, self.ctx)
+        if self.sequence_parallel:  # (B, T/tp, in) -> (B, T, out/tp), saving the (B, T/tp, in)
+            y = linear_with_sequence_parallel_input(x, self.weight, self.bias, self.ctx)
         else:
             x = copy_to_tensor_model_parallel_region(x, self.ctx)     # f
-        y = F.linear(x, self.weight, self.bias)                       # (B, T, out/tp)
+            y = F.linear(x, self.weight, self.bias)                   # (B, T, out/tp)
         return gather_from_tensor_model_parallel_region(y, self.ctx) if self.gather_output else y
         ### END SOLUTION
 

@@ -1,0 +1,23 @@
+# course: instructor only -- wrong answers for the tasks of notebook 07
+WRONG_ANSWERS = [
+    dict(task="07.4",
+         mistake="never frees the unit: the full weights stay on every rank (ZeRO-2's memory)",
+         old="        self._free(self.units[index])\n",
+         new="",
+         hint="still hold their full weights"),
+    dict(task="07.4",
+         mistake="frees the previous unit instead of this one (an off-by-one)",
+         old="self._free(self.units[index])",
+         new="self._free(self.units[index - 1])",
+         hint="free only unit `index`"),
+    dict(task="07.4",
+         mistake="frees after forward but never gathers again before backward",
+         old="wrapped = _GatherBeforeBackward.apply(self, index, *grads)",
+         new="wrapped = tuple(grads)",
+         hint="re-gather before backward"),
+    dict(task="07.4",
+         mistake="wraps the outputs but returns the unwrapped ones",
+         old="return result if isinstance(output, tuple) else result[0]",
+         new="return output",
+         hint="re-gather before backward"),
+]
