@@ -21,7 +21,7 @@ from .parallel import LaunchTimeout, ParallelContext, RankError, launch
 from .parallel.checkpoint import load_serial_model, read_checkpoint, save_checkpoint
 from .parallel.layout import check_layout
 from .parallel.launch import TORCHRUN_VARIABLES
-from .parallel.pipeline import SCHEDULES
+from .parallel.pipeline import PIPELINE_SCHEDULES
 from .parallel.rank_main import seed_everything
 from .parallel.tensor import apply_tensor_parallel
 from .train import TrainConfig, Trainer
@@ -57,7 +57,7 @@ def train_parser() -> argparse.ArgumentParser:
                         help="data-parallel size (replicas, each reading batch-size/dp sequences)")
     parser.add_argument("--zero", action="store_true", help="ZeRO-1: shard the AdamW state over "
                         "the data-parallel replicas instead of copying it")
-    parser.add_argument("--schedule", choices=SCHEDULES, default="1f1b",
+    parser.add_argument("--schedule", choices=PIPELINE_SCHEDULES, default="1f1b",
                         help="pipeline schedule when --pp > 1")
     parser.add_argument("--chunks", type=cli_number(int, 1), default=None,
                         help="model chunks per pipeline rank for --schedule interleaved "
@@ -85,7 +85,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 def train_settings(args) -> TrainConfig:
     """The TrainConfig the flags ask for."""
-    chunks = args.chunks or (2 if args.schedule == "interleaved" else 1)
+    chunks = args.chunks or (2 if args.schedule in ("interleaved", "zbv") else 1)
     warmup = min(100, args.iters // 10) if args.warmup is None else args.warmup
     return TrainConfig(max_iters=args.iters, batch_size=args.batch_size, learning_rate=args.lr,
                        min_lr=args.lr / 10, warmup_iters=warmup, eval_interval=args.eval_interval,

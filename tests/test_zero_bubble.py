@@ -73,3 +73,99 @@ def test_bad_schedules_and_arguments_are_refused():
     with pytest.raises(ScheduleDeadlockError, match="rank 1 at B0"):
         simulate_zb(broken)
     assert pipeline_schedule("zbv", 2, 4, 2) == zero_bubble_schedule("zbv", 2, 4)
+
+
+# ---------------------------------------------------------------------------- the B/W split
+from minimt.config import GPTConfig  # noqa: E402
+from minimt.model import GPT  # noqa: E402
+from minimt.parallel.pipeline_runtime import (ActionCost, pipeline_step, stage_parameters,  # noqa: E402
+                                              sync_tied_grads, timeline_from_records)
+from minimt.parallel.zero_bubble_runtime import build_zb_stages, zero_bubble_step  # noqa: E402
+
+CONFIG = GPTConfig(vocab_size=32, block_size=8, n_layer=4, n_head=2, n_embd=16)
+BATCH, TIED = 8, "transformer.wte.weight"
+
+
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return tuple(torch.randint(0, CONFIG.vocab_size, (BATCH, CONFIG.block_size), generator=g)
+                 for _ in range(2))
+
+
+def zb_gradients(ctx, cases):
+    """Per (kind, m): the loss and this rank's gradients after one zero-bubble step."""
+    out = {}
+    for kind, m in cases:
+        torch.manual_seed(0)
+        stages = build_zb_stages(GPT(CONFIG), kind, ctx.pp_rank, ctx.pp_size)
+        record = zero_bubble_step(stages, pipeline_schedule(kind, ctx.pp_size, m, 1 + (kind == "zbv")),
+                                  ctx, *batch())
+        if kind == "zb-h1":
+            sync_tied_grads(stages, ctx)  # ZB-V: wte and lm_head are one Parameter on rank 0
+        out[kind, m] = (record.loss, {n: p.grad.clone() for s in stages
+                                      for n, p in s.named_parameters()}, record.peak_in_flight)
+    return out
+
+
+def test_split_backward_gives_the_serial_gradients():
+    torch.manual_seed(0)
+    model = GPT(CONFIG)
+    _, loss = model(*batch())
+    loss.backward()
+    cases = [("zb-h1", 2), ("zb-h1", 4), ("zbv", 4)]
+    results = launch(zb_gradients, cases, pp=2, timeout_s=60)
+    for kind, m in cases:
+        losses = [r[kind, m][0] for r in results if r[kind, m][0] is not None]
+        assert losses == [pytest.approx(loss.item(), abs=1e-5)], (kind, m)
+        seen = set()
+        for rank, r in enumerate(results):
+            for name, grad in r[kind, m][1].items():
+                key = TIED if name == "lm_head.weight" else name
+                torch.testing.assert_close(grad, model.get_parameter(key).grad, atol=1e-5, rtol=0,
+                                           msg=f"{kind} m={m} rank {rank} {name}")
+                seen.add(key)
+            assert r[kind, m][2] == max(peak_in_flight_zb(
+                pipeline_schedule(kind, 2, m, 1 + (kind == "zbv")))[rank], 0)
+        assert seen == {n for n, _ in model.named_parameters()}
+
+
+def test_b_leaves_the_weights_to_w():
+    """In one process, on the first of 2 stages: after B no weight has a gradient, after W every
+    one has the unsplit backward's; one stage holding the tied weight twice is refused."""
+    from minimt.parallel.zero_bubble_runtime import (backward_input, backward_weight,
+                                                     forward_keeping_layer_outputs)
+    torch.manual_seed(0)
+    model = GPT(CONFIG)
+    stage = build_zb_stages(model, "zb-h1", 0, 2)[0]
+    idx, _ = batch()
+    hidden, layer_outputs = forward_keeping_layer_outputs(stage, idx, None)   # (B, T, C)
+    dy = torch.randn_like(hidden)
+    dx, dys = backward_input(hidden, dy, idx, layer_outputs)
+    assert dx is None and all(p.grad is None for p in stage.parameters())
+    backward_weight(layer_outputs, dys)
+    split = {n: p.grad.clone() for n, p in stage.named_parameters()}
+    stage.zero_grad(set_to_none=True)
+    stage(idx).backward(dy)
+    for name, p in stage.named_parameters():
+        torch.testing.assert_close(split[name], p.grad, atol=1e-6, rtol=0, msg=name)
+    with pytest.raises(ValueError, match="split the model into >= 2 stages"):
+        forward_keeping_layer_outputs(build_zb_stages(model, "zb-h1", 0, 1)[0], idx, idx)
+
+
+def test_trainer_and_cli_train_the_serial_model(tmp_path):
+    """`python -m minimt train --schedule zbv` (pp 2, dp 2) ends with the serial run's weights;
+    the Trainer under zb-h1 with tp 2 x pp 2 trains the serial losses and weights."""
+    from test_cli import FLAGS, TOLERANCE, largest_gap
+    from test_trainer_layouts import _layout_vs_serial
+
+    from minimt.__main__ import main
+    from minimt.parallel.checkpoint import load_serial_model
+    assert main(["train", *FLAGS, "--out", str(tmp_path / "serial")]) == 0
+    assert main(["train", *FLAGS, "--pp", "2", "--dp", "2", "--schedule", "zbv",
+                 "--out", str(tmp_path / "zbv")]) == 0
+    assert largest_gap(load_serial_model(tmp_path / "serial"),
+                       load_serial_model(tmp_path / "zbv")) < TOLERANCE
+    results = launch(_layout_vs_serial, dict(schedule="zb-h1"), tp=2, pp=2, timeout_s=60)
+    for rank, (losses, serial_losses, _, _, gaps, moved) in enumerate(results):
+        assert losses == pytest.approx(serial_losses, abs=1e-5), rank
+        assert max(gaps.values()) < 2e-5 and moved > 1e-2, rank

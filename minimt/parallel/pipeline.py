@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCHEDULES = ("naive", "gpipe", "1f1b", "interleaved")
+PIPELINE_SCHEDULES = SCHEDULES + ("zb-h1", "zbv")  # with the zero-bubble ones (zero_bubble.py)
 
 
 @dataclass(frozen=True)
