@@ -134,23 +134,34 @@ def zero_bubble_step(stages, schedule, ctx, idx, targets, cost=None) -> StepReco
                 out = out / m                      # mean over micro-batches
                 losses.append(out.detach())
             held[key] = (x, out, layer_outputs)
-            peak = max(peak, len(held))
-            if s != last:
-                deliver(out, "F", a.microbatch, s + 1)
+            peak, message = max(peak, len(held)), (None if s == last else (out, "F", s + 1))
         elif a.op == "B":
             x, out, layer_outputs = held[key]
             grad = None if s == last else receive("B", a.microbatch, a.chunk, s + 1)
             t0 = time.perf_counter()
             dx, pending[key] = backward_input(out, grad, x, layer_outputs)
-            if s != 0:
-                deliver(dx, "B", a.microbatch, s - 1)
+            message = None if s == 0 else (dx, "B", s - 1)
         else:
             t0 = time.perf_counter()
             backward_weight(held.pop(key)[2], pending.pop(key))
+            message = None
         if cost is not None:
             cost.spend(a.op, stage_module.num_layers)
         events.append((a, t0, time.perf_counter()))
+        if message is not None:  # after the action's whole time, as pipeline_step
+            tensor, op, stage = message
+            deliver(tensor, op, a.microbatch, stage)
     for work in sends:
         work.wait()
     loss = float(torch.stack(losses).sum()) if losses else None
     return StepRecord(loss, events, start, peak)
+
+
+def op_costs(records, num_chunks: int = 1) -> dict[str, float]:
+    """Mean seconds of F, B and W per rank's share of the model (a chunk's time x num_chunks),
+    measured on real ranks: the costs to give `simulate_zb` and `bubble_formula`."""
+    durations = {}
+    for record in records:
+        for a, start, end in record.events:
+            durations.setdefault(a.op, []).append(end - start)
+    return {op: num_chunks * sum(d) / len(d) for op, d in sorted(durations.items())}
