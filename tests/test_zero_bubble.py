@@ -210,3 +210,27 @@ def test_measured_bubble_zero_bubble_below_1f1b():
                      simulate_zb(pipeline_schedule(kind, p, m, v))).idle_fraction()
         assert measured[kind] == pytest.approx(simulated, abs=0.1), (kind, measured)
     assert measured["zb-h1"] < measured["1f1b"] and measured["zbv"] < measured["1f1b"], measured
+
+
+def test_mt_nlg_bubble_under_1f1b_and_zb_h1():
+    """MT-NLG (pp 35, global batch 1920 of micro-batch 1): 1F1B's bubble (p-1)/m and ZB-H1's third
+    of it at 280/350/420 nodes, and the iteration times of its paper rescheduled."""
+    from minimt.config import GPTConfig
+    from minimt.scale import estimate, rescheduled_iteration_time
+    config = GPTConfig.from_preset("mt-nlg-530b")
+    for nodes, seconds in ((280, 60.1), (350, 50.2), (420, 44.4)):
+        dp = nodes * 8 // 280
+        m = 1920 // dp
+        one = estimate(config, tp=8, pp=35, dp=dp, micro_batch_size=1, global_batch_size=1920)
+        zb = estimate(config, tp=8, pp=35, dp=dp, micro_batch_size=1, global_batch_size=1920,
+                      schedule="zb-h1")
+        assert one.bubble == pytest.approx(34 / m) and zb.bubble == pytest.approx(34 / (3 * m))
+        faster = rescheduled_iteration_time(seconds, 35, m, "zb-h1")
+        assert faster == pytest.approx(seconds * (1 + 34 / (3 * m)) / (1 + 34 / m))
+    with pytest.raises(ValueError, match="divisible by 2 \\* cp"):
+        estimate(config, tp=8, pp=35, dp=8, micro_batch_size=1, global_batch_size=1920, cp=3)
+    four = estimate(config, tp=8, pp=35, dp=2, micro_batch_size=1, global_batch_size=1920, cp=4)
+    one = estimate(config, tp=8, pp=35, dp=2, micro_batch_size=1, global_batch_size=1920)
+    assert four.num_gpus == 4 * one.num_gpus
+    assert four.memory_bytes_per_gpu["activations"] == pytest.approx(
+        one.memory_bytes_per_gpu["activations"] / 4)
