@@ -43,7 +43,7 @@ def test_order_equals_torch_distributed_pipelining(p):
 
 
 @pytest.mark.parametrize("p,m", [(2, 4), (3, 6), (4, 8), (4, 12)])
-@pytest.mark.parametrize("costs", [(1.0, 1.0, 1.0), (1.0, 1.0, 0.5), (2.0, 1.0, 1.0)])
+@pytest.mark.parametrize("costs", [(1.0, 1.0, 1.0), (1.0, 1.0, 0.5), (2.0, 1.0, 1.0), (3.0, 1.0, 2.0)])
 def test_simulated_bubble_equals_the_formulas(p, m, costs):
     f, b, w = costs
     one = simulate(pipeline_schedule("1f1b", p, m), f, b + w)

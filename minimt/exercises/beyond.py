@@ -113,19 +113,23 @@ def _check_ring_step_task() -> None:
           f"{step_bytes} bytes per rank")
 
 
-def _torch_zb1p_order(p: int, rank: int, m: int):
-    """torch's ZB1P (ScheduleInterleavedZeroBubble, one stage per rank) order for one rank, from
-    its own rank-operations method run on a stand-in holding the sizes it reads."""
+def torch_zero_bubble_order(kind: str, p: int, rank: int, m: int):
+    """torch.distributed.pipelining's order for one rank: ScheduleInterleavedZeroBubble with one
+    stage per rank (ZB1P = ZB-H1) or ScheduleZBVZeroBubble, from the class's own rank-operations
+    method run on a stand-in holding the sizes it reads (no process group needed)."""
     from types import SimpleNamespace
-    from torch.distributed.pipelining.schedules import ScheduleInterleavedZeroBubble
+    from torch.distributed.pipelining.schedules import (ScheduleInterleavedZeroBubble,
+                                                        ScheduleZBVZeroBubble)
     from torch.distributed.pipelining.schedules import _ComputationType as T
     from ..parallel.pipeline import Action
     rounds = max(1, m // p)
-    sizes = SimpleNamespace(n_local_stages=1, pp_group_size=p, microbatches_per_round=m // rounds,
-                            _n_microbatches=m)
+    sizes = SimpleNamespace(n_local_stages=1 if kind == "zb-h1" else 2, pp_group_size=p,
+                            microbatches_per_round=m // rounds, _n_microbatches=m,
+                            num_stages=2 * p)
+    cls = ScheduleInterleavedZeroBubble if kind == "zb-h1" else ScheduleZBVZeroBubble
     ops = {T.FORWARD: "F", T.BACKWARD_INPUT: "B", T.BACKWARD_WEIGHT: "W"}
-    actions = ScheduleInterleavedZeroBubble._calculate_single_rank_operations(sizes, rank)
-    return [Action(ops[a.computation_type], a.microbatch_index) for a in actions if a is not None]
+    return [Action(ops[a.computation_type], a.microbatch_index, int(a.stage_index >= p))
+            for a in cls._calculate_single_rank_operations(sizes, rank) if a is not None]
 
 
 def _zb_hint(got, expected, p, rank, m):
@@ -155,7 +159,7 @@ def _check_zb_h1_task() -> None:
     for i, (p, m) in enumerate(cases):
         schedule = []
         for rank in range(p):
-            got, expected = list(rank_actions(p, rank, m)), _torch_zb1p_order(p, rank, m)
+            got, expected = list(rank_actions(p, rank, m)), torch_zero_bubble_order("zb-h1", p, rank, m)
             if got != expected:
                 first = next((j for j, (a, b) in enumerate(zip(got, expected)) if a != b),
                              min(len(got), len(expected)))

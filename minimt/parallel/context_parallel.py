@@ -197,6 +197,8 @@ class _RingAttention(torch.autograd.Function):
                                                                  out, lse, dout, causal)
             dq += dq_part
             dkv = dkv + torch.stack([dk_part, dv_part])
+            if n == 1:  # one rank: nothing travels
+                break
             sends.append(comm.isend(dkv, right, pctx, "backward", tag=n + step, group="cp"))
             if step < n - 1:
                 kv = comm.recv(kv.shape, kv.dtype, left, pctx, "backward", tag=step, group="cp")
@@ -211,8 +213,6 @@ def ring_attention(q, k, v, ctx, causal: bool = True, layout: str = "zigzag", ra
     positions sequence_positions(s, cp, rank, layout); cp = len(ranks) (default: every rank).
     Equal to F.scaled_dot_product_attention on the whole sequence, rows of this rank."""
     ranks = list(range(ctx.world_size)) if ranks is None else list(ranks)
-    if len(ranks) == 1:
-        layout = "contiguous"
     return _RingAttention.apply(q, k, v, ctx, ranks, causal, layout)
 
 

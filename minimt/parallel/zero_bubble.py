@@ -167,12 +167,14 @@ def bubble_time(schedule, forward_cost: float, backward_cost: float, weight_cost
 def bubble_formula(kind: str, num_stages: int, forward_cost: float, backward_cost: float,
                    weight_cost: float) -> float:
     """The bubble time per rank of Qi et al. (section 2): 1F1B (p-1)(F+B+W) (its backward is B+W),
-    ZB-H1 (p-1)(F+B-W) (a third of 1F1B's when F = B = W), ZB-H2 and ZB-V 0 when F = B = W."""
+    ZB-H1 (p-1)(F+B-W) (a third of 1F1B's when F = B = W), ZB-H2 and ZB-V 0 when F = B = W.
+    ZB-H1's holds for W <= B; with W > B a held-back W can fill only a B's gap and the
+    simulator finds (p-1)F, i.e. (p-1)(F+B-min(B, W)), which is what this returns."""
     p = num_stages
     if kind == "1f1b":
         return (p - 1) * (forward_cost + backward_cost + weight_cost)
     if kind == "zb-h1":
-        return (p - 1) * max(0.0, forward_cost + backward_cost - weight_cost)
+        return (p - 1) * (forward_cost + backward_cost - min(backward_cost, weight_cost))
     if kind in ("zb-h2", "zbv"):
         return 0.0
     raise ValueError(f"no bubble formula for {kind!r}; choose '1f1b', 'zb-h1', 'zb-h2' or 'zbv'")
