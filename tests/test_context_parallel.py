@@ -100,3 +100,25 @@ def test_bad_split_is_refused():
         sequence_positions(12, 4, 0, "zigzag")
     with pytest.raises(ValueError, match="layout='rows'"):
         sequence_positions(16, 2, 0, "rows")
+
+
+def torch_context_parallel(ctx):
+    """PyTorch's context_parallel on this CPU: its SDPA dispatch, or the error it raises."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.experimental import context_parallel
+    mesh = init_device_mesh("cpu", (ctx.world_size,))
+    q, k, v, _ = (t.float() for t in qkv())
+    try:
+        with context_parallel(mesh, buffers=[q, k, v], buffer_seq_dims=[2, 2, 2]):
+            F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    except NotImplementedError as err:
+        return str(err)
+    return "ran"
+
+
+def test_torch_context_parallel_has_no_cpu_attention_yet():
+    """Why notebook 11 compares ring attention with serial attention only: on CPU, torch 2.13's
+    context_parallel meets SDPA's CPU flash kernel, which has no sharding strategy. When this
+    fails, torch runs it: compare ring_attention with it here instead."""
+    message = launch(torch_context_parallel, dp=2, timeout_s=60)[0]
+    assert "_scaled_dot_product_flash_attention_for_cpu" in message, message

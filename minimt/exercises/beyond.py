@@ -183,10 +183,10 @@ def _check_zb_h1_task() -> None:
 
 TASKS = [
     task("11.1", 2, "write merge_partials: the log-sum-exp merge of two partial attentions",
-         "minimt.parallel.context_parallel:merge_partials", "notebook 11, section 4",
+         "minimt.parallel.context_parallel:merge_partials", "notebook 11, section 5",
          _check_merge_task),
     task("11.2", 2, "write ring_step: pass the K/V block on, attend to the one you hold, merge",
-         "minimt.parallel.context_parallel:ring_step", "notebook 11, section 5",
+         "minimt.parallel.context_parallel:ring_step", "notebook 11, section 6",
          _check_ring_step_task),
     task("11.3", 3, "write zb_h1_rank_actions: one rank's ZB-H1 order of F, B and W",
          "minimt.parallel.zero_bubble:zb_h1_rank_actions", "notebook 11, section 2",
