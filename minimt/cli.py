@@ -25,7 +25,7 @@ from .parallel.checkpoint import (load_checkpoint, load_serial_model, read_check
                                   save_checkpoint)
 from .parallel.layout import check_layout
 from .parallel.launch import TORCHRUN_VARIABLES, check_torchrun_world_size
-from .parallel.pipeline import SCHEDULES
+from .parallel.pipeline import PIPELINE_SCHEDULES
 from .parallel.rank_main import seed_everything
 from .parallel.tensor import apply_tensor_parallel
 from .preprocess import preprocess_main
@@ -65,7 +65,7 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--zero", type=int, nargs="?", const=1, default=0, choices=(0, 1, 2, 3),
                         help="ZeRO stage over the data-parallel replicas: 1 (--zero alone) shards "
                         "the AdamW state, 2 also the gradients, 3 also the weights (FSDP; tp=pp=1)")
-    parser.add_argument("--schedule", choices=SCHEDULES, default="1f1b",
+    parser.add_argument("--schedule", choices=PIPELINE_SCHEDULES, default="1f1b",
                         help="pipeline schedule when --pp > 1")
     parser.add_argument("--chunks", type=cli_number(int, 1), default=None,
                         help="model chunks per pipeline rank for --schedule interleaved "
@@ -109,7 +109,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 def train_settings(args) -> TrainConfig:
     """The TrainConfig the flags ask for."""
-    chunks = args.chunks or (2 if args.schedule == "interleaved" else 1)
+    chunks = args.chunks or (2 if args.schedule in ("interleaved", "zbv") else 1)
     warmup = min(100, args.iters // 10) if args.warmup is None else args.warmup
     micro, ramp = args.batch_size, getattr(args, "rampup_batch_size", None)
     if ramp:  # each micro-step draws a batch that divides every size of the ramp

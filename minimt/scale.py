@@ -96,10 +96,12 @@ class Estimate:
     num_microbatches: int          # per data-parallel replica per iteration
     bubble: float                  # pipeline bubble time / ideal time, (p - 1) / m
     memory_bytes_per_gpu: dict = field(default_factory=dict)
+    cp: int = 1                    # context parallel: the sequence split over cp GPUs (ring)
+    schedule: str = "1f1b"         # pipeline schedule, see pipeline_bubble_ratio
 
     @property
     def num_gpus(self) -> int:
-        return self.tp * self.pp * self.dp
+        return self.tp * self.pp * self.dp * self.cp
 
     @property
     def tokens_per_iteration(self) -> int:
@@ -257,7 +259,7 @@ def estimate(config: GPTConfig, tp: int, pp: int, dp: int, micro_batch_size: int
              global_batch_size: int, achieved_tflops: float | None = None,
              recompute: str = "full", sequence_parallel: bool = False, zero: int = 0,
              dtype: str = "bf16", activation_model: str = "megatron",
-             bytes_per_parameter: str = "zero") -> Estimate:
+             bytes_per_parameter: str = "zero", cp: int = 1, schedule: str = "1f1b") -> Estimate:
     """Time and memory of training `config` on tp x pp x dp GPUs with 1F1B pipelining.
 
     Memory per GPU: bytes_per_parameter="zero" (ZeRO's accounting, 2 + 2 + 12 bytes: 16-bit
@@ -270,6 +272,9 @@ def estimate(config: GPTConfig, tp: int, pp: int, dp: int, micro_batch_size: int
     Korthikanti's Table 2 (activation_model="megatron") or minimt's measured formula ("minimt",
     fused attention). Left out: the embeddings' and the loss's activations, the working memory
     of a layer being recomputed, communication buffers and allocator fragmentation.
+    cp: context-parallel GPUs per tp x pp group (ring attention): each holds s/cp of every
+    sequence, so its activations are those of length s/cp. schedule "zb-h1": the bubble of
+    pipeline_bubble_ratio (F = B = W).
     """
     if not isinstance(config, GPTConfig):
         raise TypeError(f"estimate needs a GPTConfig, got {type(config).__name__}")
@@ -295,7 +300,10 @@ def estimate(config: GPTConfig, tp: int, pp: int, dp: int, micro_batch_size: int
                            sequence_parallel)
     if problem:
         raise ValueError(problem)
-    L, a, s = config.n_layer, config.n_head, config.block_size
+    if isinstance(cp, bool) or not isinstance(cp, int) or cp < 1 or config.block_size % (2 * cp):
+        raise ValueError(f"cp={cp!r} must be a positive integer with block_size="
+                         f"{config.block_size} divisible by 2 * cp (zig-zag: 2 chunks per rank)")
+    L, a, s = config.n_layer, config.n_head, config.block_size // cp
     m = global_batch_size // (dp * micro_batch_size)
     e = DTYPE_BYTES[dtype]
     n_params = stage_params_per_gpu(config, tp, pp)
@@ -312,7 +320,16 @@ def estimate(config: GPTConfig, tp: int, pp: int, dp: int, micro_batch_size: int
     return Estimate(config, tp, pp, dp, micro_batch_size, global_batch_size, recompute,
                     sequence_parallel, zero, dtype, achieved_tflops, param_count(config),
                     flops_per_iteration(config, global_batch_size, recompute), m,
-                    (pp - 1) / m, memory)
+                    pipeline_bubble_ratio(pp, m, schedule), memory, cp, schedule)
+
+
+def pipeline_bubble_ratio(pp: int, m: int, schedule: str = "1f1b", forward: float = 1.0,
+                          backward_input: float = 1.0, backward_weight: float = 1.0) -> float:
+    """Bubble time / ideal time m (F+B+W) of one pipeline step: 1F1B (p-1)(F+B+W), ZB-H1
+    (p-1)(F+B-W) (Qi et al. 2024, arXiv 2401.10241); F = B = W makes ZB-H1's a third of 1F1B's."""
+    from .parallel.zero_bubble import bubble_formula
+    work = forward + backward_input + backward_weight
+    return bubble_formula(schedule, pp, forward, backward_input, backward_weight) / (m * work)
 
 
 def best_layout(config: GPTConfig, num_gpus: int, global_batch_size: int,
@@ -343,3 +360,11 @@ def best_layout(config: GPTConfig, num_gpus: int, global_batch_size: int,
                          f"add GPUs, recompute activations, or shard the optimizer (zero=True)")
     return best[1]
     ### END SOLUTION
+
+
+def rescheduled_iteration_time(measured_s: float, pp: int, m: int, schedule: str,
+                               measured_schedule: str = "1f1b") -> float:
+    """The iteration time of a run measured at `measured_s` under `measured_schedule` had it
+    used `schedule`, everything else equal: measured / (1 + old bubble ratio) x (1 + new one)."""
+    ideal = measured_s / (1 + pipeline_bubble_ratio(pp, m, measured_schedule))
+    return ideal * (1 + pipeline_bubble_ratio(pp, m, schedule))

@@ -9,7 +9,7 @@ import torch
 
 from .checks import check_number
 from .lr_schedule import lr_at
-from .parallel.pipeline import SCHEDULES
+from .parallel.pipeline import PIPELINE_SCHEDULES
 
 AUTOCAST_DTYPES = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -90,8 +90,9 @@ class TrainConfig:
     def _check_layout_fields(self):
         if self.zero not in (0, 1, 2, 3):
             raise ValueError(f"TrainConfig.zero={self.zero!r}: choose a ZeRO stage 0, 1, 2 or 3")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"TrainConfig.schedule={self.schedule!r}: choose one of {SCHEDULES}")
+        if self.schedule not in PIPELINE_SCHEDULES:
+            raise ValueError(f"TrainConfig.schedule={self.schedule!r}: choose one of "
+                             f"{PIPELINE_SCHEDULES}")
         if self.dtype not in AUTOCAST_DTYPES:
             raise ValueError(f"TrainConfig.dtype={self.dtype!r}: choose one of "
                              f"{list(AUTOCAST_DTYPES)} (None = fp32 weights)")

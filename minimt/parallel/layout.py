@@ -20,10 +20,11 @@ from . import comm
 from .context import ParallelContext, divide
 from .data_parallel import DistributedDataParallel
 from .fsdp import FullyShardedDataParallel
-from .pipeline import SCHEDULES, pipeline_schedule
+from .pipeline import PIPELINE_SCHEDULES, pipeline_schedule, stage_owner
 from .pipeline_runtime import (GPTStage, mark_tied_copy, pipeline_forward, pipeline_step,
                                stage_parameters, sync_tied_grads)
 from .tensor import apply_tensor_parallel
+from .zero_bubble_runtime import build_zb_stages, zb_owner, zero_bubble_step
 
 
 class ScaledLoss:
@@ -44,9 +45,9 @@ def check_layout(config, tp: int, pp: int, dp: int, batch_size: int, schedule: s
     returns the pipeline's micro-batches per step (default: 2 * pp)."""
     divide(config.n_head, tp, "n_head", "--tp (tensor-parallel size)")
     divide(config.mlp_ratio * config.n_embd, tp, "MLP hidden size", "--tp (tensor-parallel size)")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule {schedule!r}: choose one of {SCHEDULES}")
-    if schedule != "interleaved" and num_chunks != 1:
+    if schedule not in PIPELINE_SCHEDULES:
+        raise ValueError(f"schedule {schedule!r}: choose one of {PIPELINE_SCHEDULES}")
+    if schedule not in ("interleaved", "zbv") and num_chunks != 1:
         raise ValueError(f"num_chunks={num_chunks} needs the 'interleaved' schedule")
     if pp * num_chunks > config.n_layer:
         raise ValueError(f"--pp {pp} x {num_chunks} chunk(s) = {pp * num_chunks} pipeline stages "
@@ -83,12 +84,17 @@ class MeshModel:
             self.stages, self.module = None, model
         else:
             num_virtual = ctx.pp_size * num_chunks
-            self.stages = [GPTStage(model, c * ctx.pp_size + ctx.pp_rank, num_virtual)
-                           for c in range(num_chunks)]
+            self.zero_bubble = schedule in ("zb-h1", "zbv")
+            self.stages = (build_zb_stages(model, schedule, ctx.pp_rank, ctx.pp_size)
+                           if self.zero_bubble else
+                           [GPTStage(model, c * ctx.pp_size + ctx.pp_rank, num_virtual)
+                            for c in range(num_chunks)])
+            self.tied_apart = schedule != "zbv"  # ZB-V holds the first and last stage on rank 0
             self.module = nn.ModuleList(self.stages)
             self.schedule = pipeline_schedule(schedule, ctx.pp_size, self.num_microbatches,
                                               num_chunks)
-            mark_tied_copy(self.stages, ctx)  # the first stage counts the tie in the norm
+            if self.tied_apart:
+                mark_tied_copy(self.stages, ctx)  # the first stage counts the tie in the norm
         # ZeRO-1's optimizer averages the gradients itself, ZeRO-2/3 reduce-scatter them in
         # backward (self.sharded); otherwise DDP does, in buckets
         self.sharded = FullyShardedDataParallel(model, ctx, stage=zero) if zero >= 2 else None
@@ -123,7 +129,8 @@ class MeshModel:
                 loss.backward()
                 loss = loss.detach()
             else:
-                record = pipeline_step(self.stages, self.schedule, self.ctx, x, y)
+                step = zero_bubble_step if self.zero_bubble else pipeline_step
+                record = step(self.stages, self.schedule, self.ctx, x, y)
                 loss = None if record.loss is None else torch.tensor(record.loss, device=x.device)
         self.loss_fn.scale = 1.0
         return None if loss is None else loss / scale
@@ -134,7 +141,8 @@ class MeshModel:
         and divide by the number of micro-steps (the gradient of the mean loss over the global
         batch). ZeRO-1's optimizer averages over dp in its step."""
         if self.stages is not None:
-            sync_tied_grads(self.stages, self.ctx)
+            if self.tied_apart:
+                sync_tied_grads(self.stages, self.ctx)
             if self.ddp is not None:
                 self.ddp.sync_gradients()
         if accumulation_steps > 1 and self.sharded is not None:  # ZeRO-2/3: the gradient shard
@@ -149,7 +157,8 @@ class MeshModel:
         """Mean loss of this replica's rows (0-d) on the last pipeline stage, None elsewhere."""
         if self.stages is None:
             return self.model(x, y)[1]
-        return pipeline_forward(self.stages, self.ctx, x, y)
+        owner = zb_owner("zbv") if not self.tied_apart else stage_owner
+        return pipeline_forward(self.stages, self.ctx, x, y, owner)
 
     def global_mean(self, loss: torch.Tensor | None) -> torch.Tensor:
         """The mean over the data-parallel replicas of a loss held by the last pipeline stage,

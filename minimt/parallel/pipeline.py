@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCHEDULES = ("naive", "gpipe", "1f1b", "interleaved")
+PIPELINE_SCHEDULES = SCHEDULES + ("zb-h1", "zbv")  # with the zero-bubble ones (zero_bubble.py)
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,14 @@ def _interleaved_action(op, k, num_stages, num_chunks):
 
 def pipeline_schedule(kind: str, num_stages: int, num_microbatches: int,
                       num_chunks: int = 1) -> list[list[Action]]:
-    """Per pipeline rank, the ordered list of Actions of one training step (see module doc)."""
+    """Per pipeline rank, the ordered list of Actions of one training step (see module doc);
+    the zero-bubble kinds "zb-h1" and "zbv" (F, B, W actions) come from zero_bubble.py."""
+    if kind in ("zb-h1", "zbv"):
+        from .zero_bubble import zero_bubble_schedule
+        if num_chunks != (2 if kind == "zbv" else 1):
+            raise ValueError(f"{kind!r} has {2 if kind == 'zbv' else 1} chunk(s) per rank, not "
+                             f"num_chunks={num_chunks}")
+        return zero_bubble_schedule(kind, num_stages, num_microbatches)
     if kind not in SCHEDULES:
         raise ValueError(f"unknown schedule kind {kind!r}; choose one of {SCHEDULES}")
     _check_sizes(num_stages, num_microbatches, num_chunks)

@@ -255,26 +255,27 @@ def pipeline_step(stages, schedule, ctx, idx, targets,
 
 
 @torch.no_grad()
-def pipeline_forward(stages, ctx, idx, targets=None):
+def pipeline_forward(stages, ctx, idx, targets=None, owner=stage_owner):
     """Forward only (evaluation): the whole batch idx (B, T) walks through the virtual stages in
     order, blocking send/recv between ranks. Returns the loss (with targets) or the logits on the
-    rank holding the last stage, None on the others."""
+    rank holding the last stage, None on the others. `owner(stage, p)` -> (rank,
+    chunk) places the stages (zero_bubble_runtime.zb_owner for ZB-V)."""
     p = ctx.pp_size
     num_virtual = p * len(stages)
     shape, dtype = (*idx.shape, stages[0].n_embd), activation_dtype(stages)   # (B, T, C)
     x, result = idx, None
     for stage in range(num_virtual):
-        rank, chunk = stage_owner(stage, p)
+        rank, chunk = owner(stage, p)
         if rank != ctx.pp_rank:
             continue
         source, target = message_route("F", stage, num_virtual)
-        if source is not None and stage_owner(source, p)[0] != rank:
-            x = comm.recv(shape, dtype, ctx.pp_ranks[stage_owner(source, p)[0]], ctx, "forward")
+        if source is not None and owner(source, p)[0] != rank:
+            x = comm.recv(shape, dtype, ctx.pp_ranks[owner(source, p)[0]], ctx, "forward")
         out = stages[chunk](x, targets if target is None else None)
         if target is None:
             result = out
-        elif stage_owner(target, p)[0] != rank:
-            comm.send(out, ctx.pp_ranks[stage_owner(target, p)[0]], ctx, "forward")
+        elif owner(target, p)[0] != rank:
+            comm.send(out, ctx.pp_ranks[owner(target, p)[0]], ctx, "forward")
         x = out
     return result
 
