@@ -49,14 +49,6 @@ def graded_package_problem() -> str | None:
             f"nbgrader autograde ASSIGNMENT --student NAME`")
 
 
-def refuse_graded_package(label: str) -> None:
-    """Raise an ExerciseError "`label`: why" when a check must not run here (see above)."""
-    problem = graded_package_problem()
-    if problem:
-        from ..exercises.core import ExerciseError
-        raise ExerciseError(f"{label}: {problem}")
-
-
 def repo_files(root: Path) -> list[str]:
     """Relative paths of the repository's files: git's view (tracked + untracked, not ignored)
     when it is a git repository, else every file outside caches and virtual environments."""

@@ -98,10 +98,18 @@ class Task:
 
         @functools.wraps(check)
         def refusing() -> None:
-            from ..course.repo import refuse_graded_package
             refuse_graded_package(f"task {self.id}")
             check()
         object.__setattr__(self, "check", refusing)
+
+
+def refuse_graded_package(label: str) -> None:
+    """Raise an ExerciseError "`label`: why" when a check must not run here: nbgrader's autograde
+    importing the instructor's package instead of the learner's (course.repo says when)."""
+    from ..course.repo import graded_package_problem
+    problem = graded_package_problem()
+    if problem:
+        raise ExerciseError(f"{label}: {problem}")
 
 
 STUB_TASK = re.compile(r"task (\d+\.\d+)")
