@@ -215,6 +215,14 @@ def test_the_readme_lists_every_task_with_its_points_and_section():
             f"| {task.section} |"), f"README's task table: {task.id}"
 
 
+def test_the_readmes_grade_example_has_the_courses_max_points():
+    readme = (ROOT / "README.md").read_text()
+    examples = re.findall(r'"max_points": (\d+)', readme)
+    total = sum(t.points for t in TASKS)
+    assert examples == [str(total)], f"README's grade example says max_points {examples}; the " \
+                                     f"tasks' points sum to {total}: write {total} there"
+
+
 def test_a_notebook_names_the_earlier_task_it_needs(student_copy):
     minimt.course.require("02.1", "03.4")  # written here
     env = {**os.environ, "PYTHONPATH": str(student_copy)}
@@ -245,3 +253,104 @@ def test_a_student_notebook_stops_at_its_first_task_with_the_checkers_message(st
     assert error["traceback"] == [f"ExerciseError: task 01.1 not written yet: {statement} in "
                                   f"minimt/attention.py (between ### BEGIN SOLUTION and ### END "
                                   f"SOLUTION); see notebook 01, section 1"]
+
+
+# ---------------------------------------------------------------------------- the tools under misuse
+
+def test_student_refuses_an_out_dir_inside_the_repository_a_file_or_a_full_folder(tmp_path):
+    inside = ROOT / "student-copy-here"
+    with pytest.raises(SystemExit, match=r"student .*student-copy-here: that is inside the "
+                                         r"instructor's repository .*give a folder outside it"):
+        write_student_copy(inside)
+    assert not inside.exists()
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    with pytest.raises(SystemExit, match=r"student .*notes.txt: that is a file; give a new folder"):
+        write_student_copy(a_file)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("mine")
+    with pytest.raises(SystemExit, match="that folder is not empty; give a new folder"):
+        write_student_copy(tmp_path / "full")
+    assert a_file.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "full", "notes.txt"]
+
+
+def test_course_tools_run_from_an_installed_package_refuse_with_a_sentence(tmp_path):
+    installed = tmp_path / "site-packages"     # minimt beside everything else installed
+    shutil.copytree(ROOT / "minimt", installed / "minimt",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (installed / "other_package").mkdir()
+    script = ("import sys\nfrom minimt.course.__main__ import main\n"
+              "for argv in (['student', 'copy'], ['nbgrader-tags', '--check'], ['site', 'site']):\n"
+              "    try:\n        print('returned', main(argv))\n"
+              "    except SystemExit as err:\n        print('refused:', err)\n")
+    env = {**os.environ, "PYTHONPATH": str(installed)}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3 and all(line.startswith("refused: ") for line in lines), done.stdout + done.stderr
+    assert f"student: {installed} is not a checkout of the course" in lines[0]
+    assert "run it from a clone of the course repository" in lines[0]
+    for line in lines[1:]:
+        assert f"no notebooks/ folder at {installed / 'notebooks'}" in line and "clone" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site-packages"]  # nothing written
+
+
+def test_a_half_written_pack_gets_a_sentence_and_changes_nothing(student_copy, pack, tmp_path):
+    cut = tmp_path / "catch_up.json"
+    cut.write_text(pack.read_text()[:500])
+    before = (student_copy / "minimt" / "sampling.py").read_text()
+    with pytest.raises(ExerciseError, match=r"catch_up.json is not a complete catch-up pack \(cut "
+                                            r"short .*\): ask your host for the file again"):
+        minimt.course.catch_up("06.3", pack=cut, root=student_copy)
+    assert (student_copy / "minimt" / "sampling.py").read_text() == before
+
+
+@pytest.mark.parametrize("breakage, said", [
+    (lambda text: text[: len(text) // 2], r"not a notebook \(not valid JSON: .*, line \d+\)"),
+    (lambda text: json.dumps({**json.loads(text), "cells": [
+        {k: v for k, v in c.items() if k != "source"} for c in json.loads(text)["cells"]]}),
+     r"cell 1 has no \"source\" or \"cell_type\""),
+])
+def test_a_broken_notebook_is_named_by_every_tool_and_no_copy_is_left(tmp_path, breakage, said):
+    from minimt.course import nbgrader_tags, site
+    from minimt.course.grade import copy_repository
+    repo = tmp_path / "repo"
+    copy_repository(ROOT, repo)
+    notebook = repo / "notebooks" / "01_attention.ipynb"
+    notebook.write_text(breakage(notebook.read_text()))
+    fix = r"; restore it \(`git checkout -- .*01_attention.ipynb`\) or open and save it again"
+    with pytest.raises(SystemExit, match=r"notebooks/01_attention.ipynb: " + said + fix):
+        write_student_copy(tmp_path / "copy", root=repo, git=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]   # no copy, no partial folder
+    for tool in (lambda: nbgrader_tags.tagged_text(notebook, {}), lambda: site.execute(notebook, 60)):
+        with pytest.raises(SystemExit, match="01_attention.ipynb: " + said + fix):
+            tool()
+
+
+def test_site_refuses_an_out_dir_that_is_a_file(tmp_path):
+    from minimt.course import site
+    a_file = tmp_path / "site"
+    a_file.write_text("mine")
+    with pytest.raises(SystemExit, match=r"site .*site: that is a file, not a folder; give a folder"):
+        site.build(a_file, ["00"])
+    assert a_file.read_text() == "mine"
+
+
+def test_under_nbgrader_autograde_every_task_check_refuses_the_instructors_package(monkeypatch):
+    import minimt.exercises.memory as memory
+    from minimt.course import nbgrader_tags
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")   # what nbgrader's autograde sets
+    said = r"nbgrader is autograding with the instructor's package .*PYTHONPATH=/path/to/their"
+    for task in TASKS:                                       # TASKS["07.1"].check(), check("01.1")
+        with pytest.raises(ExerciseError, match=rf"^task {task.id}: {said}"):
+            task.check()
+        with pytest.raises(ExerciseError, match=rf"^task {task.id}: {said}"):
+            minimt.course.check(task.id)
+    direct = [name for name in nbgrader_tags.task_points() if name.startswith("check_")]
+    assert direct                                            # notebook 08 calls these directly
+    for name in direct:
+        with pytest.raises(ExerciseError, match=said):
+            getattr(memory, name)()
+    monkeypatch.setenv("NBGRADER_EXECUTION", "validate")     # a learner validating: checks run
+    minimt.course.check("06.3")

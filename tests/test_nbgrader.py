@@ -1,13 +1,13 @@
+# course: instructor only (autogrades the solved source notebooks)
 """nbgrader, for real: a temporary nbgrader course releases every course notebook
 (`nbgrader generate_assignment`; no solution text may survive), then `nbgrader autograde` grades a
-solved submission (every automatic point) and the unsolved release (zero, and the grader finishes).
-Task cells check the package the kernel imports, so where the autograded notebooks check tasks the
-unsolved release is graded against a student copy of the package, as an instructor grades a
-learner's work (docs/instructor.md).
+solved submission with the learner's repository first on the path (every automatic point), and the
+unmodified release with no extra environment (zero: every task cell refuses to check the
+instructor's package the kernel imports, in one sentence, and the grader finishes).
 
-Autograding executes whole notebooks, twice each, so it runs on a representative subset,
-AUTOGRADED (warm-up exercises checked in notebook cells); every notebook already runs top to
-bottom under nbval in the same suite, and generate_assignment runs on all of them here."""
+Autograding executes whole notebooks, so it runs on a representative subset, AUTOGRADED (tasks
+checked in the package and warm-up exercises checked in notebook cells); every notebook already
+runs top to bottom under nbval in the same suite, and generate_assignment runs on all of them here."""
 import os
 import subprocess
 import sys
@@ -55,22 +55,22 @@ def course(tmp_path_factory) -> Path:
         submitted.mkdir(parents=True)
         for stem in AUTOGRADED:
             (submitted / f"{stem}.ipynb").write_bytes((folder / f"{stem}.ipynb").read_bytes())
-    nbgrader(root, "autograde", ASSIGNMENT, "--student", "solved")
-    nbgrader(root, "autograde", ASSIGNMENT, "--student", "unsolved", package=unsolved_package(root))
+    nbgrader(root, "autograde", ASSIGNMENT, "--student", "solved", package=solved_package(root))
+    nbgrader(root, "autograde", ASSIGNMENT, "--student", "unsolved")   # no PYTHONPATH: the trap
     return root
 
 
-def unsolved_package(root: Path) -> Path | None:
-    """A student copy of the package (every task stubbed) when the autograded notebooks check
-    tasks, else None (this package: their exercises live in the notebooks themselves)."""
-    points = nbgrader_tags.task_points()
-    sources = [c.source for stem in AUTOGRADED
-               for c in nbformat.read(root / "source" / ASSIGNMENT / f"{stem}.ipynb", 4).cells]
-    if not any(nbgrader_tags.TASK_CHECK.search(s) or
-               set(nbgrader_tags.EXERCISE_CHECK.findall(s)) & set(points) for s in sources):
-        return None
+def solved_package(root: Path) -> Path:
+    """A learner's repository with every task written: a student copy, each task pasted back."""
+    from minimt.course import catch_up
+    from minimt.course.pack import write_pack
     from minimt.course.student import write_student_copy
-    return write_student_copy(root / "student-copy", git=False)
+    copy = write_student_copy(root / "learner-copy", git=False)
+    write_pack(root / "catch_up.json")
+    for task_id in nbgrader_tags.task_points():
+        if task_id[:1].isdigit():
+            catch_up(task_id, pack=root / "catch_up.json", root=copy)
+    return copy
 
 
 def solution_lines(cell) -> list[str]:
@@ -116,9 +116,9 @@ def test_a_solved_submission_gets_every_automatic_point(course):
         assert maximum > 0 and score == maximum, (stem, score, maximum)
 
 
-def test_the_unsolved_release_gets_zero_and_the_grader_finishes(course):
+def test_the_release_autograded_without_the_learners_package_gets_zero(course):
     unsolved = scores(course, "unsolved")
-    print("unsolved:", unsolved)
+    print("unsolved, no PYTHONPATH:", unsolved)
     for stem, (score, maximum) in unsolved.items():
         assert maximum > 0 and score == 0, (stem, score, maximum)
         graded = nbformat.read(course / "autograded" / "unsolved" / ASSIGNMENT / f"{stem}.ipynb", 4)
@@ -126,3 +126,9 @@ def test_the_unsolved_release_gets_zero_and_the_grader_finishes(course):
                  and not c.metadata["nbgrader"]["solution"]]
         failed = [c for c in tests if any(o.output_type == "error" for o in c.outputs)]
         assert tests and failed == tests, stem          # every test cell ran, and failed
+        tasks = [c for c in tests if nbgrader_tags.TASK_CHECK.search(c.source)]
+        assert tasks, f"{stem}: no task cell among {AUTOGRADED}"
+        for cell in tasks:                               # each says why, in one sentence
+            (error,) = [o for o in cell.outputs if o.output_type == "error"]
+            assert error.ename == "ExerciseError" and "nbgrader is autograding with the " \
+                "instructor's package" in error.evalue and "PYTHONPATH=" in error.evalue, error.evalue

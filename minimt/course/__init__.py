@@ -78,7 +78,11 @@ def catch_up(task_id: str, pack: str | Path = "catch_up.json", root: str | Path 
     if not pack_path.exists():
         raise ExerciseError(f"no catch-up pack at {pack}: ask your host for the file (they write it "
                             f"with `python -m minimt.course pack catch_up.json`)")
-    solved = json.loads(pack_path.read_text(encoding="utf-8"))["tasks"]
+    try:
+        solved = json.loads(pack_path.read_text(encoding="utf-8"))["tasks"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise ExerciseError(f"{pack_path} is not a complete catch-up pack (cut short while it was "
+                            f"written or copied?): ask your host for the file again") from None
     if task_id not in solved:
         raise ExerciseError(f"the pack {pack_path.name} holds tasks {', '.join(solved)}, not {task_id}")
     path = root / task_file(task)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import nbformat
 
-from .notebooks import select
+from .notebooks import load_notebook, select
 
 EXERCISE_POINTS = 1   # a warm-up exercise written in a notebook cell
 ANSWER_POINTS = 2     # a written "predict, then measure" answer, graded by hand (rubric: the instructor guide)
@@ -143,6 +143,7 @@ def tag_notebook(notebook, points: dict[str, int]):
 
 def tagged_text(path: Path, points: dict[str, int]) -> str:
     """The text the notebook at `path` has once tagged (nbformat's layout, as committed)."""
+    load_notebook(path)                                  # a sentence for a broken file
     notebook = nbformat.read(path, as_version=4)
     try:
         return nbformat.writes(tag_notebook(notebook, points)) + "\n"

@@ -30,8 +30,23 @@ def write_pack(path: Path, task_ids: list[str] | None = None, root: Path | None 
             raise SystemExit(f"task {task.id} is still a stub here: write packs from the "
                              f"instructor's repository")
         pack["tasks"][task.id] = {"file": task_file(task), "regions": found}
-    Path(path).write_text(json.dumps(pack, indent=1) + "\n", encoding="utf-8")
+    partial = Path(path).with_name(Path(path).name + ".partial")  # never a half-written pack
+    partial.write_text(json.dumps(pack, indent=1) + "\n", encoding="utf-8")
+    partial.replace(path)
     return pack
+
+
+def notebook_tasks(task_ids: list[str] | None, notebooks: list[str] | None) -> list[str] | None:
+    """The task ids named by --task and --notebook (None: every task)."""
+    if not notebooks:
+        return task_ids
+    from ..exercises import all_tasks
+    chosen = [t.id for t in all_tasks() if t.id[:2] in notebooks]
+    empty = [n for n in notebooks if not any(i[:2] == n for i in chosen)]
+    if empty:
+        raise SystemExit(f"--notebook {', '.join(empty)}: no task in that notebook; the tasks' "
+                         f"notebooks are {', '.join(sorted({t.id[:2] for t in all_tasks()}))}")
+    return (task_ids or []) + chosen
 
 
 def main(argv: list[str]) -> int:
@@ -39,8 +54,10 @@ def main(argv: list[str]) -> int:
                                      description="write a catch-up pack of solved tasks")
     parser.add_argument("file", type=Path)
     parser.add_argument("--task", action="append", metavar="ID", help="only this task (repeatable)")
+    parser.add_argument("--notebook", action="append", metavar="NN",
+                        help="every task of notebook NN (repeatable), e.g. once its deadline passed")
     args = parser.parse_args(argv)
-    pack = write_pack(args.file, args.task)
+    pack = write_pack(args.file, notebook_tasks(args.task, args.notebook))
     print(f"{args.file}: tasks {', '.join(pack['tasks'])}; in a student copy, "
           f"minimt.course.catch_up(ID, pack='{args.file.name}') pastes one back")
     return 0

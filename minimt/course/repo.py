@@ -17,6 +17,46 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+def course_root(root: Path, command: str) -> Path:
+    """`root` when it is a checkout of the course (its minimt/ package beside notebooks/ and
+    README.md), else a SystemExit saying so: the course tools read and copy a repository, never
+    an installed package's folder (from site-packages that would be everything installed)."""
+    root = Path(root)
+    missing = [name for name in ("minimt/exercises", "notebooks", "README.md")
+               if not (root / name).exists()]
+    if missing:
+        raise SystemExit(f"{command}: {root} is not a checkout of the course (it has no "
+                         f"{', '.join(missing)}); run it from a clone of the course repository "
+                         f"(git clone, then `pip install -e .` there), not from an installed package")
+    return root
+
+
+def instructor_repository(root: Path) -> bool:
+    """True for the instructor's repository: it holds the instructor guide, which every student
+    copy leaves out."""
+    guide = Path(root) / "docs" / "instructor.md"
+    return guide.is_file() and INSTRUCTOR_ONLY in guide.read_text(encoding="utf-8")[:300]
+
+
+def graded_package_problem() -> str | None:
+    """Why a task check must not run here, or None: nbgrader's autograde (it sets
+    NBGRADER_EXECUTION) importing the instructor's complete package instead of the learner's."""
+    if os.environ.get("NBGRADER_EXECUTION") != "autograde" or not instructor_repository(repo_root()):
+        return None
+    return (f"nbgrader is autograding with the instructor's package ({repo_root() / 'minimt'}), not "
+            f"the learner's, so this check would grade your own solution: autograde each learner "
+            f"with their repository first on the path, `PYTHONPATH=/path/to/their/repository "
+            f"nbgrader autograde ASSIGNMENT --student NAME`")
+
+
+def refuse_graded_package(label: str) -> None:
+    """Raise an ExerciseError "`label`: why" when a check must not run here (see above)."""
+    problem = graded_package_problem()
+    if problem:
+        from ..exercises.core import ExerciseError
+        raise ExerciseError(f"{label}: {problem}")
+
+
 def repo_files(root: Path) -> list[str]:
     """Relative paths of the repository's files: git's view (tracked + untracked, not ignored)
     when it is a git repository, else every file outside caches and virtual environments."""

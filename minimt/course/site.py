@@ -17,7 +17,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError
 from nbconvert import HTMLExporter
 from nbconvert.filters.markdown import markdown2html
 
-from .notebooks import course_notebooks, select
+from .notebooks import course_notebooks, load_notebook, select
 
 NAV_STYLE = ("<style>.minimt-nav{font:15px sans-serif;padding:8px 16px;background:#f3f3f3;"
              "border-bottom:1px solid #ccc}.minimt-nav a{margin-right:1.5em}</style>")
@@ -25,6 +25,7 @@ NAV_STYLE = ("<style>.minimt-nav{font:15px sans-serif;padding:8px 16px;backgroun
 
 def execute(path: Path, timeout: int):
     """The notebook at `path`, run top to bottom in a fresh kernel from an empty folder."""
+    load_notebook(path)                                  # a sentence for a broken file
     notebook = nbformat.read(path, as_version=4)
     with tempfile.TemporaryDirectory() as folder:
         client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
@@ -89,9 +90,13 @@ def index(pages: list[tuple[str, str]]) -> str:
 
 def build(out_dir: Path, numbers: list[str] | None = None, timeout: int = 600) -> list[Path]:
     """Execute the chosen notebooks and write the site into `out_dir`; returns the pages written."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SystemExit(f"site {out_dir}: that is a file, not a folder; give a folder to write "
+                         f"the site into, e.g. site/")
+    chosen = select(numbers)
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = []
-    for path in select(numbers):
+    for path in chosen:
         start = time.perf_counter()
         executed.append((path.stem, execute(path, timeout)))
         nbformat.write(executed[-1][1], out_dir / path.name)

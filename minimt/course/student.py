@@ -8,10 +8,12 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from . import regions
-from .repo import INSTRUCTOR_ONLY, repo_files, repo_root, task_of_region
+from .notebooks import load_notebook
+from .repo import INSTRUCTOR_ONLY, course_root, repo_files, repo_root, task_of_region
 
 
 def stub_python(path: str, text: str, tasks) -> str:
@@ -47,10 +49,10 @@ def drop_instructor_only_tests(text: str) -> str:
 ANSWER_STUB = "YOUR ANSWER HERE"  # nbgrader's text for a written answer still to write
 
 
-def stub_notebook(text: str) -> str:
+def stub_notebook(text: str, path: str = "notebook") -> str:
     """Notebook JSON with every region replaced by its stub (code: `raise NotImplementedError`;
     a written answer in markdown: nbgrader's "YOUR ANSWER HERE") and outputs cleared."""
-    notebook = json.loads(text)
+    notebook = load_notebook(path, text)
     for cell in notebook["cells"]:
         if cell["cell_type"] not in ("code", "markdown"):
             continue
@@ -86,13 +88,42 @@ def instructor_only(text: str) -> bool:
     return INSTRUCTOR_ONLY in "\n".join(text.splitlines()[:5])
 
 
-def write_student_copy(out_dir: Path, root: Path | None = None, git: bool = True) -> Path:
-    """Write the student copy of the repository at `root` into `out_dir` (new or empty)."""
-    from ..exercises import all_tasks
-    root = repo_root() if root is None else root
+def checked_out_dir(out_dir: Path, root: Path) -> Path:
+    """`out_dir` when a student copy may be written there, else a SystemExit saying what to give."""
     out_dir = Path(out_dir)
+    example = root.resolve().parent / "minimt-student"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SystemExit(f"student {out_dir}: that is a file; give a new folder for the student "
+                         f"copy, e.g. {example}")
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise SystemExit(f"{out_dir} is not empty: choose a new directory for the student copy")
+        raise SystemExit(f"student {out_dir}: that folder is not empty; give a new folder for the "
+                         f"student copy, e.g. {example}")
+    if out_dir.resolve().is_relative_to(root.resolve()):
+        raise SystemExit(f"student {out_dir}: that is inside the instructor's repository {root} "
+                         f"(the copy's files would join it, solutions and stubs mixed); give a "
+                         f"folder outside it, e.g. {example}")
+    return out_dir
+
+
+def write_student_copy(out_dir: Path, root: Path | None = None, git: bool = True) -> Path:
+    """Write the student copy of the repository at `root` into `out_dir` (new or empty); on any
+    failure nothing is left there."""
+    root = course_root(repo_root() if root is None else root, "student")
+    out_dir = checked_out_dir(out_dir, root)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        _write_copy(partial, root, git)
+        if out_dir.exists():
+            out_dir.rmdir()                               # empty, checked above
+        partial.rename(out_dir)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return out_dir
+
+
+def _write_copy(out_dir: Path, root: Path, git: bool) -> None:
+    from ..exercises import all_tasks
     tasks = all_tasks()
     for rel in repo_files(root):
         source = root / rel
@@ -103,8 +134,11 @@ def write_student_copy(out_dir: Path, root: Path | None = None, git: bool = True
         destination.parent.mkdir(parents=True, exist_ok=True)
         if rel.endswith((".py", ".ipynb")):
             text = source.read_text(encoding="utf-8")
+            if rel.endswith(".ipynb"):
+                load_notebook(rel, text)                  # a broken notebook is named, not copied
             if regions.BEGIN in text:
-                text = stub_notebook(text) if rel.endswith(".ipynb") else stub_python(rel, text, tasks)
+                text = (stub_notebook(text, rel) if rel.endswith(".ipynb") else
+                        stub_python(rel, text, tasks))
             if rel.endswith(".py") and INSTRUCTOR_ONLY_MARK in text:
                 text = drop_instructor_only_tests(text)
             destination.write_text(text, encoding="utf-8")
@@ -119,7 +153,6 @@ def write_student_copy(out_dir: Path, root: Path | None = None, git: bool = True
         env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull}
         for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "minimt: student copy"]):
             subprocess.run(["git", *identity, *command], cwd=out_dir, check=True, env=env)
-    return out_dir
 
 
 def main(argv: list[str]) -> int:
@@ -169,7 +202,7 @@ def solution_lines(root: Path | None = None, min_length: int = 20) -> dict[str, 
         text = (root / rel).read_text(encoding="utf-8")
         if regions.BEGIN not in text:
             continue
-        sources = ([("".join(c["source"]), False) for c in json.loads(text)["cells"]
+        sources = ([("".join(c["source"]), False) for c in load_notebook(rel, text)["cells"]
                     if c["cell_type"] in ("code", "markdown")]  # markdown: written answers
                    if rel.endswith(".ipynb") else [(text, True)])
         for source, python in sources:
@@ -191,7 +224,7 @@ def find_leaks(copy: Path, lines: dict[str, str], long_line: int = 40) -> list[s
         except UnicodeDecodeError:
             continue
         if rel.endswith(".ipynb"):
-            text = "\n".join("".join(c["source"]) for c in json.loads(text)["cells"])
+            text = "\n".join("".join(c["source"]) for c in load_notebook(rel, text)["cells"])
         codes = [_code(line) for line in text.splitlines()]
         hits = [code in lines for code in codes]
         for i, code in enumerate(codes):

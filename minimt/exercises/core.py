@@ -91,6 +91,18 @@ class Task:
     section: str              # where it is taught, e.g. "notebook 03, section 4"
     check: Callable[[], None]  # imports the target itself; raises ExerciseError naming case and fix
 
+    def __post_init__(self) -> None:
+        """The check refuses to run where nbgrader would grade the instructor's package."""
+        import functools
+        check = self.check
+
+        @functools.wraps(check)
+        def refusing() -> None:
+            from ..course.repo import refuse_graded_package
+            refuse_graded_package(f"task {self.id}")
+            check()
+        object.__setattr__(self, "check", refusing)
+
 
 STUB_TASK = re.compile(r"task (\d+\.\d+)")
 

@@ -14,6 +14,8 @@ from .core import ExerciseError, Task, unfinished
 
 def _target(module: str, name: str):
     """The learner's function or class, imported at call time (so an edit is picked up)."""
+    from ..course.repo import refuse_graded_package
+    refuse_graded_package(f"{module}.{name}")     # nbgrader grading the instructor's package
     return getattr(importlib.import_module(module), name)
 
 
