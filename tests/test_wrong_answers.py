@@ -153,6 +153,7 @@ def test_catalogue_covers_every_task():
         assert first.startswith("# course: instructor only"), path.name
 
 
+@pytest.mark.timeout(900)  # ~75 s of CPU on an idle 2-core machine; far more on a loaded one
 def test_every_wrong_answer_loses_its_points():
     """Each wrong answer fails its task's check, with the entry's hint in the message."""
     entries = run_catalogue()
