@@ -74,8 +74,9 @@ def test_regions_know_their_function_and_the_stub_follows_the_contract():
     assert (region.qualname, region.indent, regions.body(source, region)) == (
         "Layer.forward", "        ", "        return x")
     row = next(t for t in TASKS if t.target.endswith("RowParallelLinear.forward"))
-    assert regions.stub(row, "") == (f'raise NotImplementedError("task {row.id}: write '
-                                     f'RowParallelLinear.forward; see notebook 03, section 3")')
+    assert regions.stub(row, "") == (f'raise NotImplementedError("task {row.id}: {row.statement}; '
+                                     f'see notebook 03, section 3")')
+    assert row.statement.startswith("write RowParallelLinear.forward")
     with pytest.raises(ValueError, match="never closed"):
         regions.find_regions("def f():\n    ### BEGIN SOLUTION\n    pass\n")
 
@@ -247,10 +248,11 @@ def test_a_student_notebook_stops_at_its_first_task_with_the_checkers_message(st
     assert len(stopped) == 1
     cell, error = stopped[0]
     assert "".join(cell.source) == 'minimt.course.check("01.1")'
-    assert error["traceback"] == ["ExerciseError: task 01.1 not written yet: write the attention "
-                                  "formula in scaled_dot_product_attention in minimt/attention.py "
-                                  "(between ### BEGIN SOLUTION and ### END SOLUTION); see notebook "
-                                  "01, section 1"]
+    statement = next(t.statement for t in TASKS if t.id == "01.1")
+    assert statement.startswith("write the attention formula in scaled_dot_product_attention")
+    assert error["traceback"] == [f"ExerciseError: task 01.1 not written yet: {statement} in "
+                                  f"minimt/attention.py (between ### BEGIN SOLUTION and ### END "
+                                  f"SOLUTION); see notebook 01, section 1"]
 
 
 # ---------------------------------------------------------------------------- the tools under misuse

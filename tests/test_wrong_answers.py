@@ -2,10 +2,10 @@
 """Every plausible wrong answer of the catalogue loses its task's points.
 
 Each entry of tests/wrong_answers/wa_NN.py edits one task's solution region (`old` -> `new`). The
-edits are applied to a temporary copy of the package, and the task's check runs as `grade` runs
-it (minimt.course.grade.run_task), in a separate process: the task must fail, and its message
-must contain the entry's `hint` when one is given. Two worker processes (one per core) import
-torch once and fork a fresh child per wrong answer, which imports the mutated package anew.
+edit is applied to a temporary copy of the package and the task is graded there as `grade` grades
+it (minimt.course.grade.run_task_isolated: a forked process importing the copy, with a time
+limit): the task must fail, and its message must contain the entry's `hint` when one is given.
+Two worker processes (one per core) import torch and the checks' libraries once, then fork.
 
 An entry marked slow=True hangs until its check's launch timeout (a deadlock): the test leaves
 it out; `python tests/test_wrong_answers.py --slow [TASK ...]` prints every entry's outcome and
@@ -16,9 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,8 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CATALOGUE = ROOT / "tests" / "wrong_answers"
 WORKERS = 2                # one per core of the CI machine
 CHILD_TIMEOUT_S = 90       # a check that hangs fails in grade too; this only bounds the test
-# imported once per worker, before forking (torch._dynamo: the optimizers' first step imports it)
-PRELOAD = ("torch", "torch._dynamo", "torch.distributed", "numpy", "einops", "transformers")
 
 
 def catalogue() -> list[dict]:
@@ -82,82 +78,29 @@ def _occurrences(text: str, old: str) -> list[int]:
 
 
 # ---------------------------------------------------------------------------- the worker process
-def _run_one(copy: Path, task_id: str) -> dict:
-    """In a forked child: import the (mutated) copy of the package and run the task's check."""
-    sys.path.insert(0, str(copy))
-    sys.dont_write_bytecode = True
-    import torch
-    torch.set_num_threads(1)
-    from minimt.course.grade import run_task
-    from minimt.exercises import all_tasks
-    task = next(t for t in all_tasks() if t.id == task_id)
-    assert Path(sys.modules["minimt"].__file__).resolve().is_relative_to(copy.resolve())
-    passed, message = run_task(task)
-    return {"passed": passed, "message": message}
-
-
-def _fork_and_check(copy: Path, task_id: str) -> dict:
-    """Run the check in a fresh child; its result, or a failure saying it hung or died."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: one check, one JSON line back, no cleanup of the parent's state
-        os.close(read)
-        os.setpgid(0, 0)  # its own process group: a timeout ends the ranks it started too
-        try:
-            result = _run_one(copy, task_id)
-        except BaseException as err:  # noqa: BLE001 -- a crash is the result here
-            result = {"passed": False, "message": f"the check crashed: {type(err).__name__}: {err}"}
-        os.write(write, json.dumps(result).encode())
-        os._exit(0)
-    os.close(write)
-    chunks, deadline = [], time.monotonic() + CHILD_TIMEOUT_S
-    while True:
-        ready, _, _ = select.select([read], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            os.waitpid(pid, 0)
-            os.close(read)
-            return {"passed": False, "message": f"timeout: the check ran over {CHILD_TIMEOUT_S} s"}
-        chunk = os.read(read, 1 << 16)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(read)
-    os.waitpid(pid, 0)
-    text = b"".join(chunks).decode()
-    return json.loads(text) if text else {"passed": False, "message": "the check's process died"}
-
-
 def worker(jobs: list[dict]) -> list[dict]:
-    """Apply each job's mutated text to one temporary copy of the package, check, restore."""
-    for name in PRELOAD:
-        try:
-            __import__(name)
-        except ImportError:
-            pass
+    """Apply each job's mutated text to one temporary copy of the package and grade the task
+    there with grade's own run_task_isolated (a forked child that imports the copy), then restore."""
     import torch
     torch.set_num_threads(1)  # before any op: a forked child of a multi-threaded parent can hang
-    import compileall
+    import torch._dynamo      # noqa: F401 -- an optimizer's first step imports it (seconds)
+    import torch.distributed  # noqa: F401
+    from minimt.course.grade import preload, run_task_isolated
+    preload()                 # the checks' libraries, imported once before the forks
     with tempfile.TemporaryDirectory(prefix="minimt_wrong_") as tmp:
         copy = Path(tmp)
         shutil.copytree(ROOT / "minimt", copy / "minimt",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        compileall.compile_dir(copy / "minimt", quiet=1)   # the unchanged modules load fast
         results = []
         for job in jobs:
             path = copy / job["path"]
             original = path.read_text(encoding="utf-8")
-            cached = list(path.parent.glob(f"__pycache__/{path.stem}.*.pyc"))
-            for pyc in cached:
-                pyc.unlink()
             path.write_text(job["text"], encoding="utf-8")
             start = time.perf_counter()
-            result = _fork_and_check(copy, job["task"])
+            passed, message = run_task_isolated(job["task"], copy, timeout_s=CHILD_TIMEOUT_S)
             path.write_text(original, encoding="utf-8")
-            results.append(dict(result, index=job["index"], seconds=time.perf_counter() - start))
+            results.append({"passed": passed, "message": message, "index": job["index"],
+                            "seconds": time.perf_counter() - start})
         return results
 
 
@@ -210,6 +153,7 @@ def test_catalogue_covers_every_task():
         assert first.startswith("# course: instructor only"), path.name
 
 
+@pytest.mark.timeout(900)  # ~75 s of CPU on an idle 2-core machine; far more on a loaded one
 def test_every_wrong_answer_loses_its_points():
     """Each wrong answer fails its task's check, with the entry's hint in the message."""
     entries = run_catalogue()

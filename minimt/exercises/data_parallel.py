@@ -296,6 +296,7 @@ TASKS = [
          "every ready bucket in order", "minimt.parallel.data_parallel:"
          "DistributedDataParallel._on_grad_ready", "notebook 07, section 2", _check_ddp_hook),
     Task("07.3", 3, "write DistributedOptimizer.step: reduce-scatter the flat gradients divided "
-         "by dp, AdamW on your shard, all-gather (both collectives with phase=\"optimizer\")", "minimt.parallel.zero:DistributedOptimizer.step", "notebook 07, section 3",
+         "by dp, AdamW on your shard, all-gather (both collectives with phase='optimizer')",
+         "minimt.parallel.zero:DistributedOptimizer.step", "notebook 07, section 3",
          _check_zero_step),
 ]
