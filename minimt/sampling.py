@@ -60,6 +60,8 @@ def process_logits(logits, input_ids, repetition_penalty=1.0, temperature=1.0, t
     logits = apply_repetition_penalty(logits, input_ids, repetition_penalty, attention_mask)
     if do_sample:
         logits = apply_temperature(logits, temperature)
-        logits = top_k_filter(logits, top_k)
-        logits = top_p_filter(logits, 1.0 if top_p is None else top_p)
+        if top_k:                            # filters only when asked: plain sampling runs
+            logits = top_k_filter(logits, top_k)      # before notebook 06 teaches them
+        if top_p is not None and top_p < 1.0:
+            logits = top_p_filter(logits, top_p)
     return logits

@@ -8,7 +8,7 @@ import torch
 
 from minimt.attention import causal_mask, local_mask
 from minimt.exercises import (ExerciseError, check_attention, check_causal_mask,
-                              check_local_mask)
+                              check_dilated_mask)
 
 
 # --- check_attention ---------------------------------------------------------------------------
@@ -77,7 +77,7 @@ def test_check_attention_catches_a_bug_that_shows_only_with_a_mask():
         check_attention(ignores_mask)
 
 
-# --- check_causal_mask / check_local_mask ------------------------------------------------------
+# --- check_causal_mask / check_dilated_mask ------------------------------------------------------
 
 def test_check_causal_mask_accepts_tril(capsys):
     check_causal_mask(lambda t: torch.ones(t, t, dtype=torch.bool).tril())
@@ -96,23 +96,23 @@ def test_check_causal_mask_rejects_wrong_masks(wrong, hint):
         check_causal_mask(wrong)
 
 
-def test_check_local_mask_accepts_a_band(capsys):
-    def band(t, window):
-        i = torch.arange(t)[:, None]                                     # (T, 1) queries
-        j = torch.arange(t)[None, :]                                     # (1, T) keys
-        return (j <= i) & (j > i - window)                               # (T, T)
+def dilated_band(t, window, dilation):
+    distance = torch.arange(t)[:, None] - torch.arange(t)[None, :]     # (T, T): i - j
+    return (distance >= 0) & (distance < window * dilation) & (distance % dilation == 0)
 
-    check_local_mask(band)
-    assert "check_local_mask: all 5 cases pass" in capsys.readouterr().out
+
+def test_check_dilated_mask_accepts_a_band(capsys):
+    check_dilated_mask(dilated_band)
+    assert "check_dilated_mask: all 6 cases pass" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("wrong, hint", [
-    (lambda t, w: local_mask(t, w + 1), "off by one"),
-    (lambda t, w: local_mask(t, max(w - 1, 1)), "off by one"),
-    (lambda t, w: (torch.arange(t)[:, None] - torch.arange(t)[None, :]).abs() < w, "looks ahead"),
-    (lambda t, w: causal_mask(t), "wrong value"),
-    (lambda t, w: local_mask(t, w).int(), "return a bool tensor"),
+    (lambda t, w, d: local_mask(t, w), "this is the plain window"),
+    (lambda t, w, d: dilated_band(t, w + 1, d), "one key too many"),
+    (lambda t, w, d: dilated_band(t, w, d) & local_mask(t, w), "counts keys, not positions"),
+    (lambda t, w, d: dilated_band(t, w, d) | dilated_band(t, w, d).T, "looks ahead"),
+    (lambda t, w, d: dilated_band(t, w, d).int(), "return a bool tensor"),
 ])
-def test_check_local_mask_rejects_wrong_masks(wrong, hint):
+def test_check_dilated_mask_rejects_wrong_masks(wrong, hint):
     with pytest.raises(ExerciseError, match=hint):
-        check_local_mask(wrong)
+        check_dilated_mask(wrong)

@@ -412,11 +412,16 @@ def test_unknown_mode_is_rejected(data):
 @pytest.mark.instructor_only  # model answers: left out of student copies
 def test_exercise_checkers_accept_references_and_reject_mistakes():
     from minimt import exercises as ex
-    from minimt.formats import smallest_loss_scale
 
-    ex.check_smallest_loss_scale(smallest_loss_scale)
-    with pytest.raises(ex.ExerciseError, match="too small|smaller"):
-        ex.check_smallest_loss_scale(lambda g: 2.0 ** math.ceil(math.log2(2.0 ** -24 / g[g != 0].abs().min().item())) / 2)
+    def largest_loss_scale(grads):
+        k = math.floor(math.log2(65520 / grads.abs().max().item()))
+        return 2.0 ** (k - (grads.abs().max().item() * 2.0 ** k >= 65520))
+
+    ex.check_largest_loss_scale(largest_loss_scale)
+    with pytest.raises(ex.ExerciseError, match="overflows to inf"):  # 65504 taken as reachable
+        ex.check_largest_loss_scale(lambda g: 2.0 * largest_loss_scale(g))
+    with pytest.raises(ex.ExerciseError, match="look for the largest"):
+        ex.check_largest_loss_scale(lambda g: largest_loss_scale(g) / 2)
 
     def update(scale, tracker, found, growth, backoff, interval):
         s = DynamicLossScaler(scale, growth, backoff, interval)

@@ -109,22 +109,32 @@ def check_causal_mask(fn: Callable) -> None:
               cases, hint)
 
 
-def check_local_mask(fn: Callable) -> None:
-    """fn(T, window) -> (T, T) bool: query i may attend to keys i-window+1 .. i (causal window)."""
-    def local_mask(seq_len, window):  # causal, minus what lies `window` or more behind
-        return _tril(seq_len, seq_len) & ~_tril(seq_len, seq_len, -window)
+def check_dilated_mask(fn: Callable) -> None:
+    """fn(T, window, dilation) -> (T, T) bool: query i may attend to the `window` keys i,
+    i - dilation, ..., i - (window-1) dilation (a dilated sliding window, Longformer's)."""
+    def diagonals(seq_len, offsets):  # the mask with True on the diagonals -k, k in offsets
+        mask = torch.zeros(seq_len, seq_len, dtype=torch.bool)
+        for k in offsets:
+            if k < seq_len:
+                mask |= torch.diag(torch.ones(seq_len - k, dtype=torch.bool), -k)
+        return mask
 
-    def hint(got, seq_len, window):
-        mistakes = [(local_mask(seq_len, w), f"the window is off by one: query i sees exactly "
-                     f"`window` keys, i-window+1 .. i (found a window of {w})")
-                    for w in (window - 1, window + 1) if w >= 1]
-        pos = torch.arange(seq_len)
-        band = (pos[:, None] - pos[None, :]).abs() < window                  # (T, T) both sides
-        mistakes.append((band, "the window also looks ahead: keep only keys j <= i (causal)"))
+    def dilated(seq_len, window, dilation):
+        return diagonals(seq_len, [k * dilation for k in range(window)])
+
+    def hint(got, seq_len, window, dilation):
+        mistakes = [(diagonals(seq_len, range(window)), "the keys are `dilation` apart: i, "
+                     "i - dilation, i - 2 dilation, ... (this is the plain window)"),
+                    (diagonals(seq_len, range(0, window, dilation)), "`window` counts keys, not "
+                     "positions: the farthest key is (window-1) x dilation behind"),
+                    (dilated(seq_len, window + 1, dilation), "one key too many: query i sees "
+                     "exactly `window` keys, itself included")]
+        both = dilated(seq_len, window, dilation) | dilated(seq_len, window, dilation).T
+        mistakes.append((both, "the window also looks ahead: keep only keys j <= i (causal)"))
         return _mask_hint(got, mistakes)
 
-    cases = [(1, 1), (5, 1), (6, 2), (8, 3), (4, 10)]
-    run_cases("check_local_mask", _bool_mask("check_local_mask", fn), local_mask, cases, hint)
+    cases = [(1, 1, 1), (6, 2, 1), (8, 3, 2), (9, 2, 3), (5, 10, 2), (12, 4, 3)]
+    run_cases("check_dilated_mask", _bool_mask("check_dilated_mask", fn), dilated, cases, hint)
 
 
 # ---------------------------------------------------------------------------- tasks in the package

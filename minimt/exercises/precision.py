@@ -28,33 +28,32 @@ def gradscaler_trace(pattern, init_scale, growth_factor, backoff_factor, growth_
     return trace
 
 
-def check_smallest_loss_scale(fn: Callable) -> None:
-    """fn(grads: Tensor) -> float: the smallest power of two S for which no nonzero gradient
-    becomes 0 when `grads * S` is cast to fp16; oracle: a search over the powers of two, cast
-    with torch's own float16."""
-    def smallest_loss_scale(grads):
-        nonzero = grads[grads != 0].double()
-        return next(2.0 ** k for k in range(-30, 128)
-                    if (nonzero * 2.0 ** k).to(torch.float16).ne(0).all())
+def check_largest_loss_scale(fn: Callable) -> None:
+    """fn(grads: Tensor) -> float: the largest power of two S for which no gradient overflows
+    when `grads * S` is cast to fp16; oracle: a search over the powers of two, cast with torch's
+    own float16."""
+    def largest_loss_scale(grads):
+        values = grads.double()
+        return next(2.0 ** k for k in range(127, -150, -1)
+                    if torch.isfinite((values * 2.0 ** k).to(torch.float16)).all())
 
     g = torch.Generator().manual_seed(0)
-    cases = [(torch.tensor([1e-3, 2.0 ** -30]),), (torch.tensor([2.0 ** -25]),),
-             (torch.tensor([3e-9, -1e-2, 0.0]),), (torch.tensor([0.5, 1e-4]),),
+    cases = [(torch.tensor([1.0, -3.0]),), (torch.tensor([65504.0, 1e-3]),),
+             (torch.tensor([1e-3, 2.0 ** -30, 0.0]),), (torch.tensor([65519.0 / 4, -0.5]),),
              (torch.randn(1000, generator=g) * 1e-6,)]
     for i, (grads,) in enumerate(cases):
-        got = call("check_smallest_loss_scale", fn, grads)
-        expected = smallest_loss_scale(grads)
+        got = call("check_largest_loss_scale", fn, grads)
+        expected = largest_loss_scale(grads)
         if got != expected:
-            nonzero = grads[grads != 0]
-            lost = ((nonzero.double() * float(got)).to(torch.float16) == 0).sum().item() \
-                if isinstance(got, (int, float)) else None
-            hint = (f"with S={got!r}, {lost} gradient(s) still flush to zero: S is too small"
-                    if lost else "a smaller power of two also works: look for the smallest"
-                    if lost == 0 else "return a float power of two")
-            raise ExerciseError(f"check_smallest_loss_scale, case {i + 1} of {len(cases)}: got "
-                                f"{got!r}, expected {expected!r}; {hint}. Remember: exactly half of "
-                                f"2^-24 rounds to even, i.e. to 0")
-    print(f"check_smallest_loss_scale: all {len(cases)} cases pass")
+            overflowing = (not torch.isfinite((grads.double() * float(got)).to(torch.float16)).all()
+                           if isinstance(got, (int, float)) else None)
+            hint = ("with that S the largest gradient overflows to inf: S is too large"
+                    if overflowing else "twice that S still keeps every gradient finite: look for "
+                    "the largest" if overflowing is False else "return a float power of two")
+            raise ExerciseError(f"check_largest_loss_scale, case {i + 1} of {len(cases)}: got "
+                                f"{got!r}, expected {expected!r}; {hint}. Remember: fp16's largest "
+                                f"value is 65504, and anything below 65520 still rounds to it")
+    print(f"check_largest_loss_scale: all {len(cases)} cases pass")
 
 
 def check_scaler_update(fn: Callable) -> None:
