@@ -10,7 +10,6 @@ import warnings
 
 import pytest
 import torch
-import torch.nn as nn
 
 import minimt.parallel.checkpoint as checkpoint_module
 from minimt.__main__ import main
