@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
                         for name, fn in sorted(DEMOS.items()))
     commands = ("commands (python -m minimt COMMAND --help):\n"
                 "  train       train the course's GPT on any (tp, pp, dp) layout, write a checkpoint\n"
-                "  generate    stream text from a checkpoint of any layout\n")
+                "  generate    stream text from a checkpoint of any layout\n"
+                "  preprocess  tokenize a corpus into Megatron's .bin/.idx indexed dataset\n")
     parser = argparse.ArgumentParser(prog="python -m minimt", epilog=f"{commands}demos:\n{listing}",
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Run a minimt demo on every rank.")

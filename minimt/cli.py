@@ -7,6 +7,7 @@ batch size is the global batch, so the same flags train the same model at every 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -15,6 +16,7 @@ import torch
 from .checks import cli_number
 from .config import PRESETS, GPTConfig
 from .data import char_dataset
+from .data_path import MegatronData
 from .generate import stream
 from .model import GPT, param_count
 from .parallel import LaunchTimeout, ParallelContext, RankError, launch
@@ -25,6 +27,7 @@ from .parallel.launch import TORCHRUN_VARIABLES, check_torchrun_world_size
 from .parallel.pipeline import SCHEDULES
 from .parallel.rank_main import seed_everything
 from .parallel.tensor import apply_tensor_parallel
+from .preprocess import preprocess_main
 from .train import NonFiniteLoss, TrainConfig, Trainer
 from .train_run import (RESUME_FLAGS, check_fits, check_out, check_resume_flags,
                         default_batch_size, remove_other_steps, resume, run_state)
@@ -91,6 +94,14 @@ def train_parser() -> argparse.ArgumentParser:
                         help="replace the run in --out (its checkpoints go once the new run saved)")
     parser.add_argument("--save-interval", type=cli_number(int, 1), default=None,
                         help="also save a checkpoint every this many steps (default: at the end)")
+    parser.add_argument("--data-path", nargs="+", default=None, metavar="[WEIGHT] PREFIX",
+                        help="train on Megatron indexed datasets (python -m minimt preprocess), "
+                        "blended by weight: --data-path 0.7 data/a_text_document 0.3 "
+                        "data/b_text_document (default: character-level tinyshakespeare)")
+    parser.add_argument("--split", default="969,30,1", help="train,valid,test document shares")
+    parser.add_argument("--rampup-batch-size", nargs=3, type=cli_number(int, 1), default=None,
+                        metavar=("START", "INCR", "SAMPLES"), help="grow the global batch from "
+                        "START by INCR over SAMPLES samples up to --batch-size (Megatron's flag)")
     return parser
 
 
@@ -98,18 +109,36 @@ def train_settings(args) -> TrainConfig:
     """The TrainConfig the flags ask for."""
     chunks = args.chunks or (2 if args.schedule == "interleaved" else 1)
     warmup = min(100, args.iters // 10) if args.warmup is None else args.warmup
-    return TrainConfig(max_iters=args.iters, batch_size=args.batch_size, learning_rate=args.lr,
+    micro, ramp = args.batch_size, getattr(args, "rampup_batch_size", None)
+    if ramp:  # each micro-step draws a batch that divides every size of the ramp
+        micro = math.gcd(ramp[0], ramp[1], args.batch_size)
+    return TrainConfig(max_iters=args.iters, batch_size=micro, learning_rate=args.lr,
+                       gradient_accumulation_steps=args.batch_size // micro,
+                       rampup_batch_size=tuple(ramp) if ramp else None,
                        min_lr=args.lr / 10, warmup_iters=warmup, eval_interval=args.eval_interval,
                        eval_iters=args.eval_iters, seed=args.seed, schedule=args.schedule,
                        num_microbatches=args.microbatches, num_chunks=chunks, zero=args.zero,
                        dtype=DTYPES[args.dtype])
 
 
+def _train_data(args, settings: TrainConfig):
+    """(data, vocab_size): Megatron's blended samples for --data-path, else tinyshakespeare."""
+    if not getattr(args, "data_path", None):
+        return char_dataset(CORPUS, byte_fallback=False)[1], None
+    block = GPTConfig.from_preset(args.preset).block_size
+    ramp = settings.ramp
+    samples = ramp.consumed(args.iters) if ramp else args.iters * args.batch_size
+    data = MegatronData(args.data_path, block, samples, split=args.split, seed=args.seed)
+    return data, -(-data.vocab_size // 64) * 64  # padded so any tensor-parallel size divides it
+
+
 def _train_rank(ctx, args) -> dict:
     """One rank: build the serial GPT from the seed, train this rank's share, save."""
-    _, data = char_dataset(CORPUS, byte_fallback=False)
+    settings = train_settings(args)
+    data, vocab_size = _train_data(args, settings)
+    overrides = {"vocab_size": vocab_size} if vocab_size else {}
     torch.manual_seed(args.seed)
-    trainer = Trainer(GPT(GPTConfig.from_preset(args.preset)), data, train_settings(args), ctx=ctx)
+    trainer = Trainer(GPT(GPTConfig.from_preset(args.preset, **overrides)), data, settings, ctx=ctx)
     if ctx.rank == 0:
         print(f"training {args.preset} ({param_count(trainer.model.config) / 1e6:.2f}M parameters) on "
               f"tp={ctx.tp_size} pp={ctx.pp_size} dp={ctx.dp_size}{' + ZeRO-1' if args.zero else ''}"
@@ -155,9 +184,11 @@ def train_main(argv: list[str]) -> int:
         check_fits(config, args.preset, int(os.environ.get("LOCAL_WORLD_SIZE",
                                                            args.tp * args.pp * args.dp)))
         settings = train_settings(args)
-        check_layout(config, args.tp, args.pp, args.dp, args.batch_size, settings.schedule,
+        check_layout(config, args.tp, args.pp, args.dp, settings.batch_size, settings.schedule,
                      settings.num_microbatches, settings.num_chunks)
-    except ValueError as error:
+        if args.data_path:
+            _train_data(args, settings)  # missing or bad files fail here, before any rank starts
+    except (FileNotFoundError, ValueError) as error:
         train_parser().error(str(error))
     return _run(_train_rank, args, args.tp, args.pp, args.dp, "train")
 
@@ -280,4 +311,4 @@ def _run(fn, args, tp: int, pp: int, dp: int, name: str) -> int:
     return 0
 
 
-COMMANDS = {"train": train_main, "generate": generate_main}
+COMMANDS = {"train": train_main, "generate": generate_main, "preprocess": preprocess_main}

@@ -5,6 +5,7 @@ deep inside a matmul with a shape error.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 from .checks import check_number
@@ -26,6 +27,7 @@ class GPTConfig:
     gelu_approximate: str = "none"  # "tanh" reproduces GPT-2's GELU exactly
     layer_norm_eps: float = 1e-5
     mlp_ratio: int = 4            # MLP hidden size = mlp_ratio * n_embd
+    init_std: float = 0.02        # std of the normal initial weights (GPT-2: 0.02)
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio"):
@@ -79,6 +81,10 @@ PRESETS = {
     # MT-NLG 530B (Smith et al. 2022, arXiv 2201.11990): 105 layers, hidden 20480, 128 heads,
     # sequence 2048. The vocabulary is GPT-2's BPE (50257), as in Megatron-LM's GPT recipes.
     # For counting parameters and FLOPs only: building it would need ~2 TB in fp32.
+    # init_std sqrt(1 / (3 h)) = 0.00403: MT-NLG's 4.0e-3 (Smith et al. 2022, arXiv 2201.11990,
+    # section 4, per secondary notes; Microsoft's Megatron-DeepSpeed scripts credit the rule to
+    # MT-NLG); its Adam settings are minimt.recipe.MT_NLG_OPTIMIZER
     "mt-nlg-530b": GPTConfig(vocab_size=50257, block_size=2048, n_layer=105, n_head=128,
-                             n_embd=20480, dropout=0.0, bias=True, gelu_approximate="tanh"),
+                             n_embd=20480, dropout=0.0, bias=True, gelu_approximate="tanh",
+                             init_std=math.sqrt(1 / (3 * 20480))),
 }

@@ -12,6 +12,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from minimt.blending import blending_indices  # noqa: F401  (minimt.data's public names)
+from minimt.indexed import IndexedDataset  # noqa: F401
 from minimt.tokenizer import BPETokenizer, CharTokenizer, Tokenizer, train_bpe
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

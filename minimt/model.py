@@ -113,10 +113,10 @@ class GPT(nn.Module):
         self.lm_head.weight = self.transformer.wte.weight  # weight tying (Press & Wolf 2017)
         self.loss_fn = cross_entropy_loss  # tensor parallelism swaps in the vocab-parallel loss
         self.gather_logits = full_logits   # and a gather of the vocabulary slices, for decoding
-        self.apply(self._init_weights)
+        self.apply(lambda module: self._init_weights(module, config.init_std))
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2L)
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                nn.init.normal_(p, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layer))
         self.recompute = recompute
 
     @property
@@ -133,9 +133,9 @@ class GPT(nn.Module):
             block.attn.recompute_core = mode == "selective"
 
     @staticmethod
-    def _init_weights(module):
+    def _init_weights(module, std: float = 0.02):
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 

@@ -104,6 +104,14 @@ class Estimate:
             return None
         return self.flops_per_iteration / (self.num_gpus * self.achieved_tflops * 1e12)
 
+    def iterations(self, tokens: float, ramp=None) -> int:
+        """Optimizer steps to train on `tokens`; with a batch-size ramp (minimt.recipe.Ramp, e.g.
+        MT_NLG_RAMP) the small early batches add steps: MT-NLG, 80,087 instead of 68,665."""
+        samples = int(tokens // self.config.block_size)
+        if ramp is not None:
+            return ramp.count(samples)[1]
+        return -(-samples // self.global_batch_size)
+
     def training_time_s(self, tokens: float) -> float:
         """Seconds to train on `tokens` at the achieved throughput: iterations x iteration time."""
         if self.achieved_tflops is None:

@@ -107,6 +107,7 @@ class Trainer:
         else:
             raise TypeError(f"data must be a dataset with .get_batch(split, batch_size, block_size, "
                             f"generator) or such a callable; got {type(data).__name__}")
+        self.train_batch = getattr(data, "train_batch", None)  # samples in Megatron's order
         model_block = getattr(getattr(model, "config", None), "block_size", None)
         self.block_size = self.config.block_size or model_block
         if self.block_size is None:
@@ -167,17 +168,28 @@ class Trainer:
         last pipeline stage). Gradients are complete (tied, averaged) afterwards."""
         cfg = self.config
         losses = []
-        for k in range(cfg.gradient_accumulation_steps):
-            x, y = self.get_batch("train", cfg.batch_size, self.block_size, self.generator)
+        micro_steps = cfg.ramp.micro_steps(self.iter_num) if cfg.ramp else \
+            cfg.gradient_accumulation_steps  # a batch-size ramp grows the micro-steps
+        for k in range(micro_steps):
+            x, y = self._train_batch(k)
             x, y = self.mesh.local_batch(x, y)                        # (B/dp, T)
             with autocast_context(self.device, cfg.autocast_dtype):
-                loss = self.mesh.forward_backward(x, y, self.loss_scale,
-                                                  last=k == cfg.gradient_accumulation_steps - 1)
+                loss = self.mesh.forward_backward(x, y, self.loss_scale, last=k == micro_steps - 1)
             if loss is not None:
                 losses.append(loss.float())
         # mean of k equal micro-batch means = mean over the whole k*B batch
-        self.mesh.finish_gradients(cfg.gradient_accumulation_steps)
+        self.mesh.finish_gradients(micro_steps)
         return torch.stack(losses).mean() if losses else None
+
+    def _train_batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Micro-step k's global batch: the next samples in order from data with a
+        `train_batch(first_sample, count)` (Megatron's samples), else a random draw."""
+        cfg = self.config
+        if self.train_batch is None:
+            return self.get_batch("train", cfg.batch_size, self.block_size, self.generator)
+        consumed = cfg.ramp.consumed(self.iter_num) if cfg.ramp else \
+            self.iter_num * cfg.batch_size * cfg.gradient_accumulation_steps
+        return self.train_batch(consumed + k * cfg.batch_size, cfg.batch_size)
 
     def train_step(self) -> torch.Tensor:
         """One optimizer step over gradient_accumulation_steps micro-batches; returns the mean

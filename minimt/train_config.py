@@ -3,6 +3,7 @@ value is refused with what to change before any step runs."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 
 import torch
 
@@ -44,6 +45,9 @@ class TrainConfig:
     num_chunks: int = 1                  # model chunks per pipeline rank ("interleaved" only)
     zero: bool = False                   # ZeRO-1: shard the optimizer state over data parallelism
     dtype: str | None = None             # None (fp32 weights) or 16-bit weights with fp32 masters
+    # Megatron's --rampup-batch-size START INCR SAMPLES: the global batch grows from START to
+    # batch_size * gradient_accumulation_steps (more micro-steps); the lr is then counted in samples
+    rampup_batch_size: tuple[int, int, int] | None = None
 
     def __post_init__(self):
         if isinstance(self.autocast_dtype, torch.dtype):  # accept torch.bfloat16 as well as "bfloat16"
@@ -80,6 +84,7 @@ class TrainConfig:
             raise ValueError(f"autocast_dtype={self.autocast_dtype!r}: choose one of "
                              f"{list(AUTOCAST_DTYPES)} (None = full fp32)")
         self._check_layout_fields()
+        self.ramp  # a bad --rampup-batch-size is refused here, with what to change
 
     def _check_layout_fields(self):
         if self.schedule not in SCHEDULES:
@@ -95,10 +100,22 @@ class TrainConfig:
     def decay_iters(self) -> int:
         return self.max_iters if self.lr_decay_iters is None else self.lr_decay_iters
 
+    @cached_property
+    def ramp(self):
+        """The run's RampedBatches (minimt.recipe), or None without --rampup-batch-size."""
+        if self.rampup_batch_size is None:
+            return None
+        from .recipe import RampedBatches
+        return RampedBatches(tuple(self.rampup_batch_size), self.batch_size,
+                             self.batch_size * self.gradient_accumulation_steps)
+
     def lr(self, it: int) -> float:
         """The learning rate of step `it` under this config."""
         if not self.decay_lr:
             return self.learning_rate
+        if self.rampup_batch_size is not None:
+            return self.ramp.lr(it, self.learning_rate, self.min_lr, self.warmup_iters,
+                                self.decay_iters)
         return lr_at(it, self.learning_rate, self.warmup_iters, self.decay_iters, self.min_lr)
 
     def to_dict(self) -> dict:
