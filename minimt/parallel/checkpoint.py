@@ -323,7 +323,7 @@ def _load_optimizer(model, optimizer, state: dict, weights: dict, num_steps: int
         mine = slice(optimizer.shard_start, optimizer.shard_start + optimizer.shard_size)
         for key in ("exp_avg", "exp_avg_sq", "master"):
             getattr(optimizer, key).copy_(flat[key][mine])
-        optimizer.num_steps = num_steps
+        optimizer.load_steps(num_steps)
         return
     inner, masters = _inner_and_masters(optimizer, params)
     for name, param, _ in params:
