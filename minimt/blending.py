@@ -11,8 +11,8 @@ import numpy as np
 def normalized_weights(weights: Sequence[float]) -> np.ndarray:
     """The weights as float64 summing to 1; a clear error for negative or all-zero weights."""
     w = np.asarray(weights, dtype=np.float64)
-    if w.ndim != 1 or len(w) == 0 or (w < 0).any() or not w.sum() > 0:
-        raise ValueError(f"blend weights {list(weights)} must be one or more non-negative numbers "
+    if w.ndim != 1 or len(w) == 0 or (w < 0).any() or not 0 < w.sum() < np.inf:
+        raise ValueError(f"blend weights {list(weights)} must be one or more finite non-negative numbers "
                          "with a positive sum, e.g. 0.5 0.3 0.2")
     return w / w.sum()
 
@@ -52,4 +52,7 @@ def parse_data_path(items: Sequence[str]) -> tuple[list[float], list[str]]:
         raise ValueError(f"--data-path {' '.join(items)}: every other item must be a weight (a "
                          "number), e.g. 0.7 data/books_text_document 0.3 data/code_text_document"
                          ) from None
-    return list(normalized_weights(weights)), items[1::2]
+    try:
+        return list(normalized_weights(weights)), items[1::2]
+    except ValueError as error:
+        raise ValueError(f"--data-path {' '.join(items)}: {error}") from None

@@ -15,7 +15,8 @@ import torch
 
 from .checks import cli_number
 from .config import PRESETS, GPTConfig
-from .data import char_dataset
+from .data import char_dataset, corpus_path
+from .data_checks import check_token_data
 from .data_path import MegatronData
 from .eval_cli import eval_main
 from .generate import stream
@@ -34,6 +35,8 @@ from .train_run import (RESUME_FLAGS, check_fits, check_out, check_resume_flags,
                         default_batch_size, remove_other_steps, resume, run_state)
 
 CORPUS = "tinyshakespeare"  # the course data: nanoGPT's character-level Shakespeare
+CORPUS_FIX = (f"; or restore the course's data/{CORPUS}.txt (and unset $MINIMT_DATA), or train on "
+              f"your text with --data-path (python -m minimt preprocess)")
 DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -189,8 +192,10 @@ def train_main(argv: list[str]) -> int:
         settings = train_settings(args)
         check_layout(config, args.tp, args.pp, args.dp, settings.batch_size, settings.schedule,
                      settings.num_microbatches, settings.num_chunks)
-        if args.data_path:
-            _train_data(args, settings)  # missing or bad files fail here, before any rank starts
+        data, _ = _train_data(args, settings)  # bad data fails here, before any rank starts
+        if not args.data_path:
+            check_token_data(data, config.block_size, config.vocab_size, str(corpus_path(CORPUS)),
+                             CORPUS_FIX)
     except (FileNotFoundError, ValueError) as error:
         train_parser().error(str(error))
     return _run(_train_rank, args, args.tp, args.pp, args.dp, "train")

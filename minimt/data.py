@@ -39,7 +39,8 @@ def corpus_path(name: str) -> Path:
     path = data_dir() / f"{name}.txt"
     if not path.is_file():
         raise ValueError(f"unknown corpus {name!r}; available in {data_dir()}: "
-                         f"{', '.join(available_corpora()) or '(none)'}")
+                         f"{', '.join(available_corpora()) or '(none)'}; put {name}.txt there, "
+                         f"or set $MINIMT_DATA to the folder that holds it")
     return path
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .blending import blending_indices, parse_data_path
+from .data_checks import check_datasets
 from .gpt_samples import GPTSamples, split_ranges
 from .indexed import IndexedDataset
 
@@ -52,7 +53,7 @@ class MegatronData:
     def __init__(self, data_path: Sequence[str], seq_length: int, train_samples: int,
                  valid_samples: int = 256, split: str = "969,30,1", seed: int = 1234):
         weights, prefixes = parse_data_path(data_path)
-        datasets = [IndexedDataset(p) for p in prefixes]
+        datasets = check_datasets(prefixes, seq_length, split)  # each exists, same vocabulary
         self.seq_length = seq_length
         self.splits = {name: BlendedSamples(datasets, weights, split, i, n, seq_length, seed)
                        for i, (name, n) in enumerate(zip(SPLITS, (train_samples, valid_samples)))}

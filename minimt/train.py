@@ -23,6 +23,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .checkpoint_file import atomic_save, check_same_model_config, load_checkpoint
+from .data_checks import check_token_data
 from .lr_schedule import lr_at
 from .parallel.context import ParallelContext
 from .parallel.grads import MeshGradients
@@ -117,6 +118,8 @@ class Trainer:
         if model_block is not None and self.block_size > model_block:
             raise ValueError(f"TrainConfig.block_size={self.block_size} exceeds the model's "
                              f"block_size={model_block}; use block_size <= {model_block}")
+        check_token_data(data, self.block_size,
+                         getattr(getattr(model, "config", None), "vocab_size", None))
         cfg = self.config
         self.ctx = ctx or ParallelContext(device=cfg.device)
         self.device = self.ctx.device

@@ -1,6 +1,6 @@
 """Misuse of runs, checkpoints, data parallelism and the scale calculator: each case ends in a
 sentence that names the argument and the fix, nothing is lost or left half-written on disk, and
-no rank is left alive. 48 misuses in all (a test per case, or a parameter per case)."""
+no rank is left alive. 49 misuses in all (a test per case, or a parameter per case)."""
 import multiprocessing
 import os
 import re
@@ -10,7 +10,6 @@ import warnings
 
 import pytest
 import torch
-import torch.nn as nn
 
 import minimt.parallel.checkpoint as checkpoint_module
 from minimt.__main__ import main
@@ -191,6 +190,8 @@ def _ddp_misuse(ctx, case):
     m = model()
     if case == "shapes":
         m = GPT(GPTConfig(**{**CONFIG.__dict__, "n_embd": 8 + 2 * ctx.rank}))
+    if case == "dtypes" and ctx.rank == 1:
+        m.transformer.ln_f.double()
     if case == "twice":
         m = DistributedDataParallel(m, ctx)
     if case == "zero-on-ddp":
@@ -204,7 +205,11 @@ def test_ddp_makes_frozen_parameters_and_buffers_equal():
 
 
 @pytest.mark.parametrize("case,message", [
-    ("shapes", r"replicas differ: data-parallel rank\(s\) \[1\].*same config"),
+    ("shapes", r"replicas differ: data-parallel rank\(s\) \[1\].*first transformer.wte.weight "
+               r"of shape \(16, 8\) and torch.float32 on rank 0, transformer.wte.weight of shape "
+               r"\(16, 10\) and torch.float32 on rank 1.*same config"),
+    ("dtypes", r"first transformer.ln_f.weight of shape \(8,\) and torch.float32 on rank 0, "
+               r"transformer.ln_f.weight of shape \(8,\) and torch.float64 on rank 1.*same config"),
     ("twice", r"already a DistributedDataParallel: wrap the model once"),
     ("zero-on-ddp", r"DistributedDataParallel wrapper.*average them twice.*ddp.module"),
     ("bucket", r"bucket_size_mb='25' must be a positive number"),
@@ -246,6 +251,31 @@ def test_zero_leaves_parameters_without_gradients_alone_like_adamw():
     assert torch.equal(ours.lm_head.weight, ours.transformer.wte.weight)
     assert torch.equal(ours.transformer.h[0].attn.c_attn.weight, before[
         "transformer.h.0.attn.c_attn.weight"])
+
+
+
+def _late_layer_steps(ctx, zero):
+    """Four AdamW steps at dp=2 on the rank's half of a batch; block 0 frozen for the first two."""
+    m = model()
+    opt = (DistributedOptimizer(m, ctx, weight_decay=0.1) if zero else
+           torch.optim.AdamW(m.parameters(), weight_decay=0.1))
+    tokens = torch.randint(0, 16, (4, 8), generator=torch.Generator().manual_seed(0))
+    for step in range(4):
+        m.transformer.h[0].requires_grad_(step >= 2)
+        half = tokens[2 * ctx.dp_rank:2 * ctx.dp_rank + 2] if zero else tokens
+        m(half, half)[1].backward()
+        opt.step()
+        opt.zero_grad()
+    return weights(m)
+
+
+def test_zero_counts_steps_per_parameter_like_adamw():
+    """A block whose first gradient comes at step 3 gets the bias correction of its own first
+    step, as torch.optim.AdamW's per-parameter step, not the model's third."""
+    ours = launch(_late_layer_steps, True, dp=2)[0]
+    reference = _late_layer_steps(SERIAL, zero=False)
+    for name in reference:
+        torch.testing.assert_close(ours[name], reference[name], msg=name)
 
 
 # ---------------------------------------------------------------------- the training loop

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,6 +39,8 @@ from ..model import GPT
 from .comm import all_gather, barrier
 from .context import ParallelContext
 from .tensor import padded_vocab_size, qkv_part_major, qkv_rank_major
+from .checkpoint_checks import (check_dtype, check_optimizer, check_step, collective,
+                                not_a_checkpoint_folder, scaler_state)
 from .zero import DistributedOptimizer
 
 FORMAT = "minimt-serial-state-v1"
@@ -156,47 +157,6 @@ def _optimizer_state(model, optimizer, ctx, config) -> tuple[dict, int]:
     return state, step
 
 
-def check_optimizer(optimizer, what: str) -> None:
-    """Refuse, before anything is read or written, an optimizer whose state the format cannot
-    hold: it keeps AdamW's exp_avg and exp_avg_sq (and fp32 masters), nothing else."""
-    inner = getattr(optimizer, "optimizer", optimizer)
-    if optimizer is None or isinstance(optimizer, DistributedOptimizer) \
-            or type(inner) is torch.optim.AdamW:
-        return
-    module = type(inner).__module__
-    name = ("torch.optim" if module.startswith("torch.optim") else module) + "." + \
-        type(inner).__name__
-    raise TypeError(f"{what} holds AdamW's state (exp_avg, exp_avg_sq), not that of "
-                    f"{name}: pass optimizer=None to "
-                    f"{'save' if what.startswith('save') else 'load'} the weights only, or train "
-                    f"with torch.optim.AdamW or minimt.parallel.DistributedOptimizer")
-
-
-def check_step(step) -> None:
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise TypeError(f"save_checkpoint(step={step!r}): step must be an integer >= 0 (the "
-                        f"number of optimizer steps taken, e.g. trainer.iter_num)")
-
-
-def _scaler_state(optimizer) -> dict | None:
-    """The loss scaler's numbers (scale, growth tracker...), so a resumed fp16 run keeps them."""
-    scaler = getattr(optimizer, "loss_scaler", None)
-    return None if scaler is None else {k: v for k, v in vars(scaler).items()
-                                        if isinstance(v, (int, float))}
-
-
-def _collective(ctx: ParallelContext, what: str) -> None:
-    """A barrier whose timeout says what went wrong: a rank that skipped this call."""
-    try:
-        barrier(ctx)
-    except RuntimeError as error:
-        if "timed out" not in str(error).lower() and "timeout" not in str(error).lower():
-            raise
-        raise RuntimeError(f"{what} is collective: every rank must call it (rank {ctx.rank} "
-                           f"waited in vain for the others); call it on all ranks, not under "
-                           f"`if ctx.rank == 0:`") from None
-
-
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(f".tmp-{path.name}")
     torch.save(obj, tmp)
@@ -222,7 +182,7 @@ def save_checkpoint(directory, model, optimizer, ctx: ParallelContext, step: int
         except OSError as error:  # name the caller's folder, not the hidden temporary
             raise write_error(error, directory, "give a folder you can write to") from None
     try:
-        _collective(ctx, "save_checkpoint")
+        collective(ctx, "save_checkpoint")
         _write(root, final, tmp, model, optimizer, ctx, step, config, extra)
     except BaseException:
         if ctx.rank == 0:  # never leave a half-written folder behind
@@ -260,7 +220,7 @@ def _write(root, final, tmp, model, optimizer, ctx, step, config, extra) -> None
                                 zero=getattr(_zero_sharded(model), "stage",
                                              isinstance(optimizer, DistributedOptimizer))),
                     dtype=dtype, has_optimizer=state is not None,
-                    loss_scaler=_scaler_state(optimizer),
+                    loss_scaler=scaler_state(optimizer),
                     param_groups=[{k: v for k, v in g.items() if k != "params"} for g in
                                   getattr(getattr(optimizer, "optimizer", optimizer),
                                           "param_groups", [])])
@@ -284,7 +244,7 @@ def checkpoint_folder(directory) -> Path:
     root = Path(directory)
     if (root / "meta.json").is_file():
         return root
-    _not_a_checkpoint_folder(root)
+    not_a_checkpoint_folder(root)
     if not (root / "latest").is_file():
         raise FileNotFoundError(f"{root} holds no checkpoint: no 'latest' file and no meta.json; "
                                 f"give the folder that `python -m minimt train --out` or "
@@ -299,24 +259,6 @@ def checkpoint_folder(directory) -> Path:
                                     f"save_checkpoint")
         folder = complete[0]
     return folder
-
-
-def _not_a_checkpoint_folder(root: Path) -> None:
-    """Say what `root` is when it is another kind of checkpoint, and how to use it."""
-    if root.is_file() and (root.parent / "meta.json").is_file():
-        raise ValueError(f"{root} is one file of the checkpoint {root.parent}: give the folder "
-                         f"({root.parent.parent} for its latest step)")
-    if root.is_file():
-        raise ValueError(f"{root} is a file, not a checkpoint folder (a Trainer checkpoint "
-                         f"written by Trainer.save_checkpoint?): load it with "
-                         f"trainer.load_checkpoint({os.fspath(root)!r}); this call reads the folder"
-                         f" that `python -m minimt train --out` or save_checkpoint(directory, ...) "
-                         f"writes")
-    if (root / "config.json").is_file() and not (root / "latest").exists():
-        raise ValueError(f"{root} is a Hugging Face model folder (config.json), not a minimt "
-                         f"checkpoint: load it with GPT.from_hf_gpt2({os.fspath(root)!r}); this "
-                         f"call reads the folder that `python -m minimt train --out` or "
-                         f"save_checkpoint(directory, ...) writes")
 
 
 def read_checkpoint(directory) -> tuple[dict, dict, dict | None]:
@@ -363,7 +305,7 @@ def load_checkpoint(directory, model, optimizer, ctx: ParallelContext,
                          f"save_checkpoint")
     if optimizer is not None and state is None:
         raise ValueError("this checkpoint holds no optimizer state: pass optimizer=None")
-    _check_dtype(directory, meta["dtype"], weights, local_parameters(model))
+    check_dtype(directory, meta["dtype"], weights, local_parameters(model))
     sharded = _zero_sharded(model)
     if sharded is not None:  # ZeRO-2/3: this rank's pieces of the serial tensors
         sharded.load_full_state_dict(weights)
@@ -379,25 +321,6 @@ def load_checkpoint(directory, model, optimizer, ctx: ParallelContext,
     extra = folder / "extra.pt"
     meta["extra"] = read_file(extra, "save_checkpoint") if extra.is_file() else None
     return meta
-
-
-def _check_dtype(directory, saved: str, weights: dict, params) -> None:
-    """Warn when the model's dtype differs from the saved one; refuse values it cannot hold."""
-    for name, param, _ in params:
-        if str(param.dtype).removeprefix("torch.") == saved or not param.is_floating_point():
-            continue
-        biggest = weights[name].float().abs().max().item()
-        if biggest > torch.finfo(param.dtype).max:
-            raise ValueError(f"the checkpoint {os.fspath(directory)!r} holds {saved} values up to "
-                             f"{biggest:.3g} in {name}, beyond {param.dtype}'s largest "
-                             f"{torch.finfo(param.dtype).max:.3g}: load it into a {saved} (or "
-                             f"float32) model, e.g. model.to(torch.{saved}) before loading")
-    changed = {str(p.dtype).removeprefix("torch.") for _, p, _ in params} - {saved}
-    if changed:
-        warnings.warn(f"the checkpoint {os.fspath(directory)!r} holds {saved} weights and this "
-                      f"model is {sorted(changed)}: the values are converted (rounded); cast the "
-                      f"model with model.to(torch.{saved}) first to keep them exact",
-                      stacklevel=3)
 
 
 def _load_optimizer(model, optimizer, state: dict, weights: dict, num_steps: int,
@@ -426,7 +349,7 @@ def _load_optimizer(model, optimizer, state: dict, weights: dict, num_steps: int
         mine = slice(optimizer.shard_start, optimizer.shard_start + optimizer.shard_size)
         for key in ("exp_avg", "exp_avg_sq", "master"):
             getattr(optimizer, key).copy_(flat[key][mine])
-        optimizer.num_steps = num_steps
+        optimizer.load_steps(num_steps)
         return
     inner, masters = _inner_and_masters(optimizer, params)
     for name, param, _ in params:

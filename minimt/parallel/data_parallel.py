@@ -11,6 +11,7 @@ sharded optimizer that synchronises the gradients itself, is `DistributedOptimiz
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -82,18 +83,44 @@ class DistributedDataParallel(nn.Module):
     def _broadcast_state(self) -> None:
         """Make the replicas equal, as PyTorch's DDP does: dp rank 0's parameters (frozen ones
         too) and buffers go to every replica, after checking that their shapes agree."""
-        tensors = {id(t): t for t in [*self.module.parameters(), *self.module.buffers()]}
+        named = {}
+        for name, t in [*self.module.named_parameters(), *self.module.named_buffers()]:
+            named.setdefault(id(t), (name, t))
+        tensors = {key: t for key, (_, t) in named.items()}
         shapes = [(tuple(t.shape), str(t.dtype)) for t in tensors.values()]
         mine = torch.tensor([len(shapes), zlib.crc32(repr(shapes).encode())])
         every = all_gather(mine, self.ctx, "dp", dim=0).view(-1, 2)  # (dp, 2)
         differ = [r for r in range(len(every)) if not torch.equal(every[r], every[0])]
-        if differ:
-            raise ValueError(f"the replicas differ: data-parallel rank(s) {differ} hold parameters "
-                             f"or buffers of other shapes or dtypes than rank 0 (this rank: "
-                             f"{len(shapes)} tensors); build every replica from the same config "
-                             f"before wrapping it in DistributedDataParallel")
+        if differ:  # every rank sees it: the detailed lists travel only now
+            described = [(name, *shape) for (name, _), shape in zip(named.values(), shapes)]
+            raise ValueError(f"the replicas differ: {self._first_difference(described, differ)}; "
+                             f"build every replica from the same config before wrapping it in "
+                             f"DistributedDataParallel")
         for t in tensors.values():
             broadcast(t.data, self.ctx, "dp")
+
+    def _first_difference(self, described: list[tuple], differ: list[int]) -> str:
+        """Gather every replica's [(name, shape, dtype)] and say where the first that differs
+        from dp rank 0 does."""
+        data = torch.tensor(list(json.dumps(described).encode()), dtype=torch.uint8)  # (bytes,)
+        lengths = all_gather(torch.tensor([data.numel()]), self.ctx, "dp", dim=0)  # (dp,)
+        padded = torch.zeros(int(lengths.max()), dtype=torch.uint8)
+        padded[:data.numel()] = data
+        rows = all_gather(padded, self.ctx, "dp", dim=0).view(len(lengths), -1)  # (dp, max)
+        lists = [json.loads(bytes(row[:n].tolist())) for row, n in zip(rows, lengths.tolist())]
+        first, rank = lists[0], differ[0]
+        other = lists[rank]
+        for ours, theirs in zip(first, other):
+            if ours != theirs:
+                break
+        else:
+            ours, theirs = (first[len(other)] if len(first) > len(other) else None,
+                            other[len(first)] if len(other) > len(first) else None)
+        where = (lambda t: "nothing there" if t is None else
+                 f"{t[0]} of shape {tuple(t[1])} and {t[2]}")
+        return (f"data-parallel rank(s) {differ} hold other parameters or buffers than rank 0: "
+                f"first {where(ours)} on rank 0, {where(theirs)} on rank {rank} "
+                f"({len(first)} tensors on rank 0, {len(other)} on rank {rank})")
 
     def _make_buckets(self, capacity_bytes: float) -> list[Bucket]:
         """Consecutive parameters in reverse order, a new bucket when full or the dtype changes."""

@@ -81,7 +81,10 @@ class DistributedOptimizer:
         self.exp_avg = torch.zeros(self.shard_size, device=ctx.device)  # Adam's m, fp32
         self.exp_avg_sq = torch.zeros(self.shard_size, device=ctx.device)  # Adam's v, fp32
         decays = decay_filter or (lambda p: True)
-        self.decay_ranges = self._ranges(decays)
+        # each parameter counts its own steps, as AdamW: one whose first gradient comes late
+        # gets the bias correction of its own first step (param, shard range, decays?, steps)
+        self.param_steps = [[p, where, decays(p), 0] for p, start, end in self.segments
+                            if (where := self._local_range(start, end)) is not None]
         self.grads = MeshGradients(ctx)  # the mesh's one norm and overflow rule
         if isinstance(module, (list, tuple)):  # pipeline chunks: the first stage counts the tie
             mark_tied_copy(module, ctx)
@@ -101,12 +104,9 @@ class DistributedOptimizer:
         """Every parameter's gradient end to end in fp32, zeros for none and for the padding."""
         self._check_parameters_in_place()
         flat = torch.zeros(self.flat_params.numel(), device=self.ctx.device)  # (N_pad,)
-        self.has_grad = torch.ones(self.shard_size, dtype=torch.bool, device=self.ctx.device)
         for p, start, end in self.segments:
             if p.grad is not None:
                 flat[start:end] = p.grad.flatten()
-            elif (where := self._local_range(start, end)) is not None:
-                self.has_grad[where[0]:where[1]] = False  # (shard,) this rank's elements
         return flat
 
     def _check_parameters_in_place(self) -> None:
@@ -124,31 +124,31 @@ class DistributedOptimizer:
 
     @torch.no_grad()
     def adamw_update(self, grad: torch.Tensor) -> None:
-        """torch.optim.AdamW's update of this rank's shard: master, exp_avg, exp_avg_sq (fp32)."""
-        has_grad = getattr(self, "has_grad", None)
-        if has_grad is not None and not has_grad.all():  # as AdamW: no gradient, no update
-            if has_grad.any():
-                self._masked_update(grad, has_grad)
+        """torch.optim.AdamW's update of this rank's shard: master, exp_avg, exp_avg_sq (fp32),
+        each parameter with its own step count; a parameter whose .grad is None stays as it is."""
+        if all(p.grad is None for p in self.params):
             return
         group = self.param_groups[0]
         lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        self.num_steps += 1
-        for lo, hi in self.decay_ranges:                                # decoupled weight decay
-            self.master[lo:hi].mul_(1 - lr * wd)
-        self.exp_avg.lerp_(grad, 1 - beta1)                             # m = b1 m + (1-b1) g
-        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)  # v = b2 v + (1-b2) g^2
-        bias1, bias2 = 1 - beta1 ** self.num_steps, 1 - beta2 ** self.num_steps
-        denom = (self.exp_avg_sq.sqrt() / bias2 ** 0.5).add_(eps)
-        self.master.addcdiv_(self.exp_avg, denom, value=-lr / bias1)
+        self.num_steps += 1  # the model's step count: its most trained parameter's, as AdamW
+        for entry in self.param_steps:
+            p, (lo, hi), decays, steps = entry
+            if p.grad is None:
+                continue
+            entry[3] = steps = steps + 1
+            master, m, v, g = (t[lo:hi] for t in (self.master, self.exp_avg, self.exp_avg_sq, grad))
+            if decays:                                                  # decoupled weight decay
+                master.mul_(1 - lr * wd)
+            m.lerp_(g, 1 - beta1)                                       # m = b1 m + (1-b1) g
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)               # v = b2 v + (1-b2) g^2
+            bias1, bias2 = 1 - beta1 ** steps, 1 - beta2 ** steps
+            master.addcdiv_(m, (v.sqrt() / bias2 ** 0.5).add_(eps), value=-lr / bias1)
 
-    def _masked_update(self, grad: torch.Tensor, has_grad: torch.Tensor) -> None:
-        """adamw_update on the elements whose parameter has a gradient; the rest keep their
-        weights and moments, as torch.optim.AdamW skips parameters whose .grad is None."""
-        before = [t.clone() for t in (self.master, self.exp_avg, self.exp_avg_sq)]
-        self.has_grad = None
-        self.adamw_update(grad)
-        for t, old in zip((self.master, self.exp_avg, self.exp_avg_sq), before):
-            t.copy_(torch.where(has_grad, t, old))
+    def load_steps(self, num_steps: int) -> None:
+        """Set every parameter's step count to a checkpoint's (the format holds one count)."""
+        self.num_steps = num_steps
+        for entry in self.param_steps:
+            entry[3] = num_steps
 
     def unscale_and_clip(self, grad: torch.Tensor) -> bool:
         """Divide this rank's gradient shard by the loss scale and clip it by the global norm, in
