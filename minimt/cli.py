@@ -55,6 +55,9 @@ def train_parser() -> argparse.ArgumentParser:
                         help="pipeline-parallel size (stages of consecutive blocks)")
     parser.add_argument("--dp", type=cli_number(int, 1), default=1,
                         help="data-parallel size (replicas, each reading batch-size/dp sequences)")
+    parser.add_argument("--cp", type=cli_number(int, 1), default=1,
+                        help="context-parallel size (each rank holds 1/cp of every sequence; "
+                        "ring attention)")
     parser.add_argument("--zero", action="store_true", help="ZeRO-1: shard the AdamW state over "
                         "the data-parallel replicas instead of copying it")
     parser.add_argument("--schedule", choices=PIPELINE_SCHEDULES, default="1f1b",
@@ -101,7 +104,7 @@ def _train_rank(ctx, args) -> dict:
     trainer = Trainer(GPT(GPTConfig.from_preset(args.preset)), data, train_settings(args), ctx=ctx)
     if ctx.rank == 0:
         print(f"training {args.preset} ({param_count(trainer.model.config) / 1e6:.2f}M parameters) on "
-              f"tp={ctx.tp_size} pp={ctx.pp_size} dp={ctx.dp_size}{' + ZeRO-1' if args.zero else ''}"
+              f"tp={ctx.tp_size} pp={ctx.pp_size} dp={ctx.dp_size} cp={ctx.cp_size}{' + ZeRO-1' if args.zero else ''}"
               f" ({ctx.backend or 'one process'}, {ctx.device}), global batch {args.batch_size}, "
               f"{args.dtype}", flush=True)
     if not _in_process(ctx) and not _under_torchrun():  # launch forwards output line by line
@@ -123,10 +126,10 @@ def train_main(argv: list[str]) -> int:
     try:
         settings = train_settings(args)
         check_layout(config, args.tp, args.pp, args.dp, args.batch_size, settings.schedule,
-                     settings.num_microbatches, settings.num_chunks)
+                     settings.num_microbatches, settings.num_chunks, args.cp)
     except ValueError as error:
         train_parser().error(str(error))
-    return _run(_train_rank, args, args.tp, args.pp, args.dp, "train")
+    return _run(_train_rank, args, args.tp, args.pp, args.dp, "train", args.cp)
 
 
 def generate_parser() -> argparse.ArgumentParser:
@@ -218,17 +221,17 @@ def _under_torchrun() -> bool:
     return all(v in os.environ for v in TORCHRUN_VARIABLES)
 
 
-def _run(fn, args, tp: int, pp: int, dp: int, name: str) -> int:
+def _run(fn, args, tp: int, pp: int, dp: int, name: str, cp: int = 1) -> int:
     """fn(ctx, args) in this process for one rank (streamed output, a live progress bar), on
     forked ranks for a mesh, or on this process's rank under torchrun."""
-    if tp * pp * dp == 1 and not _under_torchrun():
+    if tp * pp * dp * cp == 1 and not _under_torchrun():
         seed_everything(args.seed)
         device = "cuda" if args.backend != "gloo" and torch.cuda.is_available() else "cpu"
         fn(ParallelContext(device=device), args)
         return 0
     try:
         launch(fn, args, tp=tp, pp=pp, dp=dp, backend=args.backend, timeout_s=args.timeout_s,
-               seed=args.seed)
+               seed=args.seed, cp=cp)
     except (RankError, LaunchTimeout) as error:
         print(f"minimt {name} failed: {error}", file=sys.stderr)
         return 1

@@ -4,6 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from minimt import GPTConfig
+
 from minimt.parallel import CommCounter, launch
 from minimt.parallel.context_parallel import (attention_work, blockwise_attention, merge_partials,
                                               ring_attention, ring_step_bytes, sequence_positions)
@@ -69,10 +71,28 @@ def ring_rank(ctx, cases):
     return out
 
 
-@pytest.mark.parametrize("cp", [2, 4])
-def test_ring_attention_equals_serial_attention(cp):
-    cases = [(causal, layout) for causal in (True, False) for layout in ("contiguous", "zigzag")]
-    results = launch(ring_rank, cases, dp=cp, timeout_s=60)
+CASES = [(causal, layout) for causal in (True, False) for layout in ("contiguous", "zigzag")]
+
+
+def ring_and_training_rank(ctx):
+    """One launch per mesh: ring attention over all the world's ranks (the cp 2 or 4 ring), the
+    Trainer on this mesh against the serial Trainer, and on 2 ranks torch's context_parallel."""
+    from test_trainer_layouts import _layout_vs_serial
+    return (ring_rank(ctx, CASES), _layout_vs_serial(ctx, {}),
+            torch_context_parallel(ctx) if ctx.world_size == 2 else None)
+
+
+@pytest.fixture(scope="module", params=[dict(cp=2), dict(tp=2, cp=2)], ids=["cp2", "tp2xcp2"])
+def launched(request):
+    return request.param, launch(ring_and_training_rank, **request.param, timeout_s=60)
+
+
+def test_ring_attention_equals_serial_attention(launched):
+    """cp 2 and cp 4 rings (the 4 ranks of the tp 2 x cp 2 mesh), causal or not, both splits."""
+    _, launched = launched
+    cp = len(launched)
+    cases = CASES
+    results = [r[0] for r in launched]
     step = ring_step_bytes(B, H, S, D, cp, element_size=8)
     assert step == 2 * B * H * (S // cp) * D * 8
     for rank, r in enumerate(results):
@@ -116,9 +136,48 @@ def torch_context_parallel(ctx):
     return "ran"
 
 
-def test_torch_context_parallel_has_no_cpu_attention_yet():
+def test_torch_context_parallel_has_no_cpu_attention_yet(launched):
     """Why notebook 11 compares ring attention with serial attention only: on CPU, torch 2.13's
     context_parallel meets SDPA's CPU flash kernel, which has no sharding strategy. When this
     fails, torch runs it: compare ring_attention with it here instead."""
-    message = launch(torch_context_parallel, dp=2, timeout_s=60)[0]
-    assert "_scaled_dot_product_flash_attention_for_cpu" in message, message
+    sizes, results = launched
+    if sizes == dict(cp=2):
+        message = results[0][2]
+        assert "_scaled_dot_product_flash_attention_for_cpu" in message, message
+
+
+def test_trainer_on_a_cp_mesh_trains_the_serial_model(launched):
+    """The GPT with cp 2 (alone, and beside tp 2) trains the serial losses and weights: each
+    rank holds 8 of the 16 positions (zig-zag), gradients averaged over cp."""
+    sizes, results = launched
+    for rank, (_, (losses, serial_losses, evaluation, serial_eval, gaps, moved), _) in \
+            enumerate(results):
+        assert losses == pytest.approx(serial_losses, abs=1e-5), (sizes, rank)
+        assert evaluation == pytest.approx(serial_eval, abs=1e-5), (sizes, rank)
+        assert max(gaps.values()) < 2e-5 and moved > 1e-2, (sizes, rank, max(gaps.values()))
+
+
+def test_cli_trains_cp_by_dp_as_the_serial_run(tmp_path):
+    """`python -m minimt train --cp 2 --dp 2` ends with the serial run's weights."""
+    from test_cli import FLAGS, TOLERANCE, largest_gap
+
+    from minimt.__main__ import main
+    from minimt.parallel.checkpoint import load_serial_model
+    assert main(["train", *FLAGS, "--out", str(tmp_path / "serial")]) == 0
+    assert main(["train", *FLAGS, "--cp", "2", "--dp", "2", "--out", str(tmp_path / "cp")]) == 0
+    gap = largest_gap(load_serial_model(tmp_path / "serial"), load_serial_model(tmp_path / "cp"))
+    print(f"cp 2 x dp 2 vs serial: max weight difference {gap:.2e}")
+    assert gap < TOLERANCE
+
+
+def test_unsupported_cp_layouts_are_refused():
+    from minimt.parallel.context_parallel_gpt import check_context_parallel
+    from minimt.parallel.layout import check_layout
+    from test_trainer_layouts import CONFIG
+    with pytest.raises(ValueError, match="--pp 1"):
+        check_layout(CONFIG, 1, 2, 1, 8, cp=2)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        check_context_parallel(CONFIG, 4, block_size=12)
+    with pytest.raises(ValueError, match="dropout=0"):
+        check_context_parallel(GPTConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2,
+                                         n_embd=8, dropout=0.1), 2)

@@ -40,8 +40,9 @@ START_METHOD_VARIABLE = "MINIMT_START_METHOD"
 
 
 def launch(fn, *args, tp: int = 1, pp: int = 1, dp: int = 1, backend: str | None = None,
-           timeout_s: float = 60, seed: int = 0, start_method: str | None = None) -> list:
-    """Run fn(ctx, *args) on tp*pp*dp ranks; return the ranks' results in rank order.
+           timeout_s: float = 60, seed: int = 0, start_method: str | None = None,
+           cp: int = 1) -> list:
+    """Run fn(ctx, *args) on tp*pp*dp*cp ranks; return the ranks' results in rank order.
 
     backend: None picks "nccl" when there is one GPU per rank (rank r on cuda:r), else "gloo".
     timeout_s: how long a rank may wait on its peers (rendezvous, each collective) before the
@@ -54,13 +55,13 @@ def launch(fn, *args, tp: int = 1, pp: int = 1, dp: int = 1, backend: str | None
     """
     if not callable(fn):
         raise TypeError(f"launch needs a function fn(ctx, *args), got {type(fn).__name__}")
-    for name, value in (("tp", tp), ("pp", pp), ("dp", dp)):
+    for name, value in (("tp", tp), ("pp", pp), ("dp", dp), ("cp", cp)):
         _check_size(name, value)
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
         raise ValueError(f"timeout_s={timeout_s!r} must be a positive number of seconds")
     if all(name in os.environ for name in TORCHRUN_VARIABLES):
-        return [_run_under_torchrun(fn, args, tp, pp, dp, backend, timeout_s, seed)]
-    world_size = tp * pp * dp
+        return [_run_under_torchrun(fn, args, tp, pp, dp, backend, timeout_s, seed, cp)]
+    world_size = tp * pp * dp * cp
     start_method = _choose_start_method(start_method)
     backend = _choose_backend(backend, world_size, fork=start_method == "fork")
     # Bind a free port now (no race with other programs) and let rank 0 serve the rendezvous
@@ -68,7 +69,7 @@ def launch(fn, *args, tp: int = 1, pp: int = 1, dp: int = 1, backend: str | None
     # holds a lock can hang a child.
     listener = socket.create_server(("127.0.0.1", 0))
     spec = RankSpec(tp, pp, dp, backend, float(timeout_s), seed, listener.getsockname()[1],
-                 listener.fileno())
+                 listener.fileno(), cp)
     ranks: list[RankProcess] = []
     try:
         for rank in range(world_size):
@@ -111,13 +112,13 @@ def _choose_backend(backend: str | None, world_size: int, fork: bool) -> str:
     return backend
 
 
-def _run_under_torchrun(fn, args, tp, pp, dp, backend, timeout_s, seed):
+def _run_under_torchrun(fn, args, tp, pp, dp, backend, timeout_s, seed, cp=1):
     """torchrun already started one process per rank: join its group and run fn here only."""
     world_size = int(os.environ["WORLD_SIZE"])
-    if world_size != tp * pp * dp:
+    if world_size != tp * pp * dp * cp:
         raise ValueError(f"torchrun started WORLD_SIZE={world_size} processes but "
-                         f"tp*pp*dp = {tp}*{pp}*{dp} = {tp * pp * dp}; make them equal "
-                         f"(e.g. --nproc-per-node {tp * pp * dp})")
+                         f"tp*pp*dp*cp = {tp}*{pp}*{dp}*{cp} = {tp * pp * dp * cp}; make them "
+                         f"equal (e.g. --nproc-per-node {tp * pp * dp * cp})")
     owner = not dist.is_initialized()  # we create the process group, so we also destroy it
     if owner:
         local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
@@ -126,7 +127,7 @@ def _run_under_torchrun(fn, args, tp, pp, dp, backend, timeout_s, seed):
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     seed_everything(seed)
-    result = fn(ParallelContext.from_distributed(tp, pp, dp), *args)
+    result = fn(ParallelContext.from_distributed(tp, pp, dp, cp=cp), *args)
     if owner:  # wait for every rank, then tear down (exiting with live gloo threads aborts)
         dist.barrier()
         dist.destroy_process_group()
