@@ -48,16 +48,16 @@ def test_merge_of_two_halves_and_of_empty_rows():
     assert not out.isnan().any() and (out == 0).all() and (lse2 == float("-inf")).all()
 
 
-def ring_rank(ctx, cases):
-    """Per (causal, layout): this rank's ring-attention output and input gradients, the serial
-    ones for the same rows, and the bytes it sent by phase."""
+def ring_rank(ctx, cases, ranks):
+    """Per (causal, layout): this rank's ring-attention output and input gradients over the ring
+    of global `ranks`, the serial ones for the same rows, and the bytes it sent by phase."""
     out = {}
     q, k, v, dout = qkv()
     for causal, layout in cases:
-        pos = sequence_positions(S, ctx.world_size, ctx.rank, layout)
+        pos = sequence_positions(S, len(ranks), ranks.index(ctx.rank), layout)
         mine = [t[..., pos, :].clone().requires_grad_() for t in (q, k, v)]
         with CommCounter() as counter:
-            y = ring_attention(*mine, ctx, causal=causal, layout=layout)
+            y = ring_attention(*mine, ctx, causal=causal, layout=layout, ranks=ranks)
             y.backward(dout[..., pos, :])
         full = [t.clone().requires_grad_() for t in (q, k, v)]
         ref = F.scaled_dot_product_attention(*full, is_causal=causal)
@@ -75,24 +75,25 @@ CASES = [(causal, layout) for causal in (True, False) for layout in ("contiguous
 
 
 def ring_and_training_rank(ctx):
-    """One launch per mesh: ring attention over all the world's ranks (the cp 2 or 4 ring), the
-    Trainer on this mesh against the serial Trainer, and on 2 ranks torch's context_parallel."""
+    """One launch of a tp 2 x cp 2 mesh: ring attention over its cp group (cp 2) and over all
+    4 ranks (cp 4), torch's context_parallel, and the Trainer against the serial Trainer."""
     from test_trainer_layouts import _layout_vs_serial
-    return (ring_rank(ctx, CASES), _layout_vs_serial(ctx, {}),
-            torch_context_parallel(ctx) if ctx.world_size == 2 else None)
+    rings = {len(ranks): ring_rank(ctx, CASES, ranks)
+             for ranks in (ctx.cp_ranks, list(range(ctx.world_size)))}
+    return rings, _layout_vs_serial(ctx, {}), torch_context_parallel(ctx)
 
 
-@pytest.fixture(scope="module", params=[dict(cp=2), dict(tp=2, cp=2)], ids=["cp2", "tp2xcp2"])
-def launched(request):
-    return request.param, launch(ring_and_training_rank, **request.param, timeout_s=60)
+@pytest.fixture(scope="module")
+def launched():
+    return launch(ring_and_training_rank, tp=2, cp=2, timeout_s=60)
 
 
-def test_ring_attention_equals_serial_attention(launched):
-    """cp 2 and cp 4 rings (the 4 ranks of the tp 2 x cp 2 mesh), causal or not, both splits."""
-    _, launched = launched
-    cp = len(launched)
+@pytest.mark.parametrize("cp", [2, 4])
+def test_ring_attention_equals_serial_attention(launched, cp):
+    """cp 2 and cp 4 rings (a cp group of the tp 2 x cp 2 mesh, and all its 4 ranks), causal or
+    not, both splits."""
     cases = CASES
-    results = [r[0] for r in launched]
+    results = [r[0][cp] for r in launched]
     step = ring_step_bytes(B, H, S, D, cp, element_size=8)
     assert step == 2 * B * H * (S // cp) * D * 8
     for rank, r in enumerate(results):
@@ -140,21 +141,18 @@ def test_torch_context_parallel_has_no_cpu_attention_yet(launched):
     """Why notebook 11 compares ring attention with serial attention only: on CPU, torch 2.13's
     context_parallel meets SDPA's CPU flash kernel, which has no sharding strategy. When this
     fails, torch runs it: compare ring_attention with it here instead."""
-    sizes, results = launched
-    if sizes == dict(cp=2):
-        message = results[0][2]
-        assert "_scaled_dot_product_flash_attention_for_cpu" in message, message
+    message = launched[0][2]
+    assert "_scaled_dot_product_flash_attention_for_cpu" in message, message
 
 
 def test_trainer_on_a_cp_mesh_trains_the_serial_model(launched):
-    """The GPT with cp 2 (alone, and beside tp 2) trains the serial losses and weights: each
-    rank holds 8 of the 16 positions (zig-zag), gradients averaged over cp."""
-    sizes, results = launched
+    """The GPT on tp 2 x cp 2 trains the serial losses and weights: each rank holds 8 of the 16
+    positions (zig-zag), gradients averaged over cp. (cp 2 alone: notebook 11, section 8.)"""
     for rank, (_, (losses, serial_losses, evaluation, serial_eval, gaps, moved), _) in \
-            enumerate(results):
-        assert losses == pytest.approx(serial_losses, abs=1e-5), (sizes, rank)
-        assert evaluation == pytest.approx(serial_eval, abs=1e-5), (sizes, rank)
-        assert max(gaps.values()) < 2e-5 and moved > 1e-2, (sizes, rank, max(gaps.values()))
+            enumerate(launched):
+        assert losses == pytest.approx(serial_losses, abs=1e-5), rank
+        assert evaluation == pytest.approx(serial_eval, abs=1e-5), rank
+        assert max(gaps.values()) < 2e-5 and moved > 1e-2, (rank, max(gaps.values()))
 
 
 def test_cli_trains_cp_by_dp_as_the_serial_run(tmp_path):
