@@ -104,7 +104,8 @@ def _train_rank(ctx, args) -> dict:
     trainer = Trainer(GPT(GPTConfig.from_preset(args.preset)), data, train_settings(args), ctx=ctx)
     if ctx.rank == 0:
         print(f"training {args.preset} ({param_count(trainer.model.config) / 1e6:.2f}M parameters) on "
-              f"tp={ctx.tp_size} pp={ctx.pp_size} dp={ctx.dp_size} cp={ctx.cp_size}{' + ZeRO-1' if args.zero else ''}"
+              f"tp={ctx.tp_size} pp={ctx.pp_size} dp={ctx.dp_size}"
+              f"{f' cp={ctx.cp_size}' if ctx.cp_size > 1 else ''}{' + ZeRO-1' if args.zero else ''}"
               f" ({ctx.backend or 'one process'}, {ctx.device}), global batch {args.batch_size}, "
               f"{args.dtype}", flush=True)
     if not _in_process(ctx) and not _under_torchrun():  # launch forwards output line by line
