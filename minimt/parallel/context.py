@@ -150,9 +150,10 @@ class ParallelContext:
         for name, value in (("tp", tp), ("pp", pp), ("dp", dp), ("cp", cp)):
             _check_size(name, value)
         if tp * pp * dp * cp != world_size:
-            raise ValueError(f"tp*pp*dp*cp = {tp}*{pp}*{dp}*{cp} = {tp * pp * dp * cp} does not "
-                             f"match the world size {world_size}; choose sizes whose product is "
-                             f"{world_size}")
+            names, sizes = ("tp*pp*dp*cp", f"{tp}*{pp}*{dp}*{cp}") if cp > 1 else (
+                "tp*pp*dp", f"{tp}*{pp}*{dp}")
+            raise ValueError(f"{names} = {sizes} = {tp * pp * dp * cp} does not match the world "
+                             f"size {world_size}; choose sizes whose product is {world_size}")
         backend = dist.get_backend()
         if device is None:
             device = (torch.device("cuda", torch.cuda.current_device()) if backend == "nccl"

@@ -116,9 +116,11 @@ def _run_under_torchrun(fn, args, tp, pp, dp, backend, timeout_s, seed, cp=1):
     """torchrun already started one process per rank: join its group and run fn here only."""
     world_size = int(os.environ["WORLD_SIZE"])
     if world_size != tp * pp * dp * cp:
+        names, sizes = ("tp*pp*dp*cp", f"{tp}*{pp}*{dp}*{cp}") if cp > 1 else ("tp*pp*dp",
+                                                                                 f"{tp}*{pp}*{dp}")
         raise ValueError(f"torchrun started WORLD_SIZE={world_size} processes but "
-                         f"tp*pp*dp*cp = {tp}*{pp}*{dp}*{cp} = {tp * pp * dp * cp}; make them "
-                         f"equal (e.g. --nproc-per-node {tp * pp * dp * cp})")
+                         f"{names} = {sizes} = {tp * pp * dp * cp}; make them equal "
+                         f"(e.g. --nproc-per-node {tp * pp * dp * cp})")
     owner = not dist.is_initialized()  # we create the process group, so we also destroy it
     if owner:
         local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
