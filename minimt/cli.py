@@ -65,6 +65,9 @@ def train_parser() -> argparse.ArgumentParser:
                         help="pipeline-parallel size (stages of consecutive blocks)")
     parser.add_argument("--dp", type=cli_number(int, 1), default=1,
                         help="data-parallel size (replicas, each reading batch-size/dp sequences)")
+    parser.add_argument("--cp", type=cli_number(int, 1), default=1,
+                        help="context-parallel size (each rank holds 1/cp of every sequence; "
+                        "ring attention)")
     parser.add_argument("--zero", type=int, nargs="?", const=1, default=0, choices=(0, 1, 2, 3),
                         help="ZeRO stage over the data-parallel replicas: 1 (--zero alone) shards "
                         "the AdamW state, 2 also the gradients, 3 also the weights (FSDP; tp=pp=1)")
@@ -147,6 +150,7 @@ def _train_rank(ctx, args) -> dict:
     if ctx.rank == 0:
         print(f"training {args.preset} ({param_count(trainer.model.config) / 1e6:.2f}M parameters) on "
               f"tp={ctx.tp_size} pp={ctx.pp_size} dp={ctx.dp_size}"
+              f"{f' cp={ctx.cp_size}' if ctx.cp_size > 1 else ''}"
               f"{f' + ZeRO-{args.zero}' if args.zero else ''}"
               f" ({ctx.backend or 'one process'}, {ctx.device}), global batch {args.batch_size}, "
               f"{args.dtype}", flush=True)
@@ -191,14 +195,14 @@ def train_main(argv: list[str]) -> int:
                                                            args.tp * args.pp * args.dp)))
         settings = train_settings(args)
         check_layout(config, args.tp, args.pp, args.dp, settings.batch_size, settings.schedule,
-                     settings.num_microbatches, settings.num_chunks)
+                     settings.num_microbatches, settings.num_chunks, args.cp)
         data, _ = _train_data(args, settings)  # bad data fails here, before any rank starts
         if not args.data_path:
             check_token_data(data, config.block_size, config.vocab_size, str(corpus_path(CORPUS)),
                              CORPUS_FIX)
     except (FileNotFoundError, ValueError) as error:
         train_parser().error(str(error))
-    return _run(_train_rank, args, args.tp, args.pp, args.dp, "train")
+    return _run(_train_rank, args, args.tp, args.pp, args.dp, "train", args.cp)
 
 
 def generate_parser() -> argparse.ArgumentParser:
@@ -297,17 +301,17 @@ def _under_torchrun() -> bool:
     return all(v in os.environ for v in TORCHRUN_VARIABLES)
 
 
-def _run(fn, args, tp: int, pp: int, dp: int, name: str) -> int:
+def _run(fn, args, tp: int, pp: int, dp: int, name: str, cp: int = 1) -> int:
     """fn(ctx, args) in this process for one rank (streamed output, a live progress bar), on
     forked ranks for a mesh, or on this process's rank under torchrun."""
     try:
-        if tp * pp * dp == 1 and not _under_torchrun():
+        if tp * pp * dp * cp == 1 and not _under_torchrun():
             seed_everything(args.seed)
             device = "cuda" if args.backend != "gloo" and torch.cuda.is_available() else "cpu"
             fn(ParallelContext(device=device), args)
             return 0
         launch(fn, args, tp=tp, pp=pp, dp=dp, backend=args.backend, timeout_s=args.timeout_s,
-               seed=args.seed, stream_rank0=name == "generate")
+               seed=args.seed, stream_rank0=name == "generate", cp=cp)
     except NonFiniteLoss as error:
         print(f"minimt {name} failed: {error}", file=sys.stderr)
         return 1

@@ -4,6 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from minimt import GPTConfig
+
 from minimt.parallel import CommCounter, launch
 from minimt.parallel.context_parallel import (attention_work, blockwise_attention, merge_partials,
                                               ring_attention, ring_step_bytes, sequence_positions)
@@ -46,16 +48,16 @@ def test_merge_of_two_halves_and_of_empty_rows():
     assert not out.isnan().any() and (out == 0).all() and (lse2 == float("-inf")).all()
 
 
-def ring_rank(ctx, cases):
-    """Per (causal, layout): this rank's ring-attention output and input gradients, the serial
-    ones for the same rows, and the bytes it sent by phase."""
+def ring_rank(ctx, cases, ranks):
+    """Per (causal, layout): this rank's ring-attention output and input gradients over the ring
+    of global `ranks`, the serial ones for the same rows, and the bytes it sent by phase."""
     out = {}
     q, k, v, dout = qkv()
     for causal, layout in cases:
-        pos = sequence_positions(S, ctx.world_size, ctx.rank, layout)
+        pos = sequence_positions(S, len(ranks), ranks.index(ctx.rank), layout)
         mine = [t[..., pos, :].clone().requires_grad_() for t in (q, k, v)]
         with CommCounter() as counter:
-            y = ring_attention(*mine, ctx, causal=causal, layout=layout)
+            y = ring_attention(*mine, ctx, causal=causal, layout=layout, ranks=ranks)
             y.backward(dout[..., pos, :])
         full = [t.clone().requires_grad_() for t in (q, k, v)]
         ref = F.scaled_dot_product_attention(*full, is_causal=causal)
@@ -69,10 +71,29 @@ def ring_rank(ctx, cases):
     return out
 
 
+CASES = [(causal, layout) for causal in (True, False) for layout in ("contiguous", "zigzag")]
+
+
+def ring_and_training_rank(ctx):
+    """One launch of a tp 2 x cp 2 mesh: ring attention over its cp group (cp 2) and over all
+    4 ranks (cp 4), torch's context_parallel, and the Trainer against the serial Trainer."""
+    from test_trainer_layouts import _layout_vs_serial
+    rings = {len(ranks): ring_rank(ctx, CASES, ranks)
+             for ranks in (ctx.cp_ranks, list(range(ctx.world_size)))}
+    return rings, _layout_vs_serial(ctx, {}), torch_context_parallel(ctx)
+
+
+@pytest.fixture(scope="module")
+def launched():
+    return launch(ring_and_training_rank, tp=2, cp=2, timeout_s=60)
+
+
 @pytest.mark.parametrize("cp", [2, 4])
-def test_ring_attention_equals_serial_attention(cp):
-    cases = [(causal, layout) for causal in (True, False) for layout in ("contiguous", "zigzag")]
-    results = launch(ring_rank, cases, dp=cp, timeout_s=60)
+def test_ring_attention_equals_serial_attention(launched, cp):
+    """cp 2 and cp 4 rings (a cp group of the tp 2 x cp 2 mesh, and all its 4 ranks), causal or
+    not, both splits."""
+    cases = CASES
+    results = [r[0][cp] for r in launched]
     step = ring_step_bytes(B, H, S, D, cp, element_size=8)
     assert step == 2 * B * H * (S // cp) * D * 8
     for rank, r in enumerate(results):
@@ -116,9 +137,45 @@ def torch_context_parallel(ctx):
     return "ran"
 
 
-def test_torch_context_parallel_has_no_cpu_attention_yet():
+def test_torch_context_parallel_has_no_cpu_attention_yet(launched):
     """Why notebook 11 compares ring attention with serial attention only: on CPU, torch 2.13's
     context_parallel meets SDPA's CPU flash kernel, which has no sharding strategy. When this
     fails, torch runs it: compare ring_attention with it here instead."""
-    message = launch(torch_context_parallel, dp=2, timeout_s=60)[0]
+    message = launched[0][2]
     assert "_scaled_dot_product_flash_attention_for_cpu" in message, message
+
+
+def test_trainer_on_a_cp_mesh_trains_the_serial_model(launched):
+    """The GPT on tp 2 x cp 2 trains the serial losses and weights: each rank holds 8 of the 16
+    positions (zig-zag), gradients averaged over cp. (cp 2 alone: notebook 11, section 8.)"""
+    for rank, (_, (losses, serial_losses, evaluation, serial_eval, gaps, moved), _) in \
+            enumerate(launched):
+        assert losses == pytest.approx(serial_losses, abs=1e-5), rank
+        assert evaluation == pytest.approx(serial_eval, abs=1e-5), rank
+        assert max(gaps.values()) < 2e-5 and moved > 1e-2, (rank, max(gaps.values()))
+
+
+def test_cli_trains_cp_by_dp_as_the_serial_run(tmp_path):
+    """`python -m minimt train --cp 2 --dp 2` ends with the serial run's weights."""
+    from test_cli import FLAGS, TOLERANCE, largest_gap
+
+    from minimt.__main__ import main
+    from minimt.parallel.checkpoint import load_serial_model
+    assert main(["train", *FLAGS, "--out", str(tmp_path / "serial")]) == 0
+    assert main(["train", *FLAGS, "--cp", "2", "--dp", "2", "--out", str(tmp_path / "cp")]) == 0
+    gap = largest_gap(load_serial_model(tmp_path / "serial"), load_serial_model(tmp_path / "cp"))
+    print(f"cp 2 x dp 2 vs serial: max weight difference {gap:.2e}")
+    assert gap < TOLERANCE
+
+
+def test_unsupported_cp_layouts_are_refused():
+    from minimt.parallel.context_parallel_gpt import check_context_parallel
+    from minimt.parallel.layout import check_layout
+    from test_trainer_layouts import CONFIG
+    with pytest.raises(ValueError, match="--pp 1"):
+        check_layout(CONFIG, 1, 2, 1, 8, cp=2)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        check_context_parallel(CONFIG, 4, block_size=12)
+    with pytest.raises(ValueError, match="dropout=0"):
+        check_context_parallel(GPTConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2,
+                                         n_embd=8, dropout=0.1), 2)

@@ -34,8 +34,9 @@ def torch_orders(ctx, cases):
     return out
 
 
-@pytest.mark.parametrize("p", [2, 4])
-def test_order_equals_torch_distributed_pipelining(p):
+def test_order_equals_torch_distributed_pipelining():
+    """On 4 real ranks (the in-process test below covers the other sizes)."""
+    p = 4
     cases = [(kind, m) for kind, ms in ORDER_CASES.items() for (m,) in ms]
     theirs = launch(torch_orders, cases, pp=p, timeout_s=60)[0]
     for kind, m in cases:
@@ -48,7 +49,7 @@ def test_order_equals_torchs_schedule_classes_over_many_sizes():
     from minimt.exercises.beyond import torch_zero_bubble_order
     for kind in ("zb-h1", "zbv"):
         for p in (1, 2, 3, 4, 8):
-            for m in (1, 2, 3, p, 2 * p, 4 * p, 2 * p - 1):
+            for m in (1, 2, 3, p, 2 * p, 2 * p - 1) + ((4 * p,) if p < 8 else ()):
                 if kind == "zb-h1" and m > p and m % p:
                     continue
                 expected = [torch_zero_bubble_order(kind, p, rank, m) for rank in range(p)]

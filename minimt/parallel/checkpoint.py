@@ -207,7 +207,7 @@ def _write(root, final, tmp, model, optimizer, ctx, step, config, extra) -> None
     weights = full_state_dict(model, ctx, config)
     state, num_steps = ((None, 0) if optimizer is None
                         else _optimizer_state(model, optimizer, ctx, config))
-    if ctx.tp_rank == 0 and ctx.dp_rank == 0:  # one writer per pipeline stage
+    if ctx.tp_rank == ctx.cp_rank == ctx.dp_rank == 0:  # one writer per pipeline stage
         _atomic_save(weights, tmp / f"model_pp{ctx.pp_rank}.pt")
         if state is not None:
             _atomic_save(state, tmp / f"optim_pp{ctx.pp_rank}.pt")

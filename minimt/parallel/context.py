@@ -9,6 +9,12 @@ This is Megatron-LM's optional `--use-tp-pp-dp-mapping` order. Megatron-LM's def
 "tp-cp-ep-dp-pp" (`initialize_model_parallel` in megatron/core/parallel_state.py), puts data
 parallelism second and the pipeline outermost: rank = pp_rank * (dp * tp) + dp_rank * tp + tp_rank.
 
+A context-parallel dimension cp (each rank of a cp group holds 1/cp of every sequence; see
+context_parallel.py) sits next to tp, as in both of Megatron-LM's orders:
+
+    rank = dp_rank * (pp * cp * tp) + pp_rank * (cp * tp) + cp_rank * tp + tp_rank
+
+With cp = 1 (the default) nothing changes and there is no "cp" group in the layout.
 The layout is a pure function (`mesh_ranks`), so it can be tested and drawn without processes.
 The context is an object passed to the code that needs it; there are no module-level groups.
 """
@@ -18,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 AXES = ("tp", "pp", "dp")
-AXIS_NAMES = {"tp": "tensor", "pp": "pipeline", "dp": "data"}
+AXIS_NAMES = {"tp": "tensor", "pp": "pipeline", "dp": "data", "cp": "context"}
 
 
 def _check_size(name: str, value) -> None:
@@ -57,15 +63,18 @@ def rank_coords(rank: int, tp: int, pp: int, dp: int) -> tuple[int, int, int]:
     return rank // (pp * tp), rank // tp % pp, rank % tp
 
 
-def mesh_ranks(tp: int = 1, pp: int = 1, dp: int = 1) -> dict[str, list[list[int]]]:
+def mesh_ranks(tp: int = 1, pp: int = 1, dp: int = 1, cp: int = 1) -> dict[str, list[list[int]]]:
     """Every group of the mesh as lists of global ranks, keyed "tp", "pp", "dp".
 
     mesh_ranks(tp=2, pp=2, dp=1) ->
     {"tp": [[0, 1], [2, 3]], "pp": [[0, 2], [1, 3]], "dp": [[0], [1], [2], [3]]}
     Groups are listed in a fixed order: every rank must create them in that same order.
+    With cp > 1 a "cp" key is added (cp ranks sit between tp and pp: see the module doc).
     """
-    for name, value in (("tp", tp), ("pp", pp), ("dp", dp)):
+    for name, value in (("tp", tp), ("pp", pp), ("dp", dp), ("cp", cp)):
         _check_size(name, value)
+    if cp > 1:
+        return _mesh_ranks_with_cp(tp, pp, dp, cp)
 
     def rank(d: int, p: int, t: int) -> int:
         return d * pp * tp + p * tp + t
@@ -75,6 +84,26 @@ def mesh_ranks(tp: int = 1, pp: int = 1, dp: int = 1) -> dict[str, list[list[int
         "pp": [[rank(d, p, t) for p in range(pp)] for d in range(dp) for t in range(tp)],
         "dp": [[rank(d, p, t) for d in range(dp)] for p in range(pp) for t in range(tp)],
     }
+
+
+def _mesh_ranks_with_cp(tp: int, pp: int, dp: int, cp: int) -> dict[str, list[list[int]]]:
+    """mesh_ranks with a "cp" axis: rank = d*pp*cp*tp + p*cp*tp + c*tp + t."""
+    def rank(d: int, p: int, c: int, t: int) -> int:
+        return ((d * pp + p) * cp + c) * tp + t
+
+    cells = [(d, p, c, t) for d in range(dp) for p in range(pp) for c in range(cp) for t in range(tp)]
+    def groups(vary: int, size: int) -> list[list[int]]:
+        starts = [cell for cell in cells if cell[vary] == 0]
+        return [[rank(*cell[:vary], i, *cell[vary + 1:]) for i in range(size)] for cell in starts]
+
+    return {"tp": groups(3, tp), "cp": groups(2, cp), "pp": groups(1, pp), "dp": groups(0, dp)}
+
+
+def cp_coords(rank: int, tp: int, pp: int, dp: int, cp: int) -> tuple[int, int, int, int]:
+    """(dp_rank, pp_rank, cp_rank, tp_rank) of a global rank in a mesh with a cp axis."""
+    d, p, inner = rank_coords(rank, tp * cp, pp, dp)  # cp and tp together are the fastest axis
+    _check_size("cp", cp)
+    return d, p, inner // tp, inner % tp
 
 
 class ParallelContext:
@@ -91,25 +120,28 @@ class ParallelContext:
 
     def __init__(self, tp: int = 1, pp: int = 1, dp: int = 1, rank: int = 0,
                  device: torch.device | str = "cpu", backend: str | None = None,
-                 groups: dict[str, object] | None = None):
-        self.dp_rank, self.pp_rank, self.tp_rank = rank_coords(rank, tp, pp, dp)  # validates
-        self.tp_size, self.pp_size, self.dp_size = tp, pp, dp
-        self.world_size = tp * pp * dp
+                 groups: dict[str, object] | None = None, cp: int = 1):
+        self.dp_rank, self.pp_rank, self.cp_rank, self.tp_rank = cp_coords(rank, tp, pp, dp, cp)
+        self.tp_size, self.pp_size, self.dp_size, self.cp_size = tp, pp, dp, cp
+        self.world_size = tp * pp * dp * cp
         self.rank = rank
         self.device = torch.device(device)
         self.backend = backend
-        layout = mesh_ranks(tp, pp, dp)
-        mine = {axis: next(g for g in layout[axis] if rank in g) for axis in AXES}
+        layout = mesh_ranks(tp, pp, dp, cp)
+        mine = {axis: next(g for g in layout[axis] if rank in g) for axis in layout}
         self.tp_ranks, self.pp_ranks, self.dp_ranks = mine["tp"], mine["pp"], mine["dp"]
+        self.cp_ranks = mine.get("cp", [rank])
         groups = groups or {}
-        if self.world_size > 1 and set(groups) != set(AXES):
+        if self.world_size > 1 and set(groups) != set(layout):
             raise ValueError(f"a context of {self.world_size} ranks needs process groups for "
-                             f"{AXES}; use ParallelContext.from_distributed(tp, pp, dp)")
+                             f"{tuple(layout)}; use ParallelContext.from_distributed(tp, pp, dp)")
         self.tp_group, self.pp_group, self.dp_group = (groups.get(a) for a in AXES)
+        self.cp_group = groups.get("cp")
 
     @classmethod
     def from_distributed(cls, tp: int = 1, pp: int = 1, dp: int = 1,
-                         device: torch.device | str | None = None) -> "ParallelContext":
+                         device: torch.device | str | None = None,
+                         cp: int = 1) -> "ParallelContext":
         """Build every group of the mesh over an initialised default process group.
 
         Collective: every rank must call it with the same sizes (torch's new_group is a
@@ -119,33 +151,35 @@ class ParallelContext:
             raise RuntimeError("torch.distributed is not initialised: call "
                                "minimt.parallel.launch(fn, ...) or dist.init_process_group first")
         world_size, rank = dist.get_world_size(), dist.get_rank()
-        for name, value in (("tp", tp), ("pp", pp), ("dp", dp)):
+        for name, value in (("tp", tp), ("pp", pp), ("dp", dp), ("cp", cp)):
             _check_size(name, value)
-        if tp * pp * dp != world_size:
-            raise ValueError(f"tp*pp*dp = {tp}*{pp}*{dp} = {tp * pp * dp} does not match the "
-                             f"world size {world_size}; choose sizes whose product is {world_size}")
+        if tp * pp * dp * cp != world_size:
+            names, sizes = ("tp*pp*dp*cp", f"{tp}*{pp}*{dp}*{cp}") if cp > 1 else (
+                "tp*pp*dp", f"{tp}*{pp}*{dp}")
+            raise ValueError(f"{names} = {sizes} = {tp * pp * dp * cp} does not match the world "
+                             f"size {world_size}; choose sizes whose product is {world_size}")
         backend = dist.get_backend()
         if device is None:
             device = (torch.device("cuda", torch.cuda.current_device()) if backend == "nccl"
                       else torch.device("cpu"))
         groups = {}
-        for axis, lists in mesh_ranks(tp, pp, dp).items():
+        for axis, lists in mesh_ranks(tp, pp, dp, cp).items():
             for ranks in lists:
                 group = dist.new_group(ranks)  # every rank calls this for every group
                 if rank in ranks:
                     groups[axis] = group
-        return cls(tp, pp, dp, rank=rank, device=device, backend=backend, groups=groups)
+        return cls(tp, pp, dp, rank=rank, device=device, backend=backend, groups=groups, cp=cp)
 
     def group(self, name: str):
         """The process group called "tp", "pp", "dp" or "world" (None means the default group)."""
         if name == "world":
             return None
-        if name not in AXES:
-            raise ValueError(f"unknown group {name!r}; choose one of {AXES + ('world',)}")
+        if name not in AXES + ("cp",):
+            raise ValueError(f"unknown group {name!r}; choose one of {AXES + ('cp', 'world')}")
         return getattr(self, f"{name}_group")
 
     def size(self, name: str) -> int:
-        """Number of ranks in the group called "tp", "pp", "dp" or "world"."""
+        """Number of ranks in the group called "tp", "pp", "dp", "cp" or "world"."""
         if name == "world":
             return self.world_size
         self.group(name)  # validates the name
@@ -174,4 +208,4 @@ class ParallelContext:
     def __repr__(self) -> str:
         return (f"ParallelContext(rank={self.rank}/{self.world_size}, tp={self.tp_rank}/"
                 f"{self.tp_size}, pp={self.pp_rank}/{self.pp_size}, dp={self.dp_rank}/"
-                f"{self.dp_size}, device={self.device}, backend={self.backend})")
+                f"{self.dp_size}, cp={self.cp_rank}/{self.cp_size}, device={self.device}, backend={self.backend})")

@@ -42,8 +42,8 @@ START_METHOD_VARIABLE = "MINIMT_START_METHOD"
 
 def launch(fn, *args, tp: int = 1, pp: int = 1, dp: int = 1, backend: str | None = None,
            timeout_s: float = 60, seed: int = 0, start_method: str | None = None,
-           stream_rank0: bool = False) -> list:
-    """Run fn(ctx, *args) on tp*pp*dp ranks; return the ranks' results in rank order.
+           stream_rank0: bool = False, cp: int = 1) -> list:
+    """Run fn(ctx, *args) on tp*pp*dp*cp ranks; return the ranks' results in rank order.
 
     backend: None picks "nccl" when there is one GPU per rank (rank r on cuda:r), else "gloo".
     timeout_s: how long a rank may wait on its peers (rendezvous, each collective) before the
@@ -58,13 +58,13 @@ def launch(fn, *args, tp: int = 1, pp: int = 1, dp: int = 1, backend: str | None
     """
     if not callable(fn):
         raise TypeError(f"launch needs a function fn(ctx, *args), got {type(fn).__name__}")
-    for name, value in (("tp", tp), ("pp", pp), ("dp", dp)):
+    for name, value in (("tp", tp), ("pp", pp), ("dp", dp), ("cp", cp)):
         _check_size(name, value)
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
         raise ValueError(f"timeout_s={timeout_s!r} must be a positive number of seconds")
     if all(name in os.environ for name in TORCHRUN_VARIABLES):
-        return [_run_under_torchrun(fn, args, tp, pp, dp, backend, timeout_s, seed)]
-    world_size = tp * pp * dp
+        return [_run_under_torchrun(fn, args, tp, pp, dp, backend, timeout_s, seed, cp)]
+    world_size = tp * pp * dp * cp
     start_method = _choose_start_method(start_method)
     backend = _choose_backend(backend, world_size, fork=start_method == "fork")
     if start_method == "spawn":
@@ -74,7 +74,7 @@ def launch(fn, *args, tp: int = 1, pp: int = 1, dp: int = 1, backend: str | None
     # holds a lock can hang a child.
     listener = socket.create_server(("127.0.0.1", 0))
     spec = RankSpec(tp, pp, dp, backend, float(timeout_s), seed, listener.getsockname()[1],
-                    listener.fileno(), stream_rank0)
+                    listener.fileno(), stream_rank0, cp)
     ranks: list[RankProcess] = []
     try:
         for rank in range(world_size):
@@ -130,21 +130,23 @@ def _choose_backend(backend: str | None, world_size: int, fork: bool) -> str:
     return backend
 
 
-def check_torchrun_world_size(tp: int, pp: int, dp: int) -> None:
+def check_torchrun_world_size(tp: int, pp: int, dp: int, cp: int = 1) -> None:
     """Under torchrun, its process count must be the mesh's; nothing to check otherwise."""
     if not all(name in os.environ for name in TORCHRUN_VARIABLES):
         return
     world_size = int(os.environ["WORLD_SIZE"])
-    if world_size != tp * pp * dp:
+    if world_size != tp * pp * dp * cp:
+        names, sizes = ("tp*pp*dp*cp", f"{tp}*{pp}*{dp}*{cp}") if cp > 1 else ("tp*pp*dp",
+                                                                                 f"{tp}*{pp}*{dp}")
         raise ValueError(f"torchrun started WORLD_SIZE={world_size} processes but "
-                         f"tp*pp*dp = {tp}*{pp}*{dp} = {tp * pp * dp}; make them equal "
-                         f"(e.g. --nproc-per-node {tp * pp * dp})")
+                         f"{names} = {sizes} = {tp * pp * dp * cp}; make them equal "
+                         f"(e.g. --nproc-per-node {tp * pp * dp * cp})")
 
 
-def _run_under_torchrun(fn, args, tp, pp, dp, backend, timeout_s, seed):
+def _run_under_torchrun(fn, args, tp, pp, dp, backend, timeout_s, seed, cp=1):
     """torchrun already started one process per rank: join its group and run fn here only."""
     world_size = int(os.environ["WORLD_SIZE"])
-    check_torchrun_world_size(tp, pp, dp)
+    check_torchrun_world_size(tp, pp, dp, cp)
     owner = not dist.is_initialized()  # we create the process group, so we also destroy it
     if owner:
         local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
@@ -153,7 +155,7 @@ def _run_under_torchrun(fn, args, tp, pp, dp, backend, timeout_s, seed):
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     seed_everything(seed)
-    result = fn(ParallelContext.from_distributed(tp, pp, dp), *args)
+    result = fn(ParallelContext.from_distributed(tp, pp, dp, cp=cp), *args)
     if owner:  # wait for every rank, then tear down (exiting with live gloo threads aborts)
         dist.barrier()
         dist.destroy_process_group()

@@ -18,6 +18,8 @@ import torch.nn as nn
 from ..model import GPT
 from . import comm
 from .context import ParallelContext, divide
+from .context_parallel_gpt import (apply_context_parallel, average_over_cp,
+                                   check_context_parallel, local_sequence)
 from .data_parallel import DistributedDataParallel
 from .fsdp import FullyShardedDataParallel
 from .pipeline import PIPELINE_SCHEDULES, pipeline_schedule, stage_owner
@@ -40,10 +42,11 @@ class ScaledLoss:
 
 
 def check_layout(config, tp: int, pp: int, dp: int, batch_size: int, schedule: str = "1f1b",
-                 num_microbatches: int | None = None, num_chunks: int = 1) -> int:
+                 num_microbatches: int | None = None, num_chunks: int = 1, cp: int = 1) -> int:
     """Raise a ValueError saying what to change unless the mesh divides the model and the batch;
     returns the pipeline's micro-batches per step (default: 2 * pp)."""
     divide(config.n_head, tp, "n_head", "--tp (tensor-parallel size)")
+    check_context_parallel(config, cp, pp)
     divide(config.mlp_ratio * config.n_embd, tp, "MLP hidden size", "--tp (tensor-parallel size)")
     if schedule not in PIPELINE_SCHEDULES:
         raise ValueError(f"schedule {schedule!r}: choose one of {PIPELINE_SCHEDULES}")
@@ -75,9 +78,11 @@ class MeshModel:
         self.ctx, self.model = ctx, model
         self.num_microbatches = check_layout(model.config, ctx.tp_size, ctx.pp_size, ctx.dp_size,
                                              batch_size, schedule,
-                                             num_microbatches, num_chunks)
+                                             num_microbatches, num_chunks, ctx.cp_size)
         if ctx.tp_size > 1:
             apply_tensor_parallel(model, ctx)
+        if ctx.cp_size > 1:
+            apply_context_parallel(model, ctx)
         model.to(device=ctx.device, dtype=dtype)
         model.loss_fn = self.loss_fn = ScaledLoss(model.loss_fn)
         if ctx.pp_size == 1:
@@ -111,10 +116,12 @@ class MeshModel:
         return stage_parameters(self.stages) if self.stages else list(self.model.parameters())
 
     def local_batch(self, x: torch.Tensor, y: torch.Tensor):
-        """This data-parallel replica's rows of a global batch x, y (B, T) -> (B/dp, T)."""
+        """This data-parallel replica's rows of a global batch x, y (B, T) -> (B/dp, T), and
+        this context-parallel rank's columns of them (B/dp, T/cp)."""
         rows = x.shape[0] // self.ctx.dp_size
         start = self.ctx.dp_rank * rows
-        return (x[start:start + rows].to(self.ctx.device), y[start:start + rows].to(self.ctx.device))
+        x, y = (local_sequence(t[start:start + rows], self.ctx) for t in (x, y))
+        return x.to(self.ctx.device), y.to(self.ctx.device)
 
     def forward_backward(self, x, y, scale: float = 1.0, last: bool = True) -> torch.Tensor | None:
         """Forward and backward of `scale` * the loss on this replica's rows (B/dp, T);
@@ -145,6 +152,7 @@ class MeshModel:
                 sync_tied_grads(self.stages, self.ctx)
             if self.ddp is not None:
                 self.ddp.sync_gradients()
+        average_over_cp(self.parameters(), self.ctx)
         if accumulation_steps > 1 and self.sharded is not None:  # ZeRO-2/3: the gradient shard
             self.sharded.grad_shard.div_(accumulation_steps)
         elif accumulation_steps > 1:
@@ -166,5 +174,6 @@ class MeshModel:
         value = torch.zeros(1, device=self.ctx.device) if loss is None else loss.reshape(1).clone()
         comm.all_reduce(value, self.ctx, "pp")
         comm.all_reduce(value, self.ctx, "dp")
-        return value[0] / self.ctx.dp_size
+        comm.all_reduce(value, self.ctx, "cp")  # the mean of the cp ranks' equal token counts
+        return value[0] / (self.ctx.dp_size * self.ctx.cp_size)
 

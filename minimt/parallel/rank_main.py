@@ -35,10 +35,11 @@ class RankSpec:
     store_port: int
     store_fd: int  # a listening socket on store_port, bound by the caller; rank 0 serves on it
     stream_rank0: bool = False  # rank 0's stdout goes out as written, without "[rank 0] "
+    cp: int = 1    # context-parallel size
 
     @property
     def world_size(self) -> int:
-        return self.tp * self.pp * self.dp
+        return self.tp * self.pp * self.dp * self.cp
 
 
 def seed_everything(seed: int) -> None:
@@ -79,7 +80,7 @@ def rank_main(rank: int, fn, args, spec: RankSpec, conn, out_fd: int, err_fd: in
         dist.init_process_group(spec.backend, store=store, rank=rank, world_size=spec.world_size,
                                 timeout=timedelta(seconds=spec.timeout_s))
         seed_everything(spec.seed)
-        ctx = ParallelContext.from_distributed(spec.tp, spec.pp, spec.dp)
+        ctx = ParallelContext.from_distributed(spec.tp, spec.pp, spec.dp, cp=spec.cp)
         payload = pickle.dumps(("ok", _to_cpu(fn(ctx, *args))))
     except BaseException as exc:
         sys.stdout.flush()  # the caller prints this rank's last lines before the error
