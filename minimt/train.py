@@ -135,9 +135,9 @@ class Trainer:
         self.mixed_precision = cfg.dtype is not None or loss_scaler is not None
         self.optimizer_checks = cfg.zero or self.mixed_precision
         if cfg.zero and self.ctx.dp_size == 1:
-            warnings.warn("TrainConfig.zero (--zero) with one data-parallel replica shards "
-                          "nothing: each rank keeps the whole optimizer state; use dp > 1 for "
-                          "ZeRO to divide it", stacklevel=2)
+            warnings.warn(f"TrainConfig.zero={cfg.zero!r} (--zero) with one data-parallel replica "
+                          "shards nothing: each rank keeps the whole optimizer state; use dp > 1 "
+                          "for ZeRO to divide it", stacklevel=2)
         if cfg.zero >= 2:  # ZeRO-2/3: AdamW on this rank's pieces of every unit
             self.optimizer = ShardedAdamW(
                 self.mesh.sharded, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),

@@ -28,7 +28,7 @@ from .comm import all_gather, all_gather_start, reduce_scatter
 from .context import ParallelContext
 from .data_parallel import unique_parameters
 from .grads import MeshGradients, counts_in_norm
-from .zero import SIXTEEN_BIT, DistributedOptimizer
+from .zero import SIXTEEN_BIT, DistributedOptimizer, adam_moments_and_step
 
 
 class ShardedUnit:
@@ -291,6 +291,20 @@ class ShardedAdamW(DistributedOptimizer):
         self.adamw_update(grad)
         self.fsdp.after_step()
         return True
+
+    @torch.no_grad()
+    def adamw_update(self, grad: torch.Tensor) -> None:
+        """AdamW on the whole shard at once: every piece has a gradient (the reduce-scattered
+        grad_shard), so all pieces share the model's step count."""
+        group = self.param_groups[0]
+        self.num_steps += 1
+        for lo, hi in self.decay_ranges:                                # decoupled weight decay
+            self.master[lo:hi].mul_(1 - group["lr"] * group["weight_decay"])
+        adam_moments_and_step(self.master, self.exp_avg, self.exp_avg_sq, grad, group["lr"],
+                              group["betas"], group["eps"], self.num_steps)
+
+    def load_steps(self, num_steps: int) -> None:
+        self.num_steps = num_steps
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)

@@ -139,10 +139,7 @@ class DistributedOptimizer:
             master, m, v, g = (t[lo:hi] for t in (self.master, self.exp_avg, self.exp_avg_sq, grad))
             if decays:                                                  # decoupled weight decay
                 master.mul_(1 - lr * wd)
-            m.lerp_(g, 1 - beta1)                                       # m = b1 m + (1-b1) g
-            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)               # v = b2 v + (1-b2) g^2
-            bias1, bias2 = 1 - beta1 ** steps, 1 - beta2 ** steps
-            master.addcdiv_(m, (v.sqrt() / bias2 ** 0.5).add_(eps), value=-lr / bias1)
+            adam_moments_and_step(master, m, v, g, lr, (beta1, beta2), eps, steps)
 
     def load_steps(self, num_steps: int) -> None:
         """Set every parameter's step count to a checkpoint's (the format holds one count)."""
@@ -200,6 +197,18 @@ class DistributedOptimizer:
             return 0 if shared else t.untyped_storage().nbytes()
         return {"master weights": owned(self.master), "exp_avg": owned(self.exp_avg),
                 "exp_avg_sq": owned(self.exp_avg_sq)}
+
+
+@torch.no_grad()
+def adam_moments_and_step(master, m, v, g, lr: float, betas: tuple[float, float], eps: float,
+                          steps: int) -> None:
+    """Adam's moments and bias-corrected step on fp32 tensors of one shape, in place (weight
+    decay is the caller's): m = b1 m + (1-b1) g, v = b2 v + (1-b2) g^2, master -= lr m^/(sqrt(v^)+eps)."""
+    beta1, beta2 = betas
+    m.lerp_(g, 1 - beta1)
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    bias1, bias2 = 1 - beta1 ** steps, 1 - beta2 ** steps
+    master.addcdiv_(m, (v.sqrt() / bias2 ** 0.5).add_(eps), value=-lr / bias1)
 
 
 def _check_module(module) -> None:
