@@ -16,30 +16,12 @@ a schedule that would hang the runtime raises ScheduleDeadlockError instead.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+# the shared types, re-exported here (their home is schedule_types.py, which zero_bubble.py imports)
+from .schedule_types import (Action, ScheduleDeadlockError, ScheduleError,  # noqa: F401
+                             Timeline, _check_sizes)
 
 SCHEDULES = ("naive", "gpipe", "1f1b", "interleaved")
 PIPELINE_SCHEDULES = SCHEDULES + ("zb-h1", "zbv")  # with the zero-bubble ones (zero_bubble.py)
-
-
-@dataclass(frozen=True)
-class Action:
-    """One step of a rank: op "F" or "B" on one micro-batch of one model chunk."""
-
-    op: str
-    microbatch: int
-    chunk: int = 0
-
-    def __repr__(self) -> str:
-        return f"{self.op}{self.microbatch}" + (f".{self.chunk}" if self.chunk else "")
-
-
-class ScheduleError(ValueError):
-    """A schedule that cannot run: missing or repeated actions, B before F, unmatched messages."""
-
-
-class ScheduleDeadlockError(ScheduleError):
-    """Every unfinished rank waits for a message that no rank will ever send."""
 
 
 def stage_owner(stage: int, num_stages: int) -> tuple[int, int]:
@@ -56,13 +38,6 @@ def message_route(op: str, stage: int, num_virtual: int) -> tuple[int | None, in
     before = stage - 1 if stage > 0 else None
     after = stage + 1 if stage + 1 < num_virtual else None
     return (before, after) if op == "F" else (after, before)
-
-
-def _check_sizes(num_stages, num_microbatches, num_chunks):
-    for name, value in (("num_stages", num_stages), ("num_microbatches", num_microbatches),
-                        ("num_chunks", num_chunks)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} must be a positive integer")
 
 
 def num_warmup_microbatches(kind: str, num_stages: int, rank: int, num_microbatches: int,
@@ -194,28 +169,6 @@ def validate_schedule(schedule) -> None:
         unmatched = sorted(set(sends) ^ set(recvs))[:3]
         raise ScheduleError(f"sends and receives do not pair up, e.g. {unmatched}")
     simulate(schedule, forward_cost=1.0, backward_cost=1.0)
-
-
-@dataclass
-class Timeline:
-    """Start and end time of every action on every rank (simulated or measured)."""
-
-    events: list[list[tuple[Action, float, float]]]  # per rank: (action, start, end)
-    start: float = 0.0                                 # common time origin
-
-    @property
-    def makespan(self) -> float:
-        """Wall time from the start to the last action's end."""
-        return max(e for rank in self.events for _, _, e in rank) - self.start
-
-    def busy(self, rank: int) -> float:
-        """Time a rank spent inside its actions."""
-        return sum(e - s for _, s, e in self.events[rank])
-
-    def idle_fraction(self, rank: int | None = None) -> float:
-        """Idle time / wall time of one rank, or over all ranks (the pipeline bubble fraction)."""
-        ranks = range(len(self.events)) if rank is None else [rank]
-        return 1.0 - sum(self.busy(r) for r in ranks) / (len(ranks) * self.makespan)
 
 
 def simulate(schedule, forward_cost: float = 1.0, backward_cost: float = 2.0,

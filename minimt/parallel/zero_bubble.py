@@ -11,12 +11,12 @@ delays W's to fill the time a rank would otherwise spend waiting. Kinds:
 - "zbv": two chunks per rank placed in a V: rank r holds virtual stages r and 2p-1-r, so the
   first and the last stage sit on rank 0 (torch's ScheduleZBVZeroBubble, the paper's ZB-V).
 
-Actions are pipeline.Action with op "F", "B" (input gradient only) or "W". `simulate_zb` replays a
+Actions are schedule_types.Action (pipeline.Action) with op "F", "B" (input gradient only) or "W". `simulate_zb` replays a
 schedule with costs F, B, W per stage, like pipeline.simulate; `bubble_formula` is the paper's.
 """
 from __future__ import annotations
 
-from .pipeline import Action, ScheduleDeadlockError, ScheduleError, Timeline, _check_sizes
+from .schedule_types import Action, ScheduleDeadlockError, ScheduleError, Timeline, _check_sizes
 
 ZERO_BUBBLE_SCHEDULES = ("zb-h1", "zbv")
 NUM_CHUNKS = {"zb-h1": 1, "zbv": 2}
