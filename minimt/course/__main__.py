@@ -6,7 +6,7 @@ import sys
 
 COMMANDS = {
     "student": ("minimt.course.student", "write a student copy of the repository (solutions stubbed)"),
-    "grade": ("minimt.course.grade", "run every task's check and print the points"),
+    "grade": ("minimt.course.grade_cli", "run every task's check and print the points"),
     "pack": ("minimt.course.pack", "write a catch-up pack of solved tasks for minimt.course.catch_up"),
     "site": ("minimt.course.site", "execute every notebook and write a static HTML site"),
     "nbgrader-tags": ("minimt.course.nbgrader_tags", "set the notebooks' nbgrader cell metadata from their content"),

@@ -8,7 +8,6 @@ deleted file fails that task with a sentence, and grading goes on with the learn
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -250,35 +249,3 @@ def grade(task_ids: list[str] | None = None, timeout_s: float = TIMEOUT_S,
     max_points = sum(t.points for t in tasks)
     print(f"{'total':<7}{f'{points}/{max_points}':>8}")
     return {"points": points, "max_points": max_points, "tasks": rows}
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minimt.course grade",
-                                     description="run every task's check and print the points")
-    parser.add_argument("--task", action="append", metavar="ID", help="run only this task (repeatable)")
-    parser.add_argument("--timeout", type=float, default=TIMEOUT_S, metavar="SECONDS",
-                        help=f"seconds one task's check may run (default {TIMEOUT_S:g})")
-    parser.add_argument("--many", type=Path, metavar="SUBMISSIONS_DIR",
-                        help="grade every learner repository in this folder (one sub-folder each)")
-    parser.add_argument("--out", type=Path, metavar="CSV", help="with --many: the table to write")
-    args = parser.parse_args(argv)
-    try:
-        if args.timeout <= 0:
-            raise SystemExit(f"--timeout {args.timeout:g}: give a positive number of seconds "
-                             f"(default {TIMEOUT_S:g})")
-        if args.many is not None:
-            from .submissions import grade_many
-            record = grade_many(args.many, args.out, args.task, args.timeout)
-        elif args.out is not None:
-            raise SystemExit("--out is for --many SUBMISSIONS_DIR: the table of many learners")
-        else:
-            record = grade(args.task, args.timeout)
-    except SystemExit as err:
-        if not isinstance(err.code, str):
-            raise
-        print(f"error: {err.code}", file=sys.stderr)
-        print(json.dumps({"error": err.code}))        # a script still finds a JSON last line
-        return 2
-    print(json.dumps(record))
-    passed = record["passed"] if "passed" in record else all(t["passed"] for t in record["tasks"])
-    return 0 if passed else 1
