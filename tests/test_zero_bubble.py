@@ -45,7 +45,7 @@ def test_order_equals_torch_distributed_pipelining():
 
 def test_order_equals_torchs_schedule_classes_over_many_sizes():
     """The same orders from torch's schedule classes' rank-operations method, in process (the
-    oracle of task 11.3), over more sizes than the launched test above builds."""
+    oracle of task 11.1), over more sizes than the launched test above builds."""
     from minimt.exercises.beyond import torch_zero_bubble_order
     for kind in ("zb-h1", "zbv"):
         for p in (1, 2, 3, 4, 8):

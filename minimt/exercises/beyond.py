@@ -42,7 +42,7 @@ def _check_merge_task() -> None:
                                           _attention(q, k, v, slice(b, c), causal))
         expected, expected_lse = _attention(q, k, v, slice(a, c), causal)
         out, lse = merge(out_a, lse_a, out_b, lse_b)
-        name = f"task 11.1, case {i + 1} of {len(cases)} ({what})"
+        name = f"task 11.2, case {i + 1} of {len(cases)} ({what})"
         if not torch.isfinite(out).all():
             raise ExerciseError(f"{name}: the merged output has nan/inf. Hint: weigh each part by "
                                 f"exp(lse_i - lse), never exp(lse_i) alone (overflow), and give "
@@ -59,7 +59,7 @@ def _check_merge_task() -> None:
                                 f"{expected.flatten()[0].item():.6f}, got {out.flatten()[0].item():.6f}). "
                                 f"Hint: each part is normalised over its own keys only: weigh "
                                 f"out_a by exp(lse_a - lse) and out_b by exp(lse_b - lse)")
-    print(f"task 11.1: all {len(cases)} merges equal SDPA over all keys")
+    print(f"task 11.2: all {len(cases)} merges equal SDPA over all keys")
 
 
 CP, SEQ, SHAPE = 3, 12, (1, 2, 12, 4)  # (B, H, s, D)
@@ -94,13 +94,13 @@ def _check_ring_step_task() -> None:
     try:
         results = launch(_ring_rank, dp=CP, timeout_s=30)
     except LaunchTimeout:
-        raise ExerciseError("task 11.2: the ranks waited forever: send the block you hold to the "
+        raise ExerciseError("task 11.3: the ranks waited forever: send the block you hold to the "
                             "right neighbour and receive the next one from the left, with the "
                             "same tag (the step)") from None
     step_bytes = ring_step_bytes(SHAPE[0], SHAPE[1], SEQ, SHAPE[3], CP, element_size=8)
     for rank, result in enumerate(results):
         for layout, (diff, sends, sent) in result.items():
-            name = f"task 11.2, rank {rank} of {CP} ({layout} split, causal, s={SEQ})"
+            name = f"task 11.3, rank {rank} of {CP} ({layout} split, causal, s={SEQ})"
             if diff > 1e-9:
                 raise ExerciseError(f"{name}: output differs from serial attention by up to "
                                     f"{diff:.3g}. Hint: merge every block into (out, lse) with "
@@ -109,7 +109,7 @@ def _check_ring_step_task() -> None:
                 raise ExerciseError(f"{name}: sent {sends} messages, {sent} bytes; expected "
                                     f"{CP - 1} x {step_bytes} bytes (K and V, once per step but "
                                     f"the last). Hint: on the last step nobody needs the block")
-    print(f"task 11.2: ring attention on {CP} ranks equals serial attention; {CP - 1} sends of "
+    print(f"task 11.3: ring attention on {CP} ranks equals serial attention; {CP - 1} sends of "
           f"{step_bytes} bytes per rank")
 
 
@@ -164,7 +164,7 @@ def _check_zb_h1_task() -> None:
                 first = next((j for j, (a, b) in enumerate(zip(got, expected)) if a != b),
                              min(len(got), len(expected)))
                 raise ExerciseError(
-                    f"task 11.3, case {i + 1} of {len(cases)} (p={p}, m={m}), rank {rank}: action "
+                    f"task 11.1, case {i + 1} of {len(cases)} (p={p}, m={m}), rank {rank}: action "
                     f"{first} is {got[first] if first < len(got) else 'missing'!r}, torch's ZB1P "
                     f"order has {expected[first] if first < len(expected) else 'nothing'!r} "
                     f"(expected {expected}, got {got}). Hint: {_zb_hint(got, expected, p, rank, m)}")
@@ -172,23 +172,23 @@ def _check_zb_h1_task() -> None:
         for costs in ((1.0, 1.0, 1.0), (2.0, 1.0, 0.5)):
             simulated, formula = bubble_time(schedule, *costs), bubble_formula("zb-h1", p, *costs)
             if m >= p and abs(simulated - formula) > 1e-9:
-                raise ExerciseError(f"task 11.3, case {i + 1}: simulated bubble {simulated} with "
+                raise ExerciseError(f"task 11.1, case {i + 1}: simulated bubble {simulated} with "
                                     f"F, B, W = {costs}, expected (p-1)(F+B-W) = {formula}")
         if peak_in_flight_zb(schedule) != [min(p, m)] * p:
-            raise ExerciseError(f"task 11.3, case {i + 1}: activations in flight "
+            raise ExerciseError(f"task 11.1, case {i + 1}: activations in flight "
                                 f"{peak_in_flight_zb(schedule)}, 1F1B's are {[min(p, m)] * p}")
-    print(f"task 11.3: all {len(cases)} ZB-H1 schedules equal torch's order; the simulator finds "
+    print(f"task 11.1: all {len(cases)} ZB-H1 schedules equal torch's order; the simulator finds "
           f"the bubble (p-1)(F+B-W)")
 
 
 TASKS = [
-    task("11.1", 2, "write merge_partials: the log-sum-exp merge of two partial attentions",
+    task("11.2", 2, "write merge_partials: the log-sum-exp merge of two partial attentions",
          "minimt.parallel.context_parallel:merge_partials", "notebook 11, section 5",
          _check_merge_task),
-    task("11.2", 2, "write ring_step: pass the K/V block on, attend to the one you hold, merge",
+    task("11.3", 2, "write ring_step: pass the K/V block on, attend to the one you hold, merge",
          "minimt.parallel.context_parallel:ring_step", "notebook 11, section 6",
          _check_ring_step_task),
-    task("11.3", 3, "write zb_h1_rank_actions: one rank's ZB-H1 order of F, B and W",
+    task("11.1", 3, "write zb_h1_rank_actions: one rank's ZB-H1 order of F, B and W",
          "minimt.parallel.zero_bubble:zb_h1_rank_actions", "notebook 11, section 2",
          _check_zb_h1_task),
 ]
