@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from minimt.course import grade_cli
+from minimt.course import grade_cli as grade_command
 from minimt.course.grade import copy_repository, run_task_isolated
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def test_grading_goes_on_after_an_exit_the_json_line_is_last_and_the_status_is_1
     (["--out", "x.csv"], "--out is for --many SUBMISSIONS_DIR"),
 ])
 def test_a_wrong_argument_is_named_and_the_json_line_still_comes_last(capsys, args, said):
-    assert grade_cli.main(args) == 2
+    assert grade_command.main(args) == 2
     out, err = capsys.readouterr()
     assert said in err and said in json.loads(out.strip().splitlines()[-1])["error"]
 
@@ -108,7 +108,7 @@ def test_many_grades_a_folder_of_learners_from_their_regions_alone(tmp_path, cap
     (learners / "carol").mkdir()
     (learners / "carol" / "notes.txt").write_text("my homework")
     out = tmp_path / "grades.csv"
-    assert grade_cli.main(["--many", str(learners), "--out", str(out), "--task", TASK]) == 1
+    assert grade_command.main(["--many", str(learners), "--out", str(out), "--task", TASK]) == 1
     printed = capsys.readouterr().out
     assert json.loads(printed.strip().splitlines()[-1])["learners"] == {
         "alice": {"points": 1, "max_points": 1}, "bob": {"points": 0, "max_points": 1},
