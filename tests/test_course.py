@@ -347,8 +347,9 @@ def test_under_nbgrader_autograde_every_task_check_refuses_the_instructors_packa
             task.check()
         with pytest.raises(ExerciseError, match=rf"^task {task.id}: {said}"):
             minimt.course.check(task.id)
-    direct = [name for name in nbgrader_tags.task_points() if name.startswith("check_")]
-    assert direct                                            # notebook 08 calls these directly
+    direct = [name for name in nbgrader_tags.task_points()   # notebook 08 calls these directly
+              if name.startswith("check_") and hasattr(memory, name)]
+    assert direct
     for name in direct:
         with pytest.raises(ExerciseError, match=said):
             getattr(memory, name)()
