@@ -252,8 +252,21 @@ def _task_attention_cases():
 def _check_attention_task() -> None:
     """minimt.attention.scaled_dot_product_attention against torch's fused kernel, in float64
     and float32: no mask, bool masks (True = may attend), float masks (added to the scores),
-    causal with Tk > Tq, and queries that may attend to nothing (zero output, as torch)."""
-    attention = learner("minimt.attention:scaled_dot_product_attention")
+    causal with Tk > Tq, and queries that may attend to nothing (zero output, as torch). The causal
+    cases use the oracle's own causal mask (torch.tril, queries last), not task 01.2's, which
+    notebook 01 teaches two sections later."""
+    import minimt.attention as module
+    written = module.causal_mask
+    module.causal_mask = lambda seq_len, kv_len, device=None: _tril(seq_len, kv_len,
+                                                                     kv_len - seq_len).to(device)
+    try:
+        _check_attention_cases(learner("minimt.attention:scaled_dot_product_attention"))
+    finally:
+        module.causal_mask = written
+
+
+def _check_attention_cases(attention) -> None:
+    """The cases of task 01.1 on the learner's attention (see _check_attention_task)."""
     cases = _task_attention_cases()
     for i, (q, k, v, mask, causal) in enumerate(cases):
         kind = "None" if mask is None else f"{'bool' if mask.dtype == torch.bool else 'float'} " \
