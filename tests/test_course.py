@@ -23,10 +23,11 @@ TASKS = all_tasks()
 
 
 def grade_in(root: Path, *args: str, exit_code: int = 0) -> tuple[dict, str]:
-    """Run `python -m minimt.course grade` at `root` with its package first on the path; it must
-    exit with `exit_code` (1: some task failed)."""
+    """Run `python -m minimt.course grade --jobs 2` (one check per core of the CI machine) at `root`
+    with its package first on the path; it must exit with `exit_code` (1: some task failed)."""
     env = {**os.environ, "PYTHONPATH": str(root)}
-    done = subprocess.run([sys.executable, "-m", "minimt.course", "grade", *args], cwd=root, env=env,
+    done = subprocess.run([sys.executable, "-m", "minimt.course", "grade", "--jobs", "2", *args],
+                          cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == exit_code, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stdout

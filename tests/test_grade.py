@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from minimt.course import grade_cli as grade_command
-from minimt.course.grade import copy_repository, run_task_isolated
+from minimt.course.grade import copy_repository, run_task_isolated, run_tasks_isolated
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK, TARGET = "06.3", "minimt/sampling.py"    # top_k_filter: a 1-point task, checked in ~1 s
@@ -87,7 +87,18 @@ def test_grading_goes_on_after_an_exit_the_json_line_is_last_and_the_status_is_1
     assert "FAILED: task 06.3: your code called sys.exit(0)" in done.stdout
 
 
+def test_checks_run_two_at_a_time_keep_their_order_and_a_hang_holds_up_no_other(tmp_path):
+    repo = abused(tmp_path / "repo", "while True:\n    pass")
+    start = time.monotonic()
+    results = list(run_tasks_isolated([TASK, "06.4", "01.2"], repo, timeout_s=8, jobs=2))
+    assert [(task, passed) for task, passed, _ in results] == [
+        (TASK, False), ("06.4", True), ("01.2", True)]
+    assert "did not finish in 8 s" in results[0][2]
+    assert time.monotonic() - start < 60
+
+
 @pytest.mark.parametrize("args, said", [
+    (["--jobs", "0"], "--jobs 0: give how many checks may run at once, 1 or more"),
     (["--task", "99.9"], "--task 99.9: no such task; the tasks are 01.1"),
     (["--timeout", "0"], "--timeout 0: give a positive number of seconds"),
     (["--out", "x.csv"], "--out is for --many SUBMISSIONS_DIR"),

@@ -111,19 +111,6 @@ def _run_check(task_id: str) -> dict:
     return {"passed": True, "message": lines[-1] if lines else "passed"}
 
 
-def _wait(pid: int, timeout_s: float) -> int | None:
-    """The child's wait status, or None when it ran past `timeout_s` (then it is still running)."""
-    deadline, pause = time.monotonic() + timeout_s, 0.002
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)
-
-
 def _read(fd: int) -> bytes:
     """Everything written to the pipe `fd` so far (its writer is gone or silent)."""
     os.set_blocking(fd, False)
@@ -139,35 +126,82 @@ def _read(fd: int) -> bytes:
     return b"".join(chunks)
 
 
+class _RunningCheck:
+    """A task's check running in a forked child on its own temporary copy of the repository."""
+
+    def __init__(self, task_id: str, root: Path, timeout_s: float):
+        self.task_id, self.timeout_s = task_id, timeout_s
+        self.folder = tempfile.TemporaryDirectory(prefix="minimt-grade-", ignore_cleanup_errors=True)
+        self.copy = Path(self.folder.name) / "repository"
+        self.snapshot = copy_repository(Path(root), self.copy)
+        self.read_fd, write_fd = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(self.read_fd)
+            _check_in_child(task_id, self.copy, write_fd)   # never returns
+        os.close(write_fd)
+        try:
+            os.setpgid(self.pid, self.pid)
+        except OSError:
+            pass                                       # the child did it first, or has exited
+        self.deadline = time.monotonic() + timeout_s
+
+    def poll(self) -> tuple[bool, str] | None:
+        """(passed, message) once the check has ended or run out of time; None while it runs."""
+        done, status = os.waitpid(self.pid, os.WNOHANG)
+        if not done and time.monotonic() <= self.deadline:
+            return None
+        _kill_group(self.pid)                          # its ranks, on a timeout or left behind
+        if not done:
+            os.waitpid(self.pid, 0)
+            status = None
+        raw = _read(self.read_fd)
+        os.close(self.read_fd)
+        harm = damaged(self.copy, self.snapshot)
+        self.folder.cleanup()
+        return _outcome(self.task_id, status, raw, harm, self.timeout_s)
+
+
+def run_tasks_isolated(task_ids: list[str], root, timeout_s: float = TIMEOUT_S, jobs: int = 1):
+    """Yield (task id, passed, message) for each of `task_ids`, in their order, each checked as
+    run_task_isolated checks it, with up to `jobs` checks running at once."""
+    pending, running, finished, pause = list(task_ids), {}, {}, 0.002
+    try:
+        for task_id in task_ids:
+            while task_id not in finished:
+                while pending and len(running) < jobs:
+                    running[pending[0]] = _RunningCheck(pending[0], root, timeout_s)
+                    pending.pop(0)
+                ended = {t: r for t, check in running.items() if (r := check.poll()) is not None}
+                for t in ended:
+                    del running[t]
+                finished.update(ended)
+                pause = 0.002 if ended else min(pause * 2, 0.05)
+                time.sleep(0 if ended else pause)
+            yield (task_id, *finished.pop(task_id))
+    finally:
+        for check in running.values():                 # the caller stopped early: no orphans
+            _kill_group(check.pid)
+            os.waitpid(check.pid, 0)
+            os.close(check.read_fd)
+            check.folder.cleanup()
+
+
 def run_task_isolated(task_id: str, root, timeout_s: float = TIMEOUT_S) -> tuple[bool, str]:
     """(passed, the check's pass line or a failure sentence) for task `task_id` of the repository
     at `root`, checked in a forked process on a temporary copy of it within `timeout_s` seconds.
     A hang, an exit, a crash or a deleted or changed repository file fails the task; `root` itself
     is never written to, and no process of the check outlives it."""
-    with tempfile.TemporaryDirectory(prefix="minimt-grade-", ignore_cleanup_errors=True) as folder:
-        copy = Path(folder) / "repository"
-        snapshot = copy_repository(Path(root), copy)
-        read_fd, write_fd = os.pipe()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            os.close(read_fd)
-            _check_in_child(task_id, copy, write_fd)   # never returns
-        os.close(write_fd)
-        try:
-            os.setpgid(pid, pid)
-        except OSError:
-            pass                                       # the child did it first, or has exited
-        try:
-            status = _wait(pid, timeout_s)
-        finally:
-            _kill_group(pid)                           # its ranks, on a timeout or left behind
-        if status is None:
-            os.waitpid(pid, 0)
-        raw = _read(read_fd)
-        os.close(read_fd)
-        harm = damaged(copy, snapshot)
+    (_, passed, message), = run_tasks_isolated([task_id], root, timeout_s)
+    return passed, message
+
+
+def _outcome(task_id: str, status: int | None, raw: bytes, harm: list[str],
+             timeout_s: float) -> tuple[bool, str]:
+    """(passed, message) from the child's wait status (None: timed out), its result and the harm
+    it did to the copy."""
     if status is None:
         return False, (f"task {task_id}: the check did not finish in {timeout_s:g} s (an endless "
                        f"loop?); it was stopped")
@@ -232,16 +266,17 @@ def chosen_tasks(task_ids: list[str] | None) -> list:
 
 
 def grade(task_ids: list[str] | None = None, timeout_s: float = TIMEOUT_S,
-          root: Path | None = None) -> dict:
+          root: Path | None = None, jobs: int = 1) -> dict:
     """Check the tasks (all, or those in `task_ids`) of the repository at `root` (default: the one
-    holding this package), each isolated; print the table; return the JSON record."""
+    holding this package), each isolated, `jobs` at a time; print the table; return the JSON record."""
     root = course_root(repo_root() if root is None else root, "grade")
     tasks = chosen_tasks(task_ids)
     preload()
     rows, points = [], 0
     print(f"{'task':<7}{'points':>8}  result")
-    for task in tasks:
-        passed, message = run_task_isolated(task.id, root, timeout_s)
+    by_id = {task.id: task for task in tasks}
+    for task_id, passed, message in run_tasks_isolated(list(by_id), root, timeout_s, jobs):
+        task = by_id[task_id]
         points += task.points if passed else 0
         rows.append({"id": task.id, "points": task.points, "passed": passed})
         print_row(task.id, f"{task.points if passed else 0}/{task.points}",

@@ -1,4 +1,4 @@
-"""`python -m minimt.course grade [--task ID] [--timeout S] [--many DIR --out CSV]`: the grader's
+"""`python -m minimt.course grade [--task ID] [--timeout S] [--jobs N] [--many DIR --out CSV]`: the grader's
 command line over grade.py (one repository) and submissions.py (a folder of learners)."""
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--task", action="append", metavar="ID", help="run only this task (repeatable)")
     parser.add_argument("--timeout", type=float, default=TIMEOUT_S, metavar="SECONDS",
                         help=f"seconds one task's check may run (default {TIMEOUT_S:g})")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="checks run at once, each in its own process (default 1; at most "
+                             "the number of CPU cores is useful)")
     parser.add_argument("--many", type=Path, metavar="SUBMISSIONS_DIR",
                         help="grade every learner repository in this folder (one sub-folder each)")
     parser.add_argument("--out", type=Path, metavar="CSV", help="with --many: the table to write")
@@ -25,12 +28,14 @@ def main(argv: list[str]) -> int:
         if args.timeout <= 0:
             raise SystemExit(f"--timeout {args.timeout:g}: give a positive number of seconds "
                              f"(default {TIMEOUT_S:g})")
+        if args.jobs < 1:
+            raise SystemExit(f"--jobs {args.jobs}: give how many checks may run at once, 1 or more")
         if args.many is not None:
-            record = grade_many(args.many, args.out, args.task, args.timeout)
+            record = grade_many(args.many, args.out, args.task, args.timeout, args.jobs)
         elif args.out is not None:
             raise SystemExit("--out is for --many SUBMISSIONS_DIR: the table of many learners")
         else:
-            record = grade(args.task, args.timeout)
+            record = grade(args.task, args.timeout, jobs=args.jobs)
     except SystemExit as err:
         if not isinstance(err.code, str):
             raise

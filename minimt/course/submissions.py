@@ -4,7 +4,7 @@ repositories (one sub-folder each) into one table, for instructors without nbgra
 Only the learners' solution regions are graded: each submission's task bodies are pasted into a
 copy of this (the instructor's) repository, so a learner who edited a checker, a test or another
 part of the package changes nothing but their own tasks. Each task is then checked isolated
-(`grade.run_task_isolated`)."""
+(`grade.run_tasks_isolated`)."""
 from __future__ import annotations
 
 import csv
@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from . import regions
-from .grade import chosen_tasks, copy_repository, preload, print_row, run_task_isolated
+from .grade import chosen_tasks, copy_repository, preload, print_row, run_tasks_isolated
 from .repo import course_root, repo_root, task_file, task_of_region
 
 COLUMNS = ["learner", "task", "points", "max_points", "first_failure"]
@@ -60,7 +60,7 @@ def not_a_course(folder: Path) -> str | None:
     return None
 
 
-def grade_learner(submission: Path, root: Path, tasks, timeout_s: float) -> list[dict]:
+def grade_learner(submission: Path, root: Path, tasks, timeout_s: float, jobs: int = 1) -> list[dict]:
     """One row per task (and a total) for the learner repository `submission`."""
     learner = submission.name
     reason = not_a_course(submission)
@@ -74,9 +74,10 @@ def grade_learner(submission: Path, root: Path, tasks, timeout_s: float) -> list
         tree = Path(tmp) / "repository"
         copy_repository(root, tree)
         problems = paste_submission(submission, tree, tasks)
+        checked = {task_id: (passed, message) for task_id, passed, message in run_tasks_isolated(
+            [t.id for t in tasks if t.id not in problems], tree, timeout_s, jobs)}
         for task in tasks:
-            passed, message = ((False, problems[task.id]) if task.id in problems else
-                               run_task_isolated(task.id, tree, timeout_s))
+            passed, message = (False, problems[task.id]) if task.id in problems else checked[task.id]
             rows.append({"learner": learner, "task": task.id, "points": task.points if passed else 0,
                          "max_points": task.points, "first_failure": "" if passed else message})
     total = sum(r["points"] for r in rows)
@@ -87,7 +88,7 @@ def grade_learner(submission: Path, root: Path, tasks, timeout_s: float) -> list
 
 
 def grade_many(folder: Path, out: Path | None, task_ids: list[str] | None = None,
-               timeout_s: float = 120.0) -> dict:
+               timeout_s: float = 120.0, jobs: int = 1) -> dict:
     """Grade every sub-folder of `folder`; write the table to `out` (CSV); return the JSON record."""
     folder = Path(folder)
     if out is None:
@@ -106,7 +107,7 @@ def grade_many(folder: Path, out: Path | None, task_ids: list[str] | None = None
     preload()
     print(f"{'learner':<7}{'points':>8}  first failure")
     rows = [row for submission in submissions
-            for row in grade_learner(submission, root, tasks, timeout_s)]
+            for row in grade_learner(submission, root, tasks, timeout_s, jobs)]
     partial = Path(out).with_name(Path(out).name + ".partial")
     with open(partial, "w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, fieldnames=COLUMNS)
