@@ -18,7 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 FILTER = ".venv/bin/nbstripout --keep-id --extra-keys metadata.language_info"
 FILTER_SETUP = f"git config filter.nbstripout.clean '{FILTER}'"
 INSTALL = "python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt && " + FILTER_SETUP
-TEST_COMMAND = INSTALL + " && .venv/bin/python -m pytest"
+TEST_COMMAND = INSTALL + " && .venv/bin/python -m pytest -n 2"
 JUPYTER = ".venv/bin/jupyter lab"
 
 
