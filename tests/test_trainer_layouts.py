@@ -1,6 +1,6 @@
 """The one Trainer on every layout: tensor, pipeline (each schedule), data parallel (DDP and ZeRO-1),
-their 3D mix, context parallelism inside a pipeline (1F1B; ZB-V with tp) and 16-bit weights train the serial model's losses and end with its weights, on real
-gloo ranks.
+their 3D mix, context parallelism inside a pipeline (1F1B; ZB-V with tp) and 16-bit weights train
+the serial model's losses and end with its weights, on real gloo ranks.
 
 Each rank trains its share with `Trainer(..., ctx=ctx)`, then trains the serial model alone with
 the same seed and batches, cuts the same share out of it (slicing, no communication) and compares
