@@ -107,14 +107,19 @@ def schedule_kind(schedule) -> str:
 
 
 def simulate_zb(schedule, forward_cost: float = 1.0, backward_cost: float = 1.0,
-                weight_cost: float = 1.0, comm_cost: float = 0.0) -> Timeline:
-    """Replay an F/B/W schedule with blocking receives. Costs are per pipeline rank's share of
-    the model; a zbv chunk holds half of it, so its actions cost half. F on stage s waits for F on
-    s-1, B for B on s+1 (the last stage: its own F), W for its own B."""
+                weight_cost: float = 1.0, comm_cost: float = 0.0,
+                durations: list[list[float]] | None = None) -> Timeline:
+    """Replay an F/B/W schedule (or a 1F1B one: F and unsplit B) with blocking receives. Costs
+    are per pipeline rank's share of the model; a zbv chunk holds half of it, so its actions cost
+    half. F on stage s waits for F on s-1, B for B on s+1 (the last stage: its own F), W for its
+    own B. `durations` (per rank, each action's own time, e.g. measured) replaces the costs."""
     kind = schedule_kind(schedule)
     p, v = len(schedule), NUM_CHUNKS[kind]
     num_virtual = p * v
     cost = {"F": forward_cost / v, "B": backward_cost / v, "W": weight_cost / v}
+    if durations is not None and [len(d) for d in durations] != [len(r) for r in schedule]:
+        raise ValueError(f"durations has {[len(d) for d in durations]} actions per rank, the "
+                         f"schedule {[len(r) for r in schedule]}: give one time per action")
     done, pointer, clock = {}, [0] * p, [0.0] * p
     events = [[] for _ in range(p)]
 
@@ -144,7 +149,8 @@ def simulate_zb(schedule, forward_cost: float = 1.0, backward_cost: float = 1.0,
                 if ready is None:
                     break
                 start = max(clock[rank], ready)
-                clock[rank] = start + cost[a.op]
+                clock[rank] = start + (cost[a.op] if durations is None
+                                       else durations[rank][pointer[rank]])
                 done[(a.op, a.microbatch, virtual_stage(kind, rank, a.chunk, p))] = clock[rank]
                 events[rank].append((a, start, clock[rank]))
                 pointer[rank] += 1
