@@ -262,8 +262,8 @@ def measure_bubbles(ctx, m, forward_s):
 # step: it starts every action the instant its inputs are ready, the real run no earlier. What it
 # leaves out is the time from ready to start (a gloo receive waking up, posting sends, Python),
 # once per action on the longest chain (bubble_report's path_actions). Measured here with 4 ranks
-# on 2 cores under a load average of 8-10: 0.4-1.8 ms per action (ZB-H1 0.7-0.9, ZB-V 0.4-1.3;
-# 1F1B 0.9-1.8, whose chain waits for a message at almost every action); allowed: 3 ms.
+# on 2 cores under a load average of 8-10: 0.4-1.9 ms per action (ZB-H1 0.5-1.8, ZB-V 0.4-1.3;
+# 1F1B 0.9-1.9, whose chain waits for a message at almost every action); allowed: 3 ms.
 HANDOFF_S = 3e-3
 
 
