@@ -179,7 +179,7 @@ def train_main(argv: list[str]) -> int:
     args = train_parser().parse_args(argv)
     config = GPTConfig.from_preset(args.preset)
     try:
-        check_torchrun_world_size(args.tp, args.pp, args.dp)
+        check_torchrun_world_size(args.tp, args.pp, args.dp, args.cp)
         start = check_out(args.out, args.resume, args.overwrite)
         if args.batch_size is None:
             args.batch_size, note = default_batch_size(args.dp, 1 if args.pp == 1 else (
@@ -192,7 +192,7 @@ def train_main(argv: list[str]) -> int:
                 raise ValueError(f"--resume: the run in {args.out} is at step {start} already; "
                                  f"give --iters above {start} to train it further")
         check_fits(config, args.preset, int(os.environ.get("LOCAL_WORLD_SIZE",
-                                                           args.tp * args.pp * args.dp)))
+                                                           args.tp * args.pp * args.dp * args.cp)))
         settings = train_settings(args)
         check_layout(config, args.tp, args.pp, args.dp, settings.batch_size, settings.schedule,
                      settings.num_microbatches, settings.num_chunks, args.cp)

@@ -1,5 +1,7 @@
 """Context parallelism: block attention with the online softmax equals SDPA; ring attention over
 cp gloo ranks equals serial attention forward and backward; counted bytes; zig-zag balance."""
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -155,25 +157,54 @@ def test_trainer_on_a_cp_mesh_trains_the_serial_model(launched):
         assert max(gaps.values()) < 2e-5 and moved > 1e-2, (rank, max(gaps.values()))
 
 
-def test_cli_trains_cp_by_dp_as_the_serial_run(tmp_path):
+@pytest.fixture(scope="module")
+def serial_cli(tmp_path_factory):
+    """`python -m minimt train` with test_cli's flags, serial, in this process."""
+    from test_cli import FLAGS
+
+    from minimt.__main__ import main
+    out = tmp_path_factory.mktemp("serial")
+    assert main(["train", *FLAGS, "--out", str(out)]) == 0
+    return out
+
+
+def test_cli_trains_cp_by_dp_as_the_serial_run(serial_cli, tmp_path):
     """`python -m minimt train --cp 2 --dp 2` ends with the serial run's weights."""
     from test_cli import FLAGS, TOLERANCE, largest_gap
 
     from minimt.__main__ import main
     from minimt.parallel.checkpoint import load_serial_model
-    assert main(["train", *FLAGS, "--out", str(tmp_path / "serial")]) == 0
     assert main(["train", *FLAGS, "--cp", "2", "--dp", "2", "--out", str(tmp_path / "cp")]) == 0
-    gap = largest_gap(load_serial_model(tmp_path / "serial"), load_serial_model(tmp_path / "cp"))
+    gap = largest_gap(load_serial_model(serial_cli), load_serial_model(tmp_path / "cp"))
     print(f"cp 2 x dp 2 vs serial: max weight difference {gap:.2e}")
     assert gap < TOLERANCE
 
 
+def test_cli_trains_cp_by_pp_and_its_checkpoint_resumes_at_another_layout(serial_cli, tmp_path):
+    """`--cp 2 --pp 2` (1F1B) ends with the serial run's weights; its step-2 checkpoint, resumed
+    at --tp 2 (no cp, no pipeline), ends there too."""
+    from test_cli import FLAGS, TOLERANCE, largest_gap
+
+    from minimt.__main__ import main
+    from minimt.parallel.checkpoint import load_serial_model, read_checkpoint
+    run, resumed = tmp_path / "cp_pp", tmp_path / "resumed"
+    assert main(["train", *FLAGS, "--cp", "2", "--pp", "2", "--save-interval", "2",
+                 "--out", str(run)]) == 0
+    assert read_checkpoint(run)[0]["layout"] == {"tp": 1, "pp": 2, "dp": 1, "cp": 2, "zero": 0}
+    resumed.mkdir()
+    shutil.copytree(run / "iter_0000002", resumed / "iter_0000002")
+    (resumed / "latest").write_text("iter_0000002")
+    assert main(["train", *FLAGS, "--resume", "--tp", "2", "--out", str(resumed)]) == 0
+    serial = load_serial_model(serial_cli)
+    gaps = [largest_gap(serial, load_serial_model(out)) for out in (run, resumed)]
+    print(f"cp 2 x pp 2 vs serial: max weight difference {gaps[0]:.2e}; resumed at tp 2: "
+          f"{gaps[1]:.2e}")
+    assert max(gaps) < TOLERANCE and read_checkpoint(resumed)[0]["step"] == 3
+
+
 def test_unsupported_cp_layouts_are_refused():
     from minimt.parallel.context_parallel_gpt import check_context_parallel
-    from minimt.parallel.layout import check_layout
     from test_trainer_layouts import CONFIG
-    with pytest.raises(ValueError, match="--pp 1"):
-        check_layout(CONFIG, 1, 2, 1, 8, cp=2)
     with pytest.raises(ValueError, match="multiple of 8"):
         check_context_parallel(CONFIG, 4, block_size=12)
     with pytest.raises(ValueError, match="dropout=0"):

@@ -1,6 +1,6 @@
 """The one Trainer on every layout: tensor, pipeline (each schedule), data parallel (DDP and ZeRO-1),
-their 3D mix and 16-bit weights train the serial model's losses and end with its weights, on real
-gloo ranks.
+their 3D mix, context parallelism inside a pipeline (1F1B; ZB-V with tp) and 16-bit weights train
+the serial model's losses and end with its weights, on real gloo ranks.
 
 Each rank trains its share with `Trainer(..., ctx=ctx)`, then trains the serial model alone with
 the same seed and batches, cuts the same share out of it (slicing, no communication) and compares
@@ -74,6 +74,8 @@ LAYOUTS = [
     (dict(tp=2, pp=2, dp=2), dict(schedule="1f1b")),
     (dict(tp=2, pp=2, dp=2), dict(schedule="interleaved", num_chunks=2, num_microbatches=2,
                                   zero=True)),
+    (dict(pp=2, cp=2), dict(schedule="1f1b")),
+    (dict(tp=2, pp=2, cp=2), dict(schedule="zbv", num_chunks=2)),
 ]
 
 

@@ -5,32 +5,44 @@ import torch
 
 from minimt.parallel import launch
 from minimt.parallel.pipeline import Action, ScheduleDeadlockError, pipeline_schedule, simulate
-from minimt.parallel.zero_bubble import (bubble_formula, bubble_time, peak_in_flight_zb,
-                                         simulate_zb, zero_bubble_schedule)
+from minimt.parallel.zero_bubble import (NUM_CHUNKS, bubble_formula, bubble_time,
+                                         peak_in_flight_zb, simulate_zb, zero_bubble_schedule)
 
-ORDER_CASES = {"zb-h1": [(m,) for m in (2, 4, 8)], "zbv": [(m,) for m in (2, 4, 9)]}
+ORDER_CASES = {"zb-h1": [(m,) for m in (2, 4, 8)], "zbv": [(m,) for m in (2, 4, 9)],
+               "dualpipev": [(m,) for m in (8, 11)]}
+
+
+def as_actions(torch_actions, p):
+    """torch's executed order as minimt Actions: I -> B, W -> W, a full backward -> B then W, an
+    overlapped forward + backward -> its two parts in order; stage >= p is chunk 1 (the V)."""
+    from torch.distributed.pipelining.schedules import _ComputationType as T
+    ops = {T.FORWARD: "F", T.BACKWARD_INPUT: "B", T.BACKWARD_WEIGHT: "W", T.FULL_BACKWARD: "BW"}
+    out = []
+    for a in torch_actions:
+        if a is None:
+            continue
+        for part in a.sub_actions if a.computation_type == T.OVERLAP_F_B else [a]:
+            out += [Action(op, part.microbatch_index, int(part.stage_index >= p))
+                    for op in ops[part.computation_type]]
+    return out
 
 
 def torch_orders(ctx, cases):
     """Per (kind, m): each rank's order in torch's ScheduleInterleavedZeroBubble (one stage per
-    rank: ZB1P, i.e. ZB-H1) and ScheduleZBVZeroBubble, as minimt Actions (I -> B, W -> W)."""
-    from torch.distributed.pipelining import (PipelineStage, ScheduleInterleavedZeroBubble,
-                                              ScheduleZBVZeroBubble)
-    from torch.distributed.pipelining.schedules import _ComputationType as T
+    rank: ZB1P, i.e. ZB-H1), ScheduleZBVZeroBubble and ScheduleDualPipeV, as minimt Actions."""
+    from torch.distributed.pipelining import (PipelineStage, ScheduleDualPipeV,
+                                              ScheduleInterleavedZeroBubble, ScheduleZBVZeroBubble)
 
     p, r = ctx.pp_size, ctx.pp_rank
-    ops = {T.FORWARD: "F", T.BACKWARD_INPUT: "B", T.BACKWARD_WEIGHT: "W"}
+    classes = {"zb-h1": ScheduleInterleavedZeroBubble, "zbv": ScheduleZBVZeroBubble,
+               "dualpipev": ScheduleDualPipeV}
     out = {}
     for kind, m in cases:
         indices = [r] if kind == "zb-h1" else [r, 2 * p - 1 - r]
         stages = [PipelineStage(torch.nn.Identity(), s, p * len(indices), torch.device("cpu"),
                                 group=ctx.pp_group) for s in indices]
-        cls = ScheduleInterleavedZeroBubble if kind == "zb-h1" else ScheduleZBVZeroBubble
-        schedule = cls(stages, n_microbatches=m, loss_fn=lambda y, t: y)
-        out[kind, m] = [[Action(ops[a.computation_type], a.microbatch_index,
-                                0 if a.stage_index < p else 1)
-                         for a in schedule.pipeline_order[rank] if a is not None]
-                        for rank in range(p)]
+        schedule = classes[kind](stages, n_microbatches=m, loss_fn=lambda y, t: y)
+        out[kind, m] = [as_actions(schedule.pipeline_order[rank], p) for rank in range(p)]
     return out
 
 
@@ -56,6 +68,22 @@ def test_order_equals_torchs_schedule_classes_over_many_sizes():
                 assert zero_bubble_schedule(kind, p, m) == expected, (kind, p, m)
 
 
+def test_dualpipev_order_equals_torchs_over_many_sizes():
+    """DualPipeV from ScheduleDualPipeV's rank-operations method, in process, on a stand-in
+    holding the two sizes it reads; torch refuses m < 2p, and so does minimt."""
+    from types import SimpleNamespace
+
+    from torch.distributed.pipelining import ScheduleDualPipeV
+    for p in (1, 2, 3, 4, 8):
+        for m in sorted({2 * p, 2 * p + 1, 3 * p, 4 * p, 20} - set(range(2 * p))):
+            sizes = SimpleNamespace(pp_group_size=p, _n_microbatches=m)
+            expected = [as_actions(ScheduleDualPipeV._calculate_single_rank_operations(sizes, r), p)
+                        for r in range(p)]
+            assert pipeline_schedule("dualpipev", p, m, 2) == expected, (p, m)
+    with pytest.raises(ValueError, match="at least 2p = 8 micro-batches"):
+        pipeline_schedule("dualpipev", 4, 7, 2)
+
+
 @pytest.mark.parametrize("p,m", [(2, 4), (3, 6), (4, 8), (4, 12)])
 @pytest.mark.parametrize("costs", [(1.0, 1.0, 1.0), (1.0, 1.0, 0.5), (2.0, 1.0, 1.0), (3.0, 1.0, 2.0)])
 def test_simulated_bubble_equals_the_formulas(p, m, costs):
@@ -67,6 +95,24 @@ def test_simulated_bubble_equals_the_formulas(p, m, costs):
     if costs == (1.0, 1.0, 1.0):  # a third of 1F1B's; ZB-V's bubble is the V's fill: (p-1) F/2
         assert bubble_time(h1, f, b, w) == pytest.approx(bubble_formula("1f1b", p, f, b, w) / 3)
         assert bubble_time(zero_bubble_schedule("zbv", p, m), f, b, w) == pytest.approx((p - 1) / 2)
+        if m >= 2 * p:  # DualPipeV run without overlapping its F and B pairs: ZB-V's fill
+            dualpipev = zero_bubble_schedule("dualpipev", p, m)
+            assert bubble_time(dualpipev, f, b, w) == pytest.approx((p - 1) / 2)
+
+
+def test_the_simulator_replays_1f1b_and_measured_durations():
+    """simulate_zb runs a 1F1B schedule as pipeline.simulate does (F, unsplit B), and replays
+    per-action durations: uniform ones give the uniform-cost timeline; each action longer makes
+    the step no shorter; a trace of the wrong length is refused."""
+    one = pipeline_schedule("1f1b", 4, 8)
+    assert simulate_zb(one, 1.0, 3.0, 0.0).makespan == simulate(one, 1.0, 3.0).makespan
+    zbv = zero_bubble_schedule("zbv", 4, 8)
+    uniform = [[{"F": 0.5, "B": 0.75, "W": 1.0}[a.op] for a in rank] for rank in zbv]
+    assert simulate_zb(zbv, durations=uniform).events == simulate_zb(zbv, 1.0, 1.5, 2.0).events
+    longer = [[t * (1 + 0.1 * (i % 3)) for i, t in enumerate(rank)] for rank in uniform]
+    assert simulate_zb(zbv, durations=longer).makespan > simulate_zb(zbv, 1.0, 1.5, 2.0).makespan
+    with pytest.raises(ValueError, match="one time per action"):
+        simulate_zb(zbv, durations=uniform[:-1] + [uniform[-1][:-1]])
 
 
 @pytest.mark.parametrize("p,m", [(2, 4), (4, 8), (4, 2)])
@@ -75,6 +121,8 @@ def test_activations_in_flight_as_1f1b(p, m):
     activations at most = p stages' worth, also 1F1B's."""
     assert peak_in_flight_zb(zero_bubble_schedule("zb-h1", p, m)) == [min(p, m)] * p
     assert max(peak_in_flight_zb(zero_bubble_schedule("zbv", p, m))) <= 2 * p
+    if m >= 2 * p:  # DualPipeV: one chunk more, p + 1/2 stages (DeepSeek-V3's PP + 1 chunks)
+        assert max(peak_in_flight_zb(zero_bubble_schedule("dualpipev", p, m))) == 2 * p + 1
 
 
 def test_bad_schedules_and_arguments_are_refused():
@@ -93,8 +141,9 @@ def test_bad_schedules_and_arguments_are_refused():
 from minimt.config import GPTConfig  # noqa: E402
 from minimt.model import GPT  # noqa: E402
 from minimt.parallel.pipeline_runtime import (ActionCost, pipeline_step, stage_parameters,  # noqa: E402
-                                              sync_tied_grads, timeline_from_records)
-from minimt.parallel.zero_bubble_runtime import build_zb_stages, zero_bubble_step  # noqa: E402
+                                              sync_tied_grads)
+from minimt.parallel.zero_bubble_runtime import (bubble_report, build_zb_stages,  # noqa: E402
+                                                 zero_bubble_step)
 
 CONFIG = GPTConfig(vocab_size=32, block_size=8, n_layer=4, n_head=2, n_embd=16)
 BATCH, TIED = 8, "transformer.wte.weight"
@@ -112,10 +161,10 @@ def zb_gradients(ctx, cases):
     for kind, m in cases:
         torch.manual_seed(0)
         stages = build_zb_stages(GPT(CONFIG), kind, ctx.pp_rank, ctx.pp_size)
-        record = zero_bubble_step(stages, pipeline_schedule(kind, ctx.pp_size, m, 1 + (kind == "zbv")),
+        record = zero_bubble_step(stages, pipeline_schedule(kind, ctx.pp_size, m, NUM_CHUNKS[kind]),
                                   ctx, *batch())
         if kind == "zb-h1":
-            sync_tied_grads(stages, ctx)  # ZB-V: wte and lm_head are one Parameter on rank 0
+            sync_tied_grads(stages, ctx)  # the V: wte and lm_head are one Parameter on rank 0
         out[kind, m] = (record.loss, {n: p.grad.clone() for s in stages
                                       for n, p in s.named_parameters()}, record.peak_in_flight)
     return out
@@ -126,7 +175,7 @@ def test_split_backward_gives_the_serial_gradients():
     model = GPT(CONFIG)
     _, loss = model(*batch())
     loss.backward()
-    cases = [("zb-h1", 2), ("zb-h1", 4), ("zbv", 4)]
+    cases = [("zb-h1", 2), ("zb-h1", 4), ("zbv", 4), ("dualpipev", 4)]
     results = launch(zb_gradients, cases, pp=2, timeout_s=60)
     for kind, m in cases:
         losses = [r[kind, m][0] for r in results if r[kind, m][0] is not None]
@@ -139,7 +188,7 @@ def test_split_backward_gives_the_serial_gradients():
                                            msg=f"{kind} m={m} rank {rank} {name}")
                 seen.add(key)
             assert r[kind, m][2] == max(peak_in_flight_zb(
-                pipeline_schedule(kind, 2, m, 1 + (kind == "zbv")))[rank], 0)
+                pipeline_schedule(kind, 2, m, NUM_CHUNKS[kind]))[rank], 0)
         assert seen == {n for n, _ in model.named_parameters()}
 
 
@@ -190,40 +239,53 @@ BUBBLE_CASES = [("1f1b", 2.0), ("zb-h1", 1.0), ("zbv", 1.0)]  # backward cost: B
 
 
 def measure_bubbles(ctx, m, forward_s):
-    """Per kind, this rank's StepRecord (second step) under simulated compute (sleep): F = B = W
-    = forward_s per block, 1F1B's unsplit backward = B + W."""
+    """Per kind, this rank's StepRecord under simulated compute (sleep): F = B = W = forward_s
+    per block, 1F1B's unsplit backward = B + W; after one step without the cost (it pays the
+    one-time allocations)."""
     out = {}
     for kind, backward_factor in BUBBLE_CASES:
         cost = ActionCost(forward_s=forward_s, backward_factor=backward_factor)
         v = 1 + (kind == "zbv")
         torch.manual_seed(0)
-        model = GPT(DEEP)
         schedule = pipeline_schedule(kind, ctx.pp_size, m, v)
-        idx, targets = batch()
         if kind == "1f1b":
             from minimt.parallel.pipeline_runtime import build_stages
-            stages = build_stages(DEEP, ctx.pp_rank, ctx.pp_size)
-            records = [pipeline_step(stages, schedule, ctx, idx, targets, cost) for _ in range(2)]
+            stages, step = build_stages(DEEP, ctx.pp_rank, ctx.pp_size), pipeline_step
         else:
-            stages = build_zb_stages(model, kind, ctx.pp_rank, ctx.pp_size)
-            records = [zero_bubble_step(stages, schedule, ctx, idx, targets, cost) for _ in range(2)]
-        out[kind] = records[-1]
+            stages, step = build_zb_stages(GPT(DEEP), kind, ctx.pp_rank, ctx.pp_size), zero_bubble_step
+        step(stages, schedule, ctx, *batch())
+        out[kind] = step(stages, schedule, ctx, *batch(), cost)
     return out
 
 
-def test_measured_bubble_zero_bubble_below_1f1b():
-    """On 4 ranks under controlled cost the idle fraction is the simulator's (to the same 0.1 as
-    1F1B's test in test_pipeline_runtime) and ZB-H1's is below 1F1B's."""
+# The replay (the simulator fed each action's measured time) can only be shorter than the real
+# step: it starts every action the instant its inputs are ready, the real run no earlier. What it
+# leaves out is the time from ready to start (a gloo receive waking up, posting sends, Python),
+# once per action on the longest chain (bubble_report's path_actions). Measured here with 4 ranks
+# on 2 cores under a load average of 8-10: 0.4-1.9 ms per action (ZB-H1 0.5-1.8, ZB-V 0.4-1.3;
+# 1F1B 0.9-1.9, whose chain waits for a message at almost every action); allowed: 3 ms.
+HANDOFF_S = 3e-3
+
+
+def test_measured_bubble_is_the_simulators_for_1f1b_zb_h1_and_zbv():
+    """One launch, 4 ranks, m = 8, the three schedules: per rank bubble measured vs the
+    simulator replaying each action's measured time (above); the formula equals the simulator
+    fed the mean F, B, W of the same run (ZB-V's formula 0 vs the V's fill); ZB-H1's and ZB-V's
+    measured bubbles below 1F1B's."""
     p, m = 4, 8
     records = launch(measure_bubbles, m, 0.02, pp=p, timeout_s=60)
-    measured = {}
+    report = {}
     for kind, _ in BUBBLE_CASES:
-        measured[kind] = timeline_from_records([r[kind] for r in records]).idle_fraction()
-        v = 1 + (kind == "zbv")
-        simulated = (simulate(pipeline_schedule(kind, p, m), 1.0, 2.0) if kind == "1f1b" else
-                     simulate_zb(pipeline_schedule(kind, p, m, v))).idle_fraction()
-        assert measured[kind] == pytest.approx(simulated, abs=0.1), (kind, measured)
-    assert measured["zb-h1"] < measured["1f1b"] and measured["zbv"] < measured["1f1b"], measured
+        schedule = pipeline_schedule(kind, p, m, 1 + (kind == "zbv"))
+        r = report[kind] = bubble_report(kind, schedule, [x[kind] for x in records])
+        print(kind, {k: round(x, 4) for k, x in r.items()})
+        assert r["replay"] <= r["measured"] + 1e-6, (kind, r)
+        assert r["measured"] - r["replay"] <= r["path_actions"] * HANDOFF_S, (kind, r)
+        if kind != "zbv":
+            assert r["formula"] == pytest.approx(r["simulator"], abs=1e-9), (kind, r)
+    assert 0 == report["zbv"]["formula"] < report["zbv"]["simulator"] < \
+        report["zb-h1"]["simulator"] < report["1f1b"]["simulator"], report
+    assert max(report[k]["measured"] for k in ("zb-h1", "zbv")) < report["1f1b"]["measured"]
 
 
 def test_mt_nlg_bubble_under_1f1b_and_zb_h1():

@@ -217,6 +217,7 @@ def _write(root, final, tmp, model, optimizer, ctx, step, config, extra) -> None
         dtype = str(next(p for _, p, _ in local_parameters(model)).dtype).removeprefix("torch.")
         meta = dict(format=FORMAT, step=step, optimizer_steps=num_steps, config=asdict(config),
                     layout=dict(tp=ctx.tp_size, pp=ctx.pp_size, dp=ctx.dp_size,
+                                **({"cp": ctx.cp_size} if ctx.cp_size > 1 else {}),
                                 zero=getattr(_zero_sharded(model), "stage",
                                              isinstance(optimizer, DistributedOptimizer))),
                     dtype=dtype, has_optimizer=state is not None,

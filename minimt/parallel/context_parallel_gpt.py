@@ -6,7 +6,9 @@ group (context_parallel.py). The split is the zig-zag one (rank r holds chunks r
 2cp), so causal attention costs every rank the same, and the position embedding gets each token's
 true position. Every cp rank holds all the weights: its loss is the mean over its s/cp tokens, so
 the serial gradient (of the mean over all tokens) is the mean of the cp ranks' gradients, the
-all-reduce Megatron-LM does over its data-parallel-with-context-parallel group.
+all-reduce Megatron-LM does over its data-parallel-with-context-parallel group. In a pipeline the
+cp ranks of a stage run the same schedule side by side: the messages between stages are
+(b, s/cp, C), and each stage's attention rings over its own cp group.
 """
 from __future__ import annotations
 
@@ -26,13 +28,10 @@ def cp_positions(seq_len: int, ctx: ParallelContext) -> torch.Tensor:
     return sequence_positions(seq_len, ctx.cp_size, ctx.cp_rank, CP_LAYOUT).to(ctx.device)
 
 
-def check_context_parallel(config, cp: int, pp: int = 1, block_size: int | None = None) -> None:
+def check_context_parallel(config, cp: int, block_size: int | None = None) -> None:
     """Raise a ValueError saying what to change unless the GPT can run at this cp."""
     if cp == 1:
         return
-    if pp > 1:
-        raise ValueError(f"--cp {cp} with --pp {pp}: context parallelism runs here without a "
-                         f"pipeline; use --pp 1 (--cp combines with --tp and --dp)")
     if config.dropout:
         raise ValueError(f"--cp {cp}: ring attention has no attention dropout; build the model "
                          f"with dropout=0 (it is {config.dropout})")
@@ -43,18 +42,21 @@ def check_context_parallel(config, cp: int, pp: int = 1, block_size: int | None 
                          f"multiple of {2 * cp}")
 
 
-def apply_context_parallel(model, ctx: ParallelContext) -> None:
-    """In place: the GPT's attention cores become ring attention over ctx's cp group, and its
-    position embedding reads this rank's positions (the model then takes (B, s/cp) tokens)."""
+def apply_context_parallel(model, ctx: ParallelContext, stages=()) -> None:
+    """In place: the GPT's attention cores become ring attention over ctx's cp group, and the
+    position embedding of the model and of its pipeline `stages` (GPTStage embeds with its own
+    `embed`) reads this rank's positions (they then take (B, s/cp) tokens)."""
     for block in model.transformer.h:
         block.attn.core_attention = functools.partial(_ring_core, block.attn, ctx)
-    serial_embed = model.embed
+    for holder in (model, *stages):
+        holder.embed = functools.partial(_cp_embed, holder.embed, ctx)
 
-    def embed(idx, position_ids=None, past: int = 0):  # idx (B, s/cp)
-        if position_ids is None:
-            position_ids = cp_positions(idx.shape[1] * ctx.cp_size, ctx)[None]       # (1, s/cp)
-        return serial_embed(idx, position_ids, past)
-    model.embed = embed
+
+def _cp_embed(serial_embed, ctx, idx, position_ids=None, past: int = 0):
+    """serial_embed(idx (B, s/cp)) at the positions this cp rank holds."""
+    if position_ids is None:
+        position_ids = cp_positions(idx.shape[1] * ctx.cp_size, ctx)[None]           # (1, s/cp)
+    return serial_embed(idx, position_ids, past)
 
 
 def _ring_core(attn, ctx, q, k, v, mask=None, need_weights=False):

@@ -46,7 +46,7 @@ def check_layout(config, tp: int, pp: int, dp: int, batch_size: int, schedule: s
     """Raise a ValueError saying what to change unless the mesh divides the model and the batch;
     returns the pipeline's micro-batches per step (default: 2 * pp)."""
     divide(config.n_head, tp, "n_head", "--tp (tensor-parallel size)")
-    check_context_parallel(config, cp, pp)
+    check_context_parallel(config, cp)
     divide(config.mlp_ratio * config.n_embd, tp, "MLP hidden size", "--tp (tensor-parallel size)")
     if schedule not in PIPELINE_SCHEDULES:
         raise ValueError(f"schedule {schedule!r}: choose one of {PIPELINE_SCHEDULES}")
@@ -81,8 +81,6 @@ class MeshModel:
                                              num_microbatches, num_chunks, ctx.cp_size)
         if ctx.tp_size > 1:
             apply_tensor_parallel(model, ctx)
-        if ctx.cp_size > 1:
-            apply_context_parallel(model, ctx)
         model.to(device=ctx.device, dtype=dtype)
         model.loss_fn = self.loss_fn = ScaledLoss(model.loss_fn)
         if ctx.pp_size == 1:
@@ -100,6 +98,8 @@ class MeshModel:
                                               num_chunks)
             if self.tied_apart:
                 mark_tied_copy(self.stages, ctx)  # the first stage counts the tie in the norm
+        if ctx.cp_size > 1:
+            apply_context_parallel(model, ctx, self.stages or ())
         # ZeRO-1's optimizer averages the gradients itself, ZeRO-2/3 reduce-scatter them in
         # backward (self.sharded); otherwise DDP does, in buckets
         self.sharded = FullyShardedDataParallel(model, ctx, stage=zero) if zero >= 2 else None

@@ -69,11 +69,13 @@ def _interleaved_action(op, k, num_stages, num_chunks):
 def pipeline_schedule(kind: str, num_stages: int, num_microbatches: int,
                       num_chunks: int = 1) -> list[list[Action]]:
     """Per pipeline rank, the ordered list of Actions of one training step (see module doc);
-    the zero-bubble kinds "zb-h1" and "zbv" (F, B, W actions) come from zero_bubble.py."""
-    if kind in ("zb-h1", "zbv"):
+    the zero-bubble kinds "zb-h1", "zbv" and "dualpipev" (F, B, W actions) come from
+    zero_bubble.py."""
+    if kind in ("zb-h1", "zbv", "dualpipev"):
         from .zero_bubble import zero_bubble_schedule
-        if num_chunks != (2 if kind == "zbv" else 1):
-            raise ValueError(f"{kind!r} has {2 if kind == 'zbv' else 1} chunk(s) per rank, not "
+        chunks = 1 if kind == "zb-h1" else 2
+        if num_chunks != chunks:
+            raise ValueError(f"{kind!r} has {chunks} chunk(s) per rank, not "
                              f"num_chunks={num_chunks}")
         return zero_bubble_schedule(kind, num_stages, num_microbatches)
     if kind not in SCHEDULES:

@@ -10,6 +10,9 @@ delays W's to fill the time a rank would otherwise spend waiting. Kinds:
   rank, the paper's ZB1P).
 - "zbv": two chunks per rank placed in a V: rank r holds virtual stages r and 2p-1-r, so the
   first and the last stage sit on rank 0 (torch's ScheduleZBVZeroBubble, the paper's ZB-V).
+- "dualpipev": the same V, in DeepSeek's DualPipeV order (DeepSeek-V3, arXiv 2412.19437, cut
+  to one V as torch's ScheduleDualPipeV): the steady state pairs a forward on one chunk with a
+  whole backward (B then W) on the other, which a GPU overlaps; only the last backwards split.
 
 Actions are schedule_types.Action (pipeline.Action) with op "F", "B" (input gradient only) or "W". `simulate_zb` replays a
 schedule with costs F, B, W per stage, like pipeline.simulate; `bubble_formula` is the paper's.
@@ -18,8 +21,8 @@ from __future__ import annotations
 
 from .schedule_types import Action, ScheduleDeadlockError, ScheduleError, Timeline, _check_sizes
 
-ZERO_BUBBLE_SCHEDULES = ("zb-h1", "zbv")
-NUM_CHUNKS = {"zb-h1": 1, "zbv": 2}
+ZERO_BUBBLE_SCHEDULES = ("zb-h1", "zbv", "dualpipev")
+NUM_CHUNKS = {"zb-h1": 1, "zbv": 2, "dualpipev": 2}
 
 
 def virtual_stage(kind: str, rank: int, chunk: int, num_stages: int) -> int:
@@ -88,6 +91,50 @@ def zbv_rank_actions(num_stages: int, rank: int, num_microbatches: int) -> list[
     return [a for a in actions if a.microbatch < m]
 
 
+def dualpipev_rank_actions(num_stages: int, rank: int, num_microbatches: int) -> list[Action]:
+    """One rank's DualPipeV order (chunk 0 = stage rank, chunk 1 = stage 2p-1-rank), in torch's
+    eight phases; a whole backward is written B then W, a held-back W runs oldest first."""
+    p, r, m = num_stages, rank, num_microbatches
+    count = {(op, c): 0 for op in "FB" for c in (0, 1)}
+    held, actions = [], []                   # (chunk, micro-batch) of B's whose W waits
+
+    def add(op, chunk, whole=False):
+        i = count[op, chunk]
+        count[op, chunk] += 1
+        actions.append(Action(op, i, chunk))
+        if op == "B" and whole:
+            actions.append(Action("W", i, chunk))
+        elif op == "B":
+            held.append((chunk, i))
+
+    def weight():
+        if held:
+            chunk, i = held.pop(0)
+            actions.append(Action("W", i, chunk))
+
+    for _ in range(2 * (p - r - 1)):                         # 1: forwards on chunk 0
+        add("F", 0)
+    for _ in range(r + 1):                                   # 2: chunk 1 joins
+        add("F", 0), add("F", 1)
+    for _ in range(p - r - 1):                               # 3: B W F on chunk 1
+        add("B", 1), weight(), add("F", 1)
+    for _ in range(m - 2 * p + r + 1):                       # 4: F0 with B1, F1 with B0
+        add("F", 0), add("B", 1, whole=True), add("F", 1), add("B", 0, whole=True)
+    for _ in range(p - r - 1):                               # 5: B1, then F1 with B0
+        add("B", 1, whole=True), add("F", 1), add("B", 0, whole=True)
+    split = False
+    for i in range(r + 1):                                   # 6: backwards; the later ones split
+        split = split or (i == (r + 1) // 2 and r % 2 == 1)
+        add("B", 1, whole=not split)
+        split = split or (i == (r + 1) // 2 and r % 2 == 0)
+        add("B", 0, whole=not split)
+    for _ in range(p - r - 1):                               # 7: a held W, then B on chunk 0
+        weight(), add("B", 0, whole=not split)
+    for _ in range(r + 1):                                   # 8: the W's still held
+        weight()
+    return actions
+
+
 def zero_bubble_schedule(kind: str, num_stages: int, num_microbatches: int) -> list[list[Action]]:
     """Per pipeline rank, the ordered F, B, W Actions of one step of `kind` (see module doc)."""
     if kind not in ZERO_BUBBLE_SCHEDULES:
@@ -97,7 +144,11 @@ def zero_bubble_schedule(kind: str, num_stages: int, num_microbatches: int) -> l
     if kind == "zb-h1" and m > p and m % p:
         raise ValueError(f"zb-h1 needs m <= p or m a multiple of p (as torch's "
                          f"ScheduleInterleavedZeroBubble); got m={m}, p={p}")
-    make = zb_h1_rank_actions if kind == "zb-h1" else zbv_rank_actions
+    if kind == "dualpipev" and m < 2 * p:
+        raise ValueError(f"dualpipev needs at least 2p = {2 * p} micro-batches (as torch's "
+                         f"ScheduleDualPipeV); got m={m}")
+    make = {"zb-h1": zb_h1_rank_actions, "zbv": zbv_rank_actions,
+            "dualpipev": dualpipev_rank_actions}[kind]
     return [make(p, rank, m) for rank in range(p)]
 
 
@@ -107,14 +158,19 @@ def schedule_kind(schedule) -> str:
 
 
 def simulate_zb(schedule, forward_cost: float = 1.0, backward_cost: float = 1.0,
-                weight_cost: float = 1.0, comm_cost: float = 0.0) -> Timeline:
-    """Replay an F/B/W schedule with blocking receives. Costs are per pipeline rank's share of
-    the model; a zbv chunk holds half of it, so its actions cost half. F on stage s waits for F on
-    s-1, B for B on s+1 (the last stage: its own F), W for its own B."""
+                weight_cost: float = 1.0, comm_cost: float = 0.0,
+                durations: list[list[float]] | None = None) -> Timeline:
+    """Replay an F/B/W schedule (or a 1F1B one: F and unsplit B) with blocking receives. Costs
+    are per pipeline rank's share of the model; a zbv chunk holds half of it, so its actions cost
+    half. F on stage s waits for F on s-1, B for B on s+1 (the last stage: its own F), W for its
+    own B. `durations` (per rank, each action's own time, e.g. measured) replaces the costs."""
     kind = schedule_kind(schedule)
     p, v = len(schedule), NUM_CHUNKS[kind]
     num_virtual = p * v
     cost = {"F": forward_cost / v, "B": backward_cost / v, "W": weight_cost / v}
+    if durations is not None and [len(d) for d in durations] != [len(r) for r in schedule]:
+        raise ValueError(f"durations has {[len(d) for d in durations]} actions per rank, the "
+                         f"schedule {[len(r) for r in schedule]}: give one time per action")
     done, pointer, clock = {}, [0] * p, [0.0] * p
     events = [[] for _ in range(p)]
 
@@ -144,7 +200,8 @@ def simulate_zb(schedule, forward_cost: float = 1.0, backward_cost: float = 1.0,
                 if ready is None:
                     break
                 start = max(clock[rank], ready)
-                clock[rank] = start + cost[a.op]
+                clock[rank] = start + (cost[a.op] if durations is None
+                                       else durations[rank][pointer[rank]])
                 done[(a.op, a.microbatch, virtual_stage(kind, rank, a.chunk, p))] = clock[rank]
                 events[rank].append((a, start, clock[rank]))
                 pointer[rank] += 1

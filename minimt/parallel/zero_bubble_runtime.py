@@ -18,8 +18,10 @@ import time
 import torch
 
 from . import comm
-from .pipeline_runtime import GPTStage, PHASE, StepRecord, _tag, activation_dtype
-from .zero_bubble import (NUM_CHUNKS, schedule_kind, simulate_zb, stage_holder, virtual_stage)
+from .pipeline_runtime import (GPTStage, PHASE, StepRecord, _tag, activation_dtype,
+                               timeline_from_records)
+from .zero_bubble import (NUM_CHUNKS, bubble_formula, schedule_kind, simulate_zb, stage_holder,
+                          virtual_stage)
 
 
 def build_zb_stages(model, kind: str, pp_rank: int, pp_size: int) -> list[GPTStage]:
@@ -165,3 +167,25 @@ def op_costs(records, num_chunks: int = 1) -> dict[str, float]:
         for a, start, end in record.events:
             durations.setdefault(a.op, []).append(end - start)
     return {op: num_chunks * sum(d) / len(d) for op, d in sorted(durations.items())}
+
+
+def bubble_report(kind: str, schedule, records) -> dict[str, float]:
+    """The bubble per rank (seconds) of one step of `schedule` ("1f1b", "zb-h1" or "zbv") run on
+    real ranks (StepRecords in pp-rank order), four ways: "formula" and "simulator" with this
+    step's mean F, B, W (1F1B: F and the unsplit B); "replay", the simulator fed each action's own
+    measured time; "measured". Measured minus replay is all the simulator leaves out: the time
+    from an action's input being ready to its start (a receive waking up, posting sends, Python),
+    at most "path_actions" times, a count of the actions on the longest chain: one rank's, plus
+    the pipeline's fill and drain hops."""
+    p, v = len(schedule), NUM_CHUNKS.get(kind, 1)
+    m = 1 + max(a.microbatch for rank in schedule for a in rank)
+    costs = op_costs(records, v)
+    f, b, w = costs["F"], costs["B"], costs.get("W", 0.0)
+    timeline = timeline_from_records(records)
+    busy = sum(timeline.busy(r) for r in range(p)) / p                   # every rank's mean work
+    replay = simulate_zb(schedule, durations=[[end - start for _, start, end in r.events]
+                                              for r in records])
+    return dict(formula=bubble_formula(kind, p, f, b, w),
+                simulator=simulate_zb(schedule, f, b, w).makespan - m * (f + b + w),
+                replay=replay.makespan - busy, measured=timeline.makespan - busy,
+                path_actions=max(len(r) for r in schedule) + 2 * (p * v - 1))
