@@ -69,6 +69,8 @@ def launch(fn, *args, tp: int = 1, pp: int = 1, dp: int = 1, backend: str | None
     backend = _choose_backend(backend, world_size, fork=start_method == "fork")
     if start_method == "spawn":
         _check_picklable(fn, args)
+    else:  # an optimizer's first step imports torch._dynamo (~1.5 s): once here, not in every rank
+        import torch._dynamo  # noqa: F401
     # Bind a free port now (no race with other programs) and let rank 0 serve the rendezvous
     # store on it. The caller must not run a store itself: forking while its server thread
     # holds a lock can hang a child.
