@@ -257,16 +257,20 @@ def _check_beam_task() -> None:
     hf, ours = _random_gpt2_pair()
     ids, mask = left_pad([[5, 6, 7, 8, 9], [12, 13]], pad_token_id=0)
     with torch.no_grad():
-        greedy = hf.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False,
-                             pad_token_id=0)[:, ids.shape[1]:]              # (2, 3)
+        first = hf.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False,
+                            pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    greedy = first.sequences[:, ids.shape[1]:]                                  # (2, 3)
     eos, likely_eos = int(greedy[0, -1]), int(greedy[1, 0])  # some beams finish early, some at once
+    runner_up = int(first.scores[0][0].topk(2).indices[1])  # 2 beams finish early, a third goes on
     cases = [dict(num_beams=3, num_return_sequences=1, length_penalty=1.0, early_stopping=False),
              dict(num_beams=4, num_return_sequences=3, length_penalty=1.0, early_stopping=False,
                   eos_token_id=eos),
              dict(num_beams=4, num_return_sequences=2, length_penalty=0.5, early_stopping=True,
                   eos_token_id=eos),
              dict(num_beams=3, num_return_sequences=2, length_penalty=1.0, early_stopping=True,
-                  eos_token_id=likely_eos)]
+                  eos_token_id=likely_eos),
+             dict(num_beams=2, num_return_sequences=2, length_penalty=2.0, early_stopping=True,
+                  eos_token_id=runner_up)]
     for i, settings in enumerate(cases):
         name = f"task 06.5, case {i + 1} of {len(cases)} ({settings}, prompts of 5 and 2 tokens)"
         with torch.no_grad():
@@ -281,11 +285,18 @@ def _check_beam_task() -> None:
             with torch.no_grad():
                 greedy = ours.generate(ids, 8, attention_mask=mask, pad_token_id=3,
                                        eos_token_id=settings.get("eos_token_id"))
-            hint = ("this is greedy decoding: keep the num_beams best partial sequences by their "
-                    "summed log-probability, ranking all beams' continuations together"
+                heuristic = hf.generate(ids, attention_mask=mask, do_sample=False,
+                                        max_new_tokens=8, pad_token_id=3,
+                                        **{**settings, "early_stopping": False})
+            hint = ("these are early_stopping=False's sequences: with early_stopping=True a prompt "
+                    "is done as soon as num_beams hypotheses are finished, even when a running "
+                    "beam could still beat them"
+                    if settings["early_stopping"] is True and torch.equal(got.sequences, heuristic)
+                    else "this is greedy decoding: keep the num_beams best partial sequences by "
+                    "their summed log-probability, ranking all beams' continuations together"
                     if torch.equal(got.sequences[::settings["num_return_sequences"]], greedy) else
-                    "rank the 2 * num_beams best continuations of all beams together; among the "
-                    "first num_beams, one that ends in EOS is finished, the others go on")
+                    "rank the 2 * num_beams best continuations of all beams together; among "
+                    "the first num_beams, one that ends in EOS is finished, the others go on")
             raise ExerciseError(f"{name}: sequences differ from transformers' beam search:\n"
                                 f"got      {got.sequences[:, ids.shape[1]:].tolist()}\nexpected "
                                 f"{expected.sequences[:, ids.shape[1]:].tolist()}\nHint: {hint}")
