@@ -5,7 +5,7 @@ import importlib
 import pkgutil
 
 from .core import ExerciseError, Task, compare, run_cases
-from .attention import check_attention, check_causal_mask, check_dilated_mask
+from .attention import check_alibi_attention, check_dilated_mask, check_prefix_lm_mask
 from .gpt import check_param_count, check_lr_schedule, check_lm_loss
 from .tensor_parallel import (check_bytes_per_layer, check_column_parallel_forward,
                               check_tp_mlp_operators)
