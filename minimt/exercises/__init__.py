@@ -6,7 +6,7 @@ import pkgutil
 
 from .core import ExerciseError, Task, compare, run_cases
 from .attention import check_alibi_attention, check_dilated_mask, check_prefix_lm_mask
-from .gpt import check_param_count, check_lr_schedule, check_lm_loss
+from .gpt import check_first_step_below, check_llama_param_count, check_lm_loss
 from .tensor_parallel import (check_bytes_per_layer, check_column_parallel_forward,
                               check_tp_mlp_operators)
 from .pipeline import check_messages_sent, check_min_microbatches, check_step_time
