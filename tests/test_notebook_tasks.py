@@ -236,14 +236,6 @@ def test_nbval_kernels_and_only_they_run_in_strict_mode(monkeypatch):
 
 # ---------------------------------------------------------------------------- exercises that leak
 
-# Exercises a package function still answers, being reworked (a ratchet: each must still leak; a
-# reworked one leaves this list, a new leak fails the test).
-KNOWN_LEAKS = {"01_attention.ipynb: my_causal_mask",
-               "01_attention.ipynb: my_attention", "02_gpt.ipynb: my_param_count",
-               "02_gpt.ipynb: my_lr",
-               "06_generation.ipynb: my_top_p_filter"}
-
-
 def exercises(path: Path):
     """(name, number of parameters, checker name, index) of each code exercise of a notebook."""
     found = []
@@ -320,5 +312,4 @@ def test_no_notebook_exercise_is_answered_by_a_package_function_it_shows_or_impo
                 leaks.add(f"{path.name}: {exercise}")
     capsys.readouterr()
     assert len(tried) >= 8  # the search finds candidates at all
-    assert leaks - KNOWN_LEAKS == set(), "exercises a package function answers"
-    assert KNOWN_LEAKS - leaks == set(), "reworked: remove them from KNOWN_LEAKS"
+    assert leaks == set(), "exercises a package function answers"

@@ -11,7 +11,7 @@ from .tensor_parallel import (check_bytes_per_layer, check_column_parallel_forwa
                               check_tp_mlp_operators)
 from .pipeline import check_messages_sent, check_min_microbatches, check_step_time
 from .precision import check_largest_loss_scale, check_scaler_update, check_prune_half
-from .generation import check_top_p_filter, check_kv_cache_bytes, check_greedy_until_eos
+from .generation import check_min_p_filter, check_kv_cache_bytes, check_greedy_until_eos
 
 
 def all_tasks() -> list[Task]:
