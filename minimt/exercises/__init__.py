@@ -7,7 +7,7 @@ import pkgutil
 from .core import ExerciseError, Task, compare, run_cases
 from .attention import check_alibi_attention, check_dilated_mask, check_prefix_lm_mask
 from .gpt import check_first_step_below, check_llama_param_count, check_lm_loss
-from .tensor_parallel import (check_bytes_per_layer, check_column_parallel_forward,
+from .tensor_parallel import (check_bytes_per_layer, check_column_parallel_backward,
                               check_tp_mlp_operators)
 from .pipeline import check_messages_sent, check_min_microbatches, check_step_time
 from .precision import check_largest_loss_scale, check_scaler_update, check_prune_half
