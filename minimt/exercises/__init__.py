@@ -10,7 +10,7 @@ from .gpt import check_first_step_below, check_llama_param_count, check_lm_loss
 from .tensor_parallel import (check_bytes_per_layer, check_column_parallel_backward,
                               check_tp_mlp_operators)
 from .pipeline import check_messages_sent, check_min_microbatches, check_step_time
-from .precision import check_largest_loss_scale, check_scaler_update, check_prune_half
+from .precision import check_largest_loss_scale, check_prune_half, check_skipped_steps
 from .generation import check_min_p_filter, check_kv_cache_bytes, check_greedy_until_eos
 
 
