@@ -112,10 +112,16 @@ def check_llama_param_count(fn: Callable) -> None:
 
 
 def _first_step_at_most(target, learning_rate, warmup_iters, lr_decay_iters, min_lr) -> int:
-    """Oracle: step the torch schedulers of _lr_oracle one step at a time until the rate, past
-    the warm-up, is <= target."""
+    """Oracle: torch's CosineAnnealingLR (the schedule after the warm-up, as in _lr_oracle),
+    stepped from the peak at warmup_iters until the rate is <= target."""
+    weight = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([weight], lr=learning_rate)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, max(1, lr_decay_iters - warmup_iters), eta_min=min_lr)
     it = warmup_iters
-    while _lr_oracle(it, learning_rate, warmup_iters, lr_decay_iters, min_lr) > target:
+    while optimizer.param_groups[0]["lr"] > target:
+        optimizer.step()
+        sched.step()
         it += 1
     return it
 
