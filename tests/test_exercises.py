@@ -6,94 +6,74 @@ import math
 import pytest
 import torch
 
-from minimt.attention import causal_mask, local_mask
-from minimt.exercises import (ExerciseError, check_attention, check_causal_mask,
-                              check_dilated_mask)
+from minimt.attention import local_mask
+from minimt.exercises import (ExerciseError, check_alibi_attention, check_dilated_mask,
+                              check_prefix_lm_mask)
 
 
-# --- check_attention ---------------------------------------------------------------------------
+# --- check_alibi_attention ---------------------------------------------------------------------
 
-def formula_attention(q, k, v, mask):
-    """A learner's correct answer, written independently of minimt's code."""
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])            # (B, H, Tq, Tk)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores, dim=-1) @ v                              # (B, H, Tq, D)
-
-
-def softmax_over_queries(q, k, v, mask):
-    """A classic bug: normalising each key's column instead of each query's row."""
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])            # (B, H, Tq, Tk)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores, dim=-2).nan_to_num(0.0) @ v
+def alibi_attention(q, k, v, slopes, sign=-1.0, causal=True):
+    """A learner's answer, written independently of the checker's loop (sign/causal: mistakes)."""
+    t = q.shape[-2]
+    distance = torch.arange(t)[:, None] - torch.arange(t)[None, :]     # (T, T): i - j
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])          # (B, H, T, T)
+    scores = scores + sign * slopes[:, None, None] * distance
+    if causal:
+        scores = scores.masked_fill(distance < 0, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v                           # (B, H, T, D)
 
 
-def test_check_attention_accepts_the_formula(capsys):
-    check_attention(formula_attention)
-    assert "check_attention: all 4 cases pass" in capsys.readouterr().out
-
-
-def test_check_attention_accepts_torch_sdpa():
-    check_attention(lambda q, k, v, mask: torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask))
+def test_check_alibi_attention_accepts_the_formula(capsys):
+    check_alibi_attention(alibi_attention)
+    assert "check_alibi_attention: all 4 cases pass" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("wrong, hint", [
-    (lambda q, k, v, m: formula_attention(q * math.sqrt(q.shape[-1]), k, v, m), "no 1/sqrt"),
-    (lambda q, k, v, m: formula_attention(q / math.sqrt(q.shape[-1]), k, v, m), "divided by d_k"),
-    (lambda q, k, v, m: formula_attention(q, k, v, None), "the mask is ignored"),
-    (lambda q, k, v, m: formula_attention(q, k, v, None if m is None else ~m).nan_to_num(0.0),
-     "the mask is inverted"),
-    (lambda q, k, v, m: softmax_over_queries(q, k, v, m), "wrong axis"),
+    (lambda q, k, v, m: alibi_attention(q, k, v, m, sign=1.0), "wrong sign"),
+    (lambda q, k, v, m: alibi_attention(q, k, v, m, sign=0.0), "no bias"),
+    (lambda q, k, v, m: alibi_attention(q, k, v, m, causal=False), "no causal mask"),
+    (lambda q, k, v, m: alibi_attention(q * math.sqrt(q.shape[-1]), k, v, m), "no 1/sqrt"),
+    (lambda q, k, v, m: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True),
+     "no bias"),
 ])
-def test_check_attention_names_common_bugs(wrong, hint):
+def test_check_alibi_attention_names_common_bugs(wrong, hint):
     with pytest.raises(ExerciseError, match=hint):
-        check_attention(wrong)
+        check_alibi_attention(wrong)
 
 
-def test_check_attention_rejects_small_errors_and_wrong_shapes():
+def test_check_alibi_attention_rejects_small_errors_shapes_and_stubs():
     with pytest.raises(ExerciseError, match="values differ"):
-        check_attention(lambda q, k, v, m: formula_attention(q, k, v, m) + 1e-5)
+        check_alibi_attention(lambda q, k, v, m: alibi_attention(q, k, v, m) + 1e-5)
     with pytest.raises(ExerciseError, match="shape"):
-        check_attention(lambda q, k, v, m: formula_attention(q, k, v, m).transpose(1, 2))
-    with pytest.raises(ExerciseError, match="expected a torch.Tensor, got tuple"):
-        check_attention(lambda q, k, v, m: (formula_attention(q, k, v, m), None))
-
-
-def test_check_attention_reports_an_unfinished_stub():
-    def stub(q, k, v, mask):
-        raise NotImplementedError
-
+        check_alibi_attention(lambda q, k, v, m: alibi_attention(q, k, v, m).transpose(1, 2))
     with pytest.raises(ExerciseError, match="not implemented yet"):
-        check_attention(stub)
+        check_alibi_attention(lambda q, k, v, m: (_ for _ in ()).throw(NotImplementedError))
 
 
-def test_check_attention_catches_a_bug_that_shows_only_with_a_mask():
-    def ignores_mask(q, k, v, mask):
-        return formula_attention(q, k, v, None)
+# --- check_prefix_lm_mask / check_dilated_mask ---------------------------------------------------
 
-    with pytest.raises(ExerciseError, match="case 2 of 4"):  # case 1 has no mask and passes
-        check_attention(ignores_mask)
+def prefix_lm(t, p):
+    positions = torch.arange(t)
+    return (positions[None, :] <= positions[:, None]) | (positions < p)[None, :]
 
 
-# --- check_causal_mask / check_dilated_mask ------------------------------------------------------
-
-def test_check_causal_mask_accepts_tril(capsys):
-    check_causal_mask(lambda t: torch.ones(t, t, dtype=torch.bool).tril())
-    assert "check_causal_mask: all 4 cases pass" in capsys.readouterr().out
+def test_check_prefix_lm_mask_accepts_a_prefix_lm(capsys):
+    check_prefix_lm_mask(prefix_lm)
+    assert "check_prefix_lm_mask: all 6 cases pass" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("wrong, hint", [
-    (lambda t: torch.ones(t, t, dtype=torch.bool).triu(), "see the future"),
-    (lambda t: torch.ones(t, t, dtype=torch.bool).tril(-1), "attend to itself"),
-    (lambda t: torch.ones(t, t, dtype=torch.bool), "nothing is masked"),
-    (lambda t: torch.ones(t, t).tril(), "return a bool tensor"),
-    (lambda t: causal_mask(t + 1), "shape"),
+    (lambda t, p: torch.ones(t, t, dtype=torch.bool).tril(), "this is the causal mask"),
+    (lambda t, p: prefix_lm(t, p) | (torch.arange(t) < p)[:, None], "must not see past the prefix"),
+    (lambda t, p: prefix_lm(t, p + 1), "one position too many"),
+    (lambda t, p: prefix_lm(t, p).T, "transposed"),
+    (lambda t, p: prefix_lm(t, p).float(), "return a bool tensor"),
+    (lambda t, p: prefix_lm(t + 1, p), "shape"),
 ])
-def test_check_causal_mask_rejects_wrong_masks(wrong, hint):
+def test_check_prefix_lm_mask_rejects_wrong_masks(wrong, hint):
     with pytest.raises(ExerciseError, match=hint):
-        check_causal_mask(wrong)
+        check_prefix_lm_mask(wrong)
 
 
 def dilated_band(t, window, dilation):

@@ -5,37 +5,31 @@ import pytest
 import torch
 
 from minimt.exercises import (ExerciseError, check_greedy_until_eos, check_kv_cache_bytes,
-                              check_top_p_filter)
+                              check_min_p_filter)
 
 
-def nucleus(logits, p):
-    """A learner's correct top-p, written with a loop over rows instead of a scatter."""
+def min_p(logits, p, strict=False, absolute=False):
+    """A learner's min-p with a loop over rows (strict/absolute: the usual mistakes)."""
     out = logits.clone()
     for row in range(logits.shape[0]):
         probs = logits[row].softmax(-1)
-        order = probs.argsort(descending=True)
-        total = 0.0
-        for rank, index in enumerate(order.tolist()):
-            if rank > 0 and total >= p:
-                out[row, index] = float("-inf")
-            total += float(probs[index])
+        threshold = p if absolute else p * float(probs.max())
+        drop = probs <= threshold if strict else probs < threshold
+        out[row, drop] = float("-inf")
     return out
 
 
-def nucleus_one_short(logits, p):
-    """The off-by-one: drops the token that makes the sum cross p."""
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
-    remove = sorted_logits.softmax(-1).cumsum(-1) > p
-    return logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
-
-
-def test_check_top_p_filter(capsys):
-    check_top_p_filter(nucleus)
-    assert "all 7 cases pass" in capsys.readouterr().out
-    with pytest.raises(ExerciseError, match="keep the token that makes the sum cross p"):
-        check_top_p_filter(nucleus_one_short)
+def test_check_min_p_filter(capsys):
+    check_min_p_filter(min_p)
+    assert "all 5 cases pass" in capsys.readouterr().out
+    with pytest.raises(ExerciseError, match="exactly at the threshold stays"):
+        check_min_p_filter(lambda logits, p: min_p(logits, p, strict=True))
+    with pytest.raises(ExerciseError, match="the threshold is relative"):
+        check_min_p_filter(lambda logits, p: min_p(logits, p, absolute=True))
+    with pytest.raises(ExerciseError, match="kept logits"):
+        check_min_p_filter(lambda logits, p: min_p(logits, p).log_softmax(-1))
     with pytest.raises(ExerciseError, match="not implemented yet"):
-        check_top_p_filter(lambda logits, p: (_ for _ in ()).throw(NotImplementedError))
+        check_min_p_filter(lambda logits, p: (_ for _ in ()).throw(NotImplementedError))
 
 
 def test_check_kv_cache_bytes(capsys):

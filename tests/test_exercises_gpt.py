@@ -6,45 +6,43 @@ import math
 import pytest
 import torch.nn.functional as F
 
-from minimt.exercises import ExerciseError, check_lm_loss, check_lr_schedule, check_param_count
+from minimt.exercises import (ExerciseError, check_first_step_below, check_llama_param_count,
+                              check_lm_loss)
 
 
-def count_params(config):
-    """A learner's correct closed form, written from the architecture, not from minimt's code."""
-    C, b = config.n_embd, int(config.bias)
-    hidden = config.mlp_ratio * C
-    attention = C * 3 * C + 3 * C * b + C * C + C * b
-    mlp = C * hidden + hidden * b + hidden * C + C * b
-    layer_norms = 2 * (C + C * b)
-    return (config.vocab_size * C + config.block_size * C
-            + config.n_layer * (attention + mlp + layer_norms) + C + C * b)
+def llama_count(vocab, layers, C, F):
+    """A learner's correct closed form, written from the architecture, not from the checker."""
+    attention, swiglu, norms = 4 * C * C, C * F + C * F + F * C, 2 * C
+    return vocab * C + layers * (attention + swiglu + norms) + C + C * vocab
 
 
-def test_param_count_checker():
-    check_param_count(count_params)
-    with pytest.raises(ExerciseError, match="tied token embedding"):
-        check_param_count(lambda c: count_params(c) + c.vocab_size * c.n_embd)
-    with pytest.raises(ExerciseError, match="position embedding"):
-        check_param_count(lambda c: count_params(c) - c.block_size * c.n_embd)
+def test_llama_param_count_checker(capsys):
+    check_llama_param_count(llama_count)
+    assert "all 4 cases pass" in capsys.readouterr().out
+    with pytest.raises(ExerciseError, match="NOT tied"):
+        check_llama_param_count(lambda v, n, c, f: llama_count(v, n, c, f) - v * c)
+    with pytest.raises(ExerciseError, match="three matrices"):
+        check_llama_param_count(lambda v, n, c, f: llama_count(v, n, c, f) - n * c * f)
+    with pytest.raises(ExerciseError, match="gain only"):
+        check_llama_param_count(lambda v, n, c, f: llama_count(v, n, c, f) + (2 * n + 1) * c)
     with pytest.raises(ExerciseError, match="not implemented"):
-        check_param_count(lambda c: (_ for _ in ()).throw(NotImplementedError))
+        check_llama_param_count(lambda v, n, c, f: (_ for _ in ()).throw(NotImplementedError))
 
 
-def schedule(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
-    if it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it > lr_decay_iters:
-        return min_lr
-    ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
-    return min_lr + (learning_rate - min_lr) * 0.5 * (1 + math.cos(math.pi * ratio))
+def first_step(target, lr, w, d, m):
+    """A learner's closed form: solve the cosine for r, round the step up."""
+    return w + math.ceil(math.acos(2 * (target - m) / (lr - m) - 1) / math.pi * (d - w))
 
 
-def test_lr_schedule_checker():
-    check_lr_schedule(schedule)
-    with pytest.raises(ExerciseError, match="check_lr_schedule"):  # warm-up from it/warmup
-        check_lr_schedule(lambda it, lr, w, d, m: lr * it / w if it < w else schedule(it, lr, w, d, m))
-    with pytest.raises(ExerciseError, match="check_lr_schedule"):  # decays to 0, not min_lr
-        check_lr_schedule(lambda it, lr, w, d, m: schedule(it, lr, w, d, 0.0))
+def test_first_step_below_checker(capsys):
+    check_first_step_below(first_step)
+    assert "all 6 cases pass" in capsys.readouterr().out
+    with pytest.raises(ExerciseError, match="round up"):
+        check_first_step_below(lambda *a: first_step(*a) - 1)
+    with pytest.raises(ExerciseError, match="count from step 0"):
+        check_first_step_below(lambda t, lr, w, d, m: first_step(t, lr, w, d, m) - w)
+    with pytest.raises(ExerciseError, match="check_first_step_below"):  # decays to 0, not min_lr
+        check_first_step_below(lambda t, lr, w, d, m: first_step(t, lr, w, d, 0.0))
 
 
 def test_lm_loss_checker():

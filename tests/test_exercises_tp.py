@@ -5,33 +5,39 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minimt.exercises import (ExerciseError, check_bytes_per_layer, check_column_parallel_forward,
+from minimt.exercises import (ExerciseError, check_bytes_per_layer, check_column_parallel_backward,
                               check_tp_mlp_operators)
 from minimt.parallel import (copy_to_tensor_model_parallel_region as f,
-                             gather_from_tensor_model_parallel_region as gather,
                              reduce_from_tensor_model_parallel_region as g)
 
 
-def column_forward(x, weight, bias, ctx, gather_output):
-    y = F.linear(f(x, ctx), weight, bias)                          # (B, T, out/tp)
-    return gather(y, ctx) if gather_output else y
-
-
-def column_forward_without_f(x, weight, bias, ctx, gather_output):
-    y = F.linear(x, weight, bias)
-    return gather(y, ctx) if gather_output else y
+def column_backward(x, weight, grad_y, ctx):
+    """A learner's answer: the input gradient's shares summed over the ranks by g's all-reduce."""
+    grad_x = g(torch.einsum("bto,oi->bti", grad_y, weight), ctx)        # (B, T, in)
+    grad_weight = torch.einsum("bto,bti->oi", grad_y, x)                # (out/tp, in)
+    return grad_x, grad_weight, grad_y.sum(dim=(0, 1))
 
 
 def stub(*args):
     raise NotImplementedError
 
 
-def test_column_parallel_forward():
-    check_column_parallel_forward(column_forward)
-    with pytest.raises(ExerciseError, match="input must enter through f"):
-        check_column_parallel_forward(column_forward_without_f)
-    with pytest.raises(ExerciseError, match="not implemented"):
-        check_column_parallel_forward(stub)
+@pytest.mark.parametrize("wrong, message", [
+    (lambda x, w, gy, ctx: (gy @ w, *column_backward(x, w, gy, ctx)[1:]), "sum the shares"),
+    (lambda x, w, gy, ctx: (column_backward(x, w, gy, ctx)[0], x.flatten(0, 1).T @ gy.flatten(0, 1),
+                            gy.sum(dim=(0, 1))), r"grad_weight: shape \(8, 6\), expected \(6, 8\)"),
+    (lambda x, w, gy, ctx: (*column_backward(x, w, gy, ctx)[:2], gy), "grad_bias: shape"),
+    (lambda x, w, gy, ctx: column_backward(x, w, gy, ctx)[0], "return \\(grad_x, grad_weight"),
+    (stub, "not implemented"),
+], ids=["no-all-reduce", "weight-transposed", "bias-not-summed", "one-value", "stub"])
+def test_column_parallel_backward(wrong, message):
+    with pytest.raises(ExerciseError, match=message):
+        check_column_parallel_backward(wrong)
+
+
+def test_column_parallel_backward_accepts_an_answer(capsys):
+    check_column_parallel_backward(column_backward)
+    assert "equal nn.Linear's autograd on 2 ranks" in capsys.readouterr().out
 
 
 def mlp(x, fc, proj, ctx):

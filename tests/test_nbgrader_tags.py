@@ -28,18 +28,18 @@ SOLVED_AND_CHECKED = """def my_mask(t):
     ### END SOLUTION
 
 
-minimt.exercises.check_causal_mask(my_mask)
+minimt.exercises.check_dilated_mask(my_mask)
 print("done")"""
 
 
 def test_a_solution_followed_by_its_check_becomes_a_solution_cell_and_a_test_cell():
     nb = nbgrader_tags.tag_notebook(notebook(("code", SOLVED_AND_CHECKED)), {})
     assert [c.source for c in nb.cells] == [SOLVED_AND_CHECKED.split("\n\n\n")[0],
-                                            'minimt.exercises.check_causal_mask(my_mask)\nprint("done")']
+                                            'minimt.exercises.check_dilated_mask(my_mask)\nprint("done")']
     assert [c.id for c in nb.cells] == ["c0", "c0-check"]
     assert roles(nb) == [
         {"grade_id": "solution_my_mask", "solution": True, "grade": False, "locked": False},
-        {"grade_id": "check_causal_mask", "solution": False, "grade": True, "locked": True,
+        {"grade_id": "check_dilated_mask", "solution": False, "grade": True, "locked": True,
          "points": nbgrader_tags.EXERCISE_POINTS}]
     again = nbgrader_tags.tag_notebook(nbformat.from_dict(nb), {})
     assert nbformat.writes(again) == nbformat.writes(nb)            # idempotent
@@ -48,7 +48,7 @@ def test_a_solution_followed_by_its_check_becomes_a_solution_cell_and_a_test_cel
 def test_task_checks_take_the_tasks_points_and_demonstrations_are_not_graded():
     nb = nbgrader_tags.tag_notebook(notebook(
         ("code", 'minimt.course.check("03.2")'),
-        ("code", "try:\n    minimt.exercises.check_causal_mask(wrong)\nexcept ExerciseError as e:\n    print(e)"),
+        ("code", "try:\n    minimt.exercises.check_dilated_mask(wrong)\nexcept ExerciseError as e:\n    print(e)"),
         ("markdown", "**Predict.** What happens?"),
         ("markdown", "**Your prediction:**\n\n### BEGIN SOLUTION\nIt halves.\n### END SOLUTION"),
         ("code", 'minimt.course.check("03.2")')), {"03.2": 5})

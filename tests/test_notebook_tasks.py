@@ -236,14 +236,6 @@ def test_nbval_kernels_and_only_they_run_in_strict_mode(monkeypatch):
 
 # ---------------------------------------------------------------------------- exercises that leak
 
-# Exercises a package function still answers, being reworked (a ratchet: each must still leak; a
-# reworked one leaves this list, a new leak fails the test).
-KNOWN_LEAKS = {"01_attention.ipynb: my_causal_mask",
-               "01_attention.ipynb: my_attention", "02_gpt.ipynb: my_param_count",
-               "02_gpt.ipynb: my_lr",
-               "06_generation.ipynb: my_top_p_filter"}
-
-
 def exercises(path: Path):
     """(name, number of parameters, checker name, index) of each code exercise of a notebook."""
     found = []
@@ -320,5 +312,56 @@ def test_no_notebook_exercise_is_answered_by_a_package_function_it_shows_or_impo
                 leaks.add(f"{path.name}: {exercise}")
     capsys.readouterr()
     assert len(tried) >= 8  # the search finds candidates at all
-    assert leaks - KNOWN_LEAKS == set(), "exercises a package function answers"
-    assert KNOWN_LEAKS - leaks == set(), "reworked: remove them from KNOWN_LEAKS"
+    assert leaks == set(), "exercises a package function answers"
+
+
+# ------------------------------------------------------------ exercises that repeat a written task
+
+REPEAT_SHARE = 0.8  # a task repeated with its names kept scored 0.82-1.00; distinct exercises <= 0.72
+
+
+def code_tokens(code: str) -> list[str]:
+    """Names, operators and numbers of a piece of code (comments and layout dropped)."""
+    import io
+    import tokenize
+    kept = (tokenize.NAME, tokenize.OP, tokenize.NUMBER)
+    try:
+        return [t.string for t in tokenize.generate_tokens(io.StringIO(code).readline)
+                if t.type in kept]
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return []
+
+
+def repeated_share(exercise: str, task: str) -> float:
+    """The share of the exercise's tokens that lie in runs it shares, in order, with the task."""
+    import difflib
+    mine, theirs = code_tokens(exercise), code_tokens(task)
+    matcher = difflib.SequenceMatcher(None, mine, theirs, autojunk=False)
+    return sum(block.size for block in matcher.get_matching_blocks()) / max(1, len(mine))
+
+
+def test_no_notebook_exercise_repeats_a_task_solution():
+    """A notebook exercise whose solution is mostly a task's solution region, token for token
+    (03's column-parallel forward was task 03.3's body), repeats a task: it must ask something
+    else. Static, so it also sees methods and closures the package-function search cannot call."""
+    from minimt.course import regions
+    from minimt.course.repo import task_file, task_of_region
+    solutions = {}
+    for task in TASKS.values():
+        text = (ROOT / task_file(task)).read_text(encoding="utf-8")
+        mine = [r for r in regions.find_regions(text) if task_of_region(task_file(task), r, [task])]
+        solutions[task.id] = "\n".join(regions.body(text, r) for r in mine)
+    repeats, seen = [], 0
+    for path in NOTEBOOKS:
+        for cell in cells(path):
+            found = re.search(r"^def (\w+)\(.*?### BEGIN SOLUTION\n(.*?)### END SOLUTION",
+                              "".join(cell["source"]), re.S | re.M)
+            if cell["cell_type"] != "code" or not found:
+                continue
+            seen += 1
+            share, task_id = max((repeated_share(found.group(2), body), task_id)
+                                 for task_id, body in solutions.items())
+            if share >= REPEAT_SHARE:
+                repeats.append(f"{path.name}: {found.group(1)} is {share:.0%} task {task_id}'s")
+    assert seen >= 15 and len(solutions) >= 30
+    assert repeats == [], "exercises that repeat a task's solution"

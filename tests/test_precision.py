@@ -423,15 +423,20 @@ def test_exercise_checkers_accept_references_and_reject_mistakes():
     with pytest.raises(ex.ExerciseError, match="look for the largest"):
         ex.check_largest_loss_scale(lambda g: largest_loss_scale(g) / 2)
 
-    def update(scale, tracker, found, growth, backoff, interval):
-        s = DynamicLossScaler(scale, growth, backoff, interval)
-        s.growth_tracker = tracker
-        s.update(found)
-        return s.scale, s.growth_tracker
+    def skipped(init, top, interval, steps):  # a learner's loop, not the checker's torch scaler
+        count, scale = 0, init
+        s = DynamicLossScaler(init, 2.0, 0.5, interval)
+        for _ in range(steps):
+            count += scale > top
+            s.update(scale > top)
+            scale = s.scale
+        return count
 
-    ex.check_scaler_update(update)
-    with pytest.raises(ex.ExerciseError, match="tracker"):  # forgets to reset the tracker on overflow
-        ex.check_scaler_update(lambda sc, t, f, g, b, i: (sc * b, t) if f else update(sc, t, f, g, b, i))
+    ex.check_skipped_steps(skipped)
+    with pytest.raises(ex.ExerciseError, match="each halves the scale"):  # forgets the way down
+        ex.check_skipped_steps(lambda i, t, n, s: skipped(min(i, t), t, n, s))
+    with pytest.raises(ex.ExerciseError, match="one skip per cycle"):    # never grows again
+        ex.check_skipped_steps(lambda i, t, n, s: skipped(i, t, 10 ** 9, s))
 
     def prune_half(w):
         keep = torch.zeros(w.numel(), dtype=torch.bool)

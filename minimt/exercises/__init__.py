@@ -5,13 +5,13 @@ import importlib
 import pkgutil
 
 from .core import ExerciseError, Task, compare, run_cases
-from .attention import check_attention, check_causal_mask, check_dilated_mask
-from .gpt import check_param_count, check_lr_schedule, check_lm_loss
-from .tensor_parallel import (check_bytes_per_layer, check_column_parallel_forward,
+from .attention import check_alibi_attention, check_dilated_mask, check_prefix_lm_mask
+from .gpt import check_first_step_below, check_llama_param_count, check_lm_loss
+from .tensor_parallel import (check_bytes_per_layer, check_column_parallel_backward,
                               check_tp_mlp_operators)
 from .pipeline import check_messages_sent, check_min_microbatches, check_step_time
-from .precision import check_largest_loss_scale, check_scaler_update, check_prune_half
-from .generation import check_top_p_filter, check_kv_cache_bytes, check_greedy_until_eos
+from .precision import check_largest_loss_scale, check_prune_half, check_skipped_steps
+from .generation import check_min_p_filter, check_kv_cache_bytes, check_greedy_until_eos
 
 
 def all_tasks() -> list[Task]:

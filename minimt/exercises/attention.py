@@ -1,5 +1,6 @@
-"""Checkers for 01_attention: attention from the formula, the causal and the local mask.
-Oracles: torch's fused kernel F.scaled_dot_product_attention and masks built with torch.tril."""
+"""Checkers for 01_attention: the prefix-LM and dilated masks, ALiBi attention, and the tasks
+(attention from the formula, the causal mask). Oracles: torch's fused kernel, masks built with
+torch.tril or one pair at a time, ALiBi attention one query row at a time."""
 from __future__ import annotations
 
 from typing import Callable
@@ -13,37 +14,6 @@ from .core import ExerciseError, compare, learner, matches, run_cases, shape_fir
 def _tril(rows: int, cols: int, diagonal: int = 0) -> torch.Tensor:
     """(rows, cols) bool, True on and below the given diagonal (torch.tril of ones)."""
     return torch.ones(rows, cols, dtype=torch.bool).tril(diagonal)
-
-
-def _attention_variant(q, k, v, mask, scale, softmax_dim=-1):
-    """A common wrong version of attention, to recognise the learner's bug."""
-    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale                 # (B, H, Tq, Tk)
-    scores = scores if mask is None else torch.where(mask, scores, float("-inf"))
-    return torch.softmax(scores, dim=softmax_dim).nan_to_num(0.0) @ v    # (B, H, Tq, D)
-
-
-def _attention_hint(got, q, k, v, mask):
-    """Name the classic bug (scale, softmax axis, mask) whose output the learner's matches."""
-    d = q.shape[-1]
-    variants = [
-        (_attention_variant(q, k, v, mask, 1.0), "no 1/sqrt(d_k) scaling: divide the scores "
-         "Q K^T by sqrt(d_k) = sqrt(q.shape[-1]) before the softmax"),
-        (_attention_variant(q, k, v, mask, 1.0 / d), "the scores are divided by d_k; divide by "
-         "sqrt(d_k) instead"),
-        (_attention_variant(q, k, v, mask, d ** -0.5, softmax_dim=-2), "softmax over the wrong "
-         "axis: each query's weights over the keys must sum to 1, so use dim=-1"),
-    ]
-    if mask is not None:
-        variants += [
-            (_attention_variant(q, k, v, None, d ** -0.5), "the mask is ignored: set the scores where "
-             "mask is False to -inf before the softmax (scores.masked_fill(~mask, -inf))"),
-            (_attention_variant(q, k, v, ~mask, d ** -0.5), "the mask is inverted: True means "
-             "'may attend', so fill the scores where the mask is False"),
-        ]
-    for wrong, advice in variants:
-        if matches(got, wrong):
-            return advice
-    return None
 
 
 def _attention_cases():
@@ -62,13 +32,57 @@ def _attention_cases():
             (*qkv(1, 2, 6, 6, 32), _tril(6, 6) & ~_tril(6, 6, -2))]
 
 
-def check_attention(fn: Callable) -> None:
-    """fn(q, k, v, mask) -> softmax(q k^T / sqrt(d_k)) v, with q (B, H, Tq, D), k and v (B, H, Tk, D)
-    and mask None or bool (Tq, Tk), True = may attend. Checked in float64 against torch's kernel."""
-    def reference(q, k, v, mask):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+def _alibi_oracle(q, k, v, slopes, causal=True):
+    """Causal attention with ALiBi's bias, one query row at a time: the weights of query i over
+    keys 0..i are exp(s_j) / sum exp(s), s_j = q_i . k_j / sqrt(d) - slope_h (i - j)."""
+    out = torch.zeros_like(q)                                               # (B, H, T, D)
+    t = q.shape[2]
+    for h in range(q.shape[1]):
+        for i in range(t):
+            keys = i + 1 if causal else t                     # causal=False: a learner's mistake
+            distance = i - torch.arange(keys, dtype=q.dtype)                # (keys,): i - j
+            scores = (k[:, h, :keys] @ q[:, h, i, :, None])[..., 0] / q.shape[-1] ** 0.5
+            weights = torch.exp(scores - slopes[h] * distance)              # (B, keys)
+            weights = weights / weights.sum(-1, keepdim=True)
+            out[:, h, i] = (weights[..., None] * v[:, h, :keys]).sum(1)
+    return out
 
-    run_cases("check_attention", fn, reference, _attention_cases(), _attention_hint,
+
+def _alibi_cases():
+    """Seeded float64 cases; slopes as ALiBi's geometric sequence 2^(-8h/H), and one custom."""
+    g = torch.Generator().manual_seed(1)
+
+    def qkv(b, h, t, d):
+        return [torch.randn(b, h, t, d, generator=g, dtype=torch.float64) for _ in range(3)]
+
+    def geometric(h):
+        return torch.tensor([2.0 ** (-8 * (i + 1) / h) for i in range(h)], dtype=torch.float64)
+
+    return [(*qkv(1, 1, 4, 8), torch.tensor([0.0], dtype=torch.float64)),
+            (*qkv(2, 4, 6, 16), geometric(4)),
+            (*qkv(1, 2, 7, 4), torch.tensor([1.5, 0.25], dtype=torch.float64)),
+            (*qkv(2, 8, 5, 8), geometric(8))]
+
+
+def check_alibi_attention(fn: Callable) -> None:
+    """fn(q, k, v, slopes) -> causal attention whose scores carry ALiBi's bias -slope_h (i - j)
+    (Press et al. 2022), q, k, v (B, H, T, D), slopes (H,). Oracle: a loop over query rows."""
+    def hint(got, q, k, v, slopes):
+        variants = [(_alibi_oracle(q, k, v, -slopes), "the bias has the wrong sign: a key further "
+                     "back must score LOWER, subtract slope_h * (i - j)"),
+                    (_alibi_oracle(q, k, v, 0 * slopes), "no bias: add -slope_h * (i - j) to each "
+                     "score, with slopes[h] for head h (slopes[:, None, None] broadcasts)"),
+                    (_alibi_oracle(q * q.shape[-1] ** 0.5, k, v, slopes), "no 1/sqrt(d_k) "
+                     "scaling of q k^T (the bias is added after the scaling)"),
+                    (_alibi_oracle(q, k, v, slopes, causal=False), "no causal mask: query i may "
+                     "attend to keys j <= i only (set the other scores to -inf before the "
+                     "softmax)")]
+        for wrong, advice in variants:
+            if matches(got, wrong):
+                return advice
+        return None
+
+    run_cases("check_alibi_attention", fn, _alibi_oracle, _alibi_cases(), hint,
               atol=1e-8, rtol=1e-6)
 
 
@@ -93,20 +107,28 @@ def _mask_hint(got, known_mistakes):
     return None
 
 
-def check_causal_mask(fn: Callable) -> None:
-    """fn(T) -> (T, T) bool, True where query i may attend to key j, i.e. j <= i."""
-    def hint(got, seq_len):
-        ones = torch.ones(seq_len, seq_len, dtype=torch.bool)
+def check_prefix_lm_mask(fn: Callable) -> None:
+    """fn(T, P) -> (T, T) bool: a prefix LM's mask (T5's, Raffel et al. 2020): the first P positions
+    see each other both ways, every later query i sees keys j <= i. Oracle: one pair at a time."""
+    def prefix_lm(seq_len, prefix_len):
+        return torch.tensor([[j <= i or j < prefix_len for j in range(seq_len)]
+                             for i in range(seq_len)], dtype=torch.bool).view(seq_len, seq_len)
+
+    def hint(got, seq_len, prefix_len):
+        causal = prefix_lm(seq_len, 0)
         return _mask_hint(got, [
-            (ones.triu(), "True above the diagonal lets a query see the future: keep keys j <= i "
-             "(the lower triangle, torch.tril)"),
-            (ones.tril(-1), "the diagonal must be True: a token may attend to itself"),
-            (ones, "nothing is masked: key j must be hidden from query i when j > i"),
+            (causal, "this is the causal mask: inside the prefix a query also sees the LATER "
+             "prefix positions (j < P)"),
+            (causal | prefix_lm(seq_len, seq_len) & (torch.arange(seq_len) < prefix_len)[:, None],
+             "a prefix query must not see past the prefix: only keys j < P are added"),
+            (prefix_lm(seq_len, prefix_len + 1), "one position too many: the prefix is positions "
+             "0..P-1"),
+            (prefix_lm(seq_len, prefix_len).T, "transposed: rows are queries i, columns keys j"),
         ])
 
-    cases = [(1,), (2,), (5,), (9,)]
-    run_cases("check_causal_mask", _bool_mask("check_causal_mask", fn), lambda t: _tril(t, t),
-              cases, hint)
+    cases = [(1, 0), (4, 0), (5, 2), (6, 6), (9, 4), (7, 1)]
+    run_cases("check_prefix_lm_mask", _bool_mask("check_prefix_lm_mask", fn), prefix_lm, cases,
+              hint)
 
 
 def check_dilated_mask(fn: Callable) -> None:

@@ -1,6 +1,7 @@
-"""Checkers for 06_generation: top-p filtering, KV-cache bytes, greedy decoding that stops at EOS,
-and the tasks top-k, top-p (oracles: transformers' TopKLogitsWarper and TopPLogitsWarper), the KV
-cache append and the one-token decoding step (oracle: the same model run without a cache)."""
+"""Checkers for 06_generation: min-p filtering, KV-cache bytes, greedy decoding that stops at EOS,
+and the tasks top-k, top-p (oracles: transformers' MinPLogitsWarper, TopKLogitsWarper and
+TopPLogitsWarper), the KV cache append and the one-token decoding step (oracle: the same model run
+without a cache), and beam search (oracle: transformers' generate)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -31,11 +32,36 @@ def _top_p_cases():
             (torch.randn(3, 10, generator=g) * 2, 0.8), (torch.randn(2, 50, generator=g), 0.5)]
 
 
-def check_top_p_filter(fn: Callable) -> None:
-    """fn(logits (B, V), p) -> logits with -inf outside the nucleus: the smallest set of most
-    likely tokens whose probabilities sum to at least p (Holtzman et al. 2019); oracle:
-    transformers' TopPLogitsWarper."""
-    _top_p(lambda logits, p: call("check_top_p_filter", fn, logits, p), "check_top_p_filter")
+def check_min_p_filter(fn: Callable) -> None:
+    """fn(logits (B, V), min_p) -> logits with -inf where a token's probability is below min_p times
+    the row's largest (min-p sampling, Nguyen et al. 2024); oracle: transformers' MinPLogitsWarper."""
+    from transformers.generation.logits_process import MinPLogitsWarper
+    g = torch.Generator().manual_seed(0)
+    exact = torch.tensor([[0.5, 0.25, 0.125, 0.125]])   # binary fractions: 0.25 * 0.5 is exact
+    cases = [(torch.randn(3, 10, generator=g) * 2, 0.1), (exact.log(), 0.25), (exact.log(), 0.6),
+             (exact.log() + 3.0, 0.5), (torch.randn(2, 50, generator=g), 0.3)]
+    for i, (logits, min_p) in enumerate(cases):
+        got = call("check_min_p_filter", fn, logits.clone(), min_p)
+        expected = MinPLogitsWarper(min_p)(None, logits.clone())
+        name = f"check_min_p_filter, case {i + 1} of {len(cases)} (logits {tuple(logits.shape)}, " \
+               f"min_p={min_p})"
+        if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+            compare(name, got, expected)
+        kept, kept_expected = got > float("-inf"), expected > float("-inf")
+        if not torch.equal(kept, kept_expected):
+            probs = logits.softmax(-1)
+            hint = ("a token exactly at the threshold stays (keep p >= min_p * p_max)"
+                    if torch.equal(kept, probs > min_p * probs.max(-1, keepdim=True).values) else
+                    "the threshold is relative: min_p times the largest probability of the row, "
+                    "not min_p itself" if torch.equal(kept, probs >= min_p) else
+                    "compare probabilities (softmax of the logits), not the logits"
+                    if torch.equal(kept, logits >= min_p * logits.max(-1, keepdim=True).values)
+                    else "keep a token when its probability is >= min_p times the row's largest")
+            raise ExerciseError(f"{name}: kept {kept.sum(-1).tolist()} tokens per row, expected "
+                                f"{kept_expected.sum(-1).tolist()}. Hint: {hint}")
+        compare(name + ", kept logits (unchanged)", got[kept], expected[kept])
+    print(f"check_min_p_filter: all {len(cases)} cases pass (equal to transformers' "
+          f"MinPLogitsWarper)")
 
 
 def _top_p(fn: Callable, exercise: str) -> None:
@@ -257,16 +283,20 @@ def _check_beam_task() -> None:
     hf, ours = _random_gpt2_pair()
     ids, mask = left_pad([[5, 6, 7, 8, 9], [12, 13]], pad_token_id=0)
     with torch.no_grad():
-        greedy = hf.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False,
-                             pad_token_id=0)[:, ids.shape[1]:]              # (2, 3)
+        first = hf.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False,
+                            pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    greedy = first.sequences[:, ids.shape[1]:]                                  # (2, 3)
     eos, likely_eos = int(greedy[0, -1]), int(greedy[1, 0])  # some beams finish early, some at once
+    runner_up = int(first.scores[0][0].topk(2).indices[1])  # 2 beams finish early, a third goes on
     cases = [dict(num_beams=3, num_return_sequences=1, length_penalty=1.0, early_stopping=False),
              dict(num_beams=4, num_return_sequences=3, length_penalty=1.0, early_stopping=False,
                   eos_token_id=eos),
              dict(num_beams=4, num_return_sequences=2, length_penalty=0.5, early_stopping=True,
                   eos_token_id=eos),
              dict(num_beams=3, num_return_sequences=2, length_penalty=1.0, early_stopping=True,
-                  eos_token_id=likely_eos)]
+                  eos_token_id=likely_eos),
+             dict(num_beams=2, num_return_sequences=2, length_penalty=2.0, early_stopping=True,
+                  eos_token_id=runner_up)]
     for i, settings in enumerate(cases):
         name = f"task 06.5, case {i + 1} of {len(cases)} ({settings}, prompts of 5 and 2 tokens)"
         with torch.no_grad():
@@ -281,11 +311,18 @@ def _check_beam_task() -> None:
             with torch.no_grad():
                 greedy = ours.generate(ids, 8, attention_mask=mask, pad_token_id=3,
                                        eos_token_id=settings.get("eos_token_id"))
-            hint = ("this is greedy decoding: keep the num_beams best partial sequences by their "
-                    "summed log-probability, ranking all beams' continuations together"
+                heuristic = hf.generate(ids, attention_mask=mask, do_sample=False,
+                                        max_new_tokens=8, pad_token_id=3,
+                                        **{**settings, "early_stopping": False})
+            hint = ("these are early_stopping=False's sequences: with early_stopping=True a prompt "
+                    "is done as soon as num_beams hypotheses are finished, even when a running "
+                    "beam could still beat them"
+                    if settings["early_stopping"] is True and torch.equal(got.sequences, heuristic)
+                    else "this is greedy decoding: keep the num_beams best partial sequences by "
+                    "their summed log-probability, ranking all beams' continuations together"
                     if torch.equal(got.sequences[::settings["num_return_sequences"]], greedy) else
-                    "rank the 2 * num_beams best continuations of all beams together; among the "
-                    "first num_beams, one that ends in EOS is finished, the others go on")
+                    "rank the 2 * num_beams best continuations of all beams together; among "
+                    "the first num_beams, one that ends in EOS is finished, the others go on")
             raise ExerciseError(f"{name}: sequences differ from transformers' beam search:\n"
                                 f"got      {got.sequences[:, ids.shape[1]:].tolist()}\nexpected "
                                 f"{expected.sequences[:, ids.shape[1]:].tolist()}\nHint: {hint}")

@@ -1,6 +1,6 @@
-"""Checkers for 02_gpt: the parameter count, the learning-rate schedule, the language-model loss,
-and the tasks Block.forward, param_count and lr_at. Oracles: torch's nn.TransformerEncoderLayer
-(pre-LayerNorm), the parameters of a GPT built on the meta device, torch's LinearLR and
+"""Checkers for 02_gpt: a LLaMA-style parameter count, the step a schedule reaches a rate, the
+language-model loss, and the tasks Block.forward, param_count and lr_at. Oracles: torch's
+nn.TransformerEncoderLayer (pre-LayerNorm), models built on the meta device, torch's LinearLR and
 CosineAnnealingLR schedulers."""
 from __future__ import annotations
 
@@ -45,6 +45,34 @@ def _param_hint(config, got, expected) -> str:
             "(two LayerNorm gains); plus the final LayerNorm's C")
 
 
+def llama_built_param_count(vocab_size, n_layer, n_embd, ffn_hidden) -> int:
+    """Oracle: the parameters of a LLaMA-style decoder built from torch modules on the meta
+    device: untied embedding and output layer, no position table, no biases, RMSNorm gains,
+    attention W_q W_k W_v W_o and a SwiGLU MLP (gate, up, down). One block, times n_layer."""
+    with torch.device("meta"):
+        block = nn.ModuleList([nn.RMSNorm(n_embd), nn.RMSNorm(n_embd)]
+                              + [nn.Linear(n_embd, n_embd, bias=False) for _ in range(4)]
+                              + [nn.Linear(n_embd, ffn_hidden, bias=False) for _ in range(2)]
+                              + [nn.Linear(ffn_hidden, n_embd, bias=False)])
+        ends = nn.ModuleList([nn.Embedding(vocab_size, n_embd), nn.RMSNorm(n_embd),
+                              nn.Linear(n_embd, vocab_size, bias=False)])
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    return n_layer * count(block) + count(ends)
+
+
+def _llama_hint(args, got) -> str:
+    vocab, layers, C, F = args
+    diff = llama_built_param_count(*args) - got if isinstance(got, int) else None
+    return ("the output layer is NOT tied to the embedding here: count V*C twice"
+            if diff == vocab * C else
+            "SwiGLU has three matrices (gate, up: C x F; down: F x C), not two"
+            if diff == layers * C * F else
+            "RMSNorm has a gain only (C numbers, no bias): two per block and a final one"
+            if diff == -(2 * layers + 1) * C else
+            "per block: 4C^2 (attention) + 3*C*F (SwiGLU) + 2C (two RMSNorm gains); plus the "
+            "final RMSNorm's C and 2VC (embedding and output layer)")
+
+
 def _lr_oracle(it, learning_rate, warmup_iters, lr_decay_iters, min_lr) -> float:
     """torch's LinearLR over the warm-up (step i: (i+1)/(warmup+1) of the peak), then torch's
     CosineAnnealingLR from the peak down to min_lr at lr_decay_iters, then min_lr."""
@@ -66,23 +94,55 @@ def _lr_oracle(it, learning_rate, warmup_iters, lr_decay_iters, min_lr) -> float
     return optimizer.param_groups[0]["lr"]
 
 
-def check_param_count(fn: Callable) -> None:
-    """fn(config: GPTConfig) -> int: the number of parameters of GPT(config), in closed form."""
-    configs = _param_configs()
-    for i, config in enumerate(configs):
-        got = call("check_param_count", fn, config)
-        expected = built_param_count(config)
+LLAMA_CASES = [(100, 2, 64, 172), (1000, 3, 96, 256), (32000, 32, 4096, 11008),
+               (32000, 80, 8192, 28672)]   # LLaMA-7B and LLaMA-2-70B's widths (no GQA)
+
+
+def check_llama_param_count(fn: Callable) -> None:
+    """fn(vocab_size, n_layer, n_embd, ffn_hidden) -> int: a LLaMA-style decoder's parameters in
+    closed form; oracle: the same modules built on the meta device and counted."""
+    for i, args in enumerate(LLAMA_CASES):
+        got = call("check_llama_param_count", fn, *args)
+        expected = llama_built_param_count(*args)
         if got != expected:
-            hint = _param_hint(config, got, expected)
-            raise ExerciseError(f"check_param_count, case {i + 1} of {len(configs)} ({config}): "
-                                f"got {got!r}, expected {expected:,}; {hint}")
-    print(f"check_param_count: all {len(configs)} cases pass")
+            raise ExerciseError(f"check_llama_param_count, case {i + 1} of {len(LLAMA_CASES)} "
+                                f"(vocab_size, n_layer, n_embd, ffn_hidden = {args}): got "
+                                f"{got!r}, expected {expected:,}. Hint: {_llama_hint(args, got)}")
+    print(f"check_llama_param_count: all {len(LLAMA_CASES)} cases pass")
 
 
-def check_lr_schedule(fn: Callable) -> None:
-    """fn(it, learning_rate, warmup_iters, lr_decay_iters, min_lr) -> float: linear warm-up then
-    cosine decay (nanoGPT's get_lr), checked against torch's LinearLR and CosineAnnealingLR."""
-    run_cases("check_lr_schedule", fn, _lr_oracle, _lr_cases(), atol=1e-12, rtol=1e-6)
+def _first_step_at_most(target, learning_rate, warmup_iters, lr_decay_iters, min_lr) -> int:
+    """Oracle: torch's CosineAnnealingLR (the schedule after the warm-up, as in _lr_oracle),
+    stepped from the peak at warmup_iters until the rate is <= target."""
+    weight = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([weight], lr=learning_rate)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, max(1, lr_decay_iters - warmup_iters), eta_min=min_lr)
+    it = warmup_iters
+    while optimizer.param_groups[0]["lr"] > target:
+        optimizer.step()
+        sched.step()
+        it += 1
+    return it
+
+
+def check_first_step_below(fn: Callable) -> None:
+    """fn(target, learning_rate, warmup_iters, lr_decay_iters, min_lr) -> int: the first step
+    after the warm-up whose learning rate is <= target (min_lr < target <= learning_rate)."""
+    cases = [(5e-4, 1e-3, 20, 200, 1e-4), (9e-4, 1e-3, 20, 200, 1e-4), (1.1e-4, 1e-3, 20, 200, 1e-4),
+             (2.9e-4, 6e-4, 10, 50, 0.0), (0.7, 1.0, 0, 10, 0.5), (9.99e-4, 1e-3, 100, 600, 1e-4)]
+    for i, args in enumerate(cases):
+        got = call("check_first_step_below", fn, *args)
+        expected = _first_step_at_most(*args)
+        if got != expected:
+            warm = ("; count from step 0: the cosine starts at warmup_iters" if got ==
+                    expected - args[2] else "; the first step AT or below: round up (math.ceil)"
+                    if got == expected - 1 else "; the step is an integer: round up" if
+                    isinstance(got, float) else "")
+            raise ExerciseError(f"check_first_step_below, case {i + 1} of {len(cases)} (target, "
+                                f"learning_rate, warmup_iters, lr_decay_iters, min_lr = {args}): "
+                                f"got {got!r}, expected {expected}{warm}")
+    print(f"check_first_step_below: all {len(cases)} cases pass")
 
 
 def _lr_cases():

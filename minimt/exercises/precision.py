@@ -1,4 +1,4 @@
-"""Checkers for 05_mixed_precision: the smallest loss scale, the dynamic scaler's update,
+"""Checkers for 05_mixed_precision: the largest loss scale, the steps the dynamic scaler skips,
 pruning to half, and the tasks DynamicLossScaler.update (oracle: torch.amp.GradScaler's decisions)
 and MixedPrecisionOptimizer.step (oracle: torch's optimizer on an fp32 copy of the weights)."""
 from __future__ import annotations
@@ -56,31 +56,45 @@ def check_largest_loss_scale(fn: Callable) -> None:
     print(f"check_largest_loss_scale: all {len(cases)} cases pass")
 
 
-def check_scaler_update(fn: Callable) -> None:
-    """fn(scale, growth_tracker, found_inf, growth_factor, backoff_factor, growth_interval) ->
-    (new_scale, new_growth_tracker): one step of the dynamic loss scaler (torch.amp.GradScaler's rule)."""
-    def reference(scale, tracker, found_inf, growth, backoff, interval):
-        # GradScaler from `scale`: `tracker` clean steps (tracker < interval: no growth yet), then this one
-        scaler_scale, tracker_after = gradscaler_trace(
-            [False] * tracker + [found_inf], scale, growth, backoff, interval)[-1]
-        return scaler_scale, tracker_after
+def _skipped_steps(init_scale, max_scale, growth_interval, steps) -> int:
+    """Oracle: torch.amp.GradScaler (growth 2, backoff 0.5) stepped `steps` times, each step
+    overflowing when the scale it runs at is above max_scale; the skipped steps counted."""
+    skipped, scale = 0, init_scale
+    weight = torch.nn.Parameter(torch.ones(1))
+    sgd = torch.optim.SGD([weight], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, growth_interval=growth_interval)
+    for _ in range(steps):
+        overflow = scale > max_scale
+        sgd.zero_grad()
+        scaler.scale((weight * (math.inf if overflow else 1.0)).sum()).backward()
+        scaler.step(sgd)
+        scaler.update()
+        skipped, scale = skipped + overflow, scaler.get_scale()
+    return skipped
 
-    cases = [(65536.0, 0, True, 2.0, 0.5, 2000), (65536.0, 5, True, 2.0, 0.5, 2000),
-             (65536.0, 0, False, 2.0, 0.5, 2000), (65536.0, 1998, False, 2.0, 0.5, 2000),
-             (65536.0, 1999, False, 2.0, 0.5, 2000), (8.0, 2, False, 4.0, 0.25, 3),
-             (8.0, 2, True, 4.0, 0.25, 3), (1.0, 0, False, 2.0, 0.5, 1)]
+
+def check_skipped_steps(fn: Callable) -> None:
+    """fn(init_scale, max_scale, growth_interval, steps) -> int: how many of the first `steps`
+    steps the dynamic loss scaler skips when every step at a scale above max_scale overflows."""
+    cases = [(65536.0, 1024.0, 20, 100), (256.0, 1024.0, 10, 60), (1024.0, 1024.0, 1, 10),
+             (2.0 ** 24, 8.0, 5, 80), (65536.0, 1024.0, 2000, 3), (8.0, 64.0, 20, 59),
+             (8.0, 64.0, 20, 81)]   # few steps: torch's scaler takes about a millisecond a step
     for i, args in enumerate(cases):
-        got = call("check_scaler_update", fn, *args)
-        expected = reference(*args)
-        if not isinstance(got, tuple) or tuple(got) != expected:
-            scale, tracker, found_inf = args[:3]
-            hint = ("on overflow: scale * backoff_factor and the tracker back to 0" if found_inf else
-                    "grow only when the tracker reaches growth_interval, then reset it to 0"
-                    if tracker + 1 == args[5] else "a finite step only counts: tracker + 1")
-            raise ExerciseError(f"check_scaler_update, case {i + 1} of {len(cases)} "
-                                f"(scale={scale}, tracker={tracker}, found_inf={found_inf}, "
-                                f"interval={args[5]}): got {got!r}, expected {expected!r}; {hint}")
-    print(f"check_scaler_update: all {len(cases)} cases pass")
+        got = call("check_skipped_steps", fn, *args)
+        expected = _skipped_steps(*args)
+        if got != expected:
+            init, top, interval, steps = args
+            halvings = max(0, round(math.log2(init / top)))
+            hint = ("the first steps, above max_scale, are skipped too: each halves the scale" if
+                    got == expected - min(halvings, steps) else
+                    "at max_scale the scaler doubles after growth_interval clean steps, and the "
+                    "step at twice max_scale overflows: one skip per cycle" if got < expected else
+                    "a cycle at max_scale is growth_interval clean steps plus the skipped one; a "
+                    "scale below max_scale first climbs, growth_interval clean steps per doubling")
+            raise ExerciseError(f"check_skipped_steps, case {i + 1} of {len(cases)} (init_scale="
+                                f"{init}, max_scale={top}, growth_interval={interval}, steps="
+                                f"{steps}): got {got!r}, expected {expected}. Hint: {hint}")
+    print(f"check_skipped_steps: all {len(cases)} cases pass (torch.amp.GradScaler, stepped)")
 
 
 def check_prune_half(fn: Callable) -> None:

@@ -1,4 +1,4 @@
-"""Checkers for 03_tensor_parallel: the column-parallel forward, where f and g go,
+"""Checkers for 03_tensor_parallel: the column-parallel backward by hand, where f and g go,
 bytes per layer. They run the learner's code on real gloo processes."""
 from __future__ import annotations
 
@@ -18,82 +18,66 @@ def _unwritten(exercise: str, rank_error: str) -> ExerciseError:
     return ExerciseError(f"{exercise}: not implemented yet (the stub still raises)")
 
 
-def _column_parallel_rank(ctx, fn, gather_output):
-    """On one rank: the learner's column-parallel forward on its shard, against nn.Linear."""
+def _on_two_ranks(exercise: str, rank_fn: Callable, fn: Callable) -> list:
+    """rank_fn(ctx, fn) on 2 tensor-parallel processes; a stub's NotImplementedError named."""
+    from ..parallel import launch  # the exercises run on real processes
+    try:
+        return launch(rank_fn, fn, tp=2, timeout_s=30)
+    except Exception as err:
+        if "NotImplementedError" in str(err):
+            raise _unwritten(exercise, str(err)) from None
+        raise
+
+
+def _column_backward_rank(ctx, fn):
+    """On one rank: the learner's hand-written backward of a column-parallel layer, against the
+    gradients autograd gives the serial nn.Linear."""
     torch.manual_seed(0)
     serial = torch.nn.Linear(8, 12)                                    # A: (out, in) = (12, 8)
     x = torch.randn(2, 3, 8)                                           # (B, T, in)
     weights = torch.randn(2, 3, 12)                  # dL/dy of the loss L = sum(y * weights)
     rows = slice(ctx.tp_rank * 12 // ctx.tp_size, (ctx.tp_rank + 1) * 12 // ctx.tp_size)
     x_ref = x.clone().requires_grad_()
-    y_ref = serial(x_ref)                                              # (B, T, out)
-    (y_ref * weights).sum().backward()
-    shard_w = serial.weight.detach()[rows].clone().requires_grad_()   # (out/tp, in)
-    shard_b = serial.bias.detach()[rows].clone().requires_grad_()     # (out/tp,)
-    x_mine = x.clone().requires_grad_()
-    y = fn(x_mine, shard_w, shard_b, ctx, gather_output)
-    expected = y_ref if gather_output else y_ref[..., rows]            # (B, T, out or out/tp)
-    with torch.no_grad():  # what g at the entrance (the layer sees tp * x) would give
-        g_at_entrance = (serial(ctx.tp_size * x) if gather_output else
-                         torch.nn.functional.linear(ctx.tp_size * x, shard_w, shard_b))
-    if not isinstance(y, torch.Tensor) or y.shape != expected.shape:   # named before any arithmetic
-        return {"output": y.detach() if isinstance(y, torch.Tensor) else y,
-                "expected output": expected.detach()}
-    (y * (weights if gather_output else weights[..., rows])).sum().backward()
-    return {"output": y.detach(), "expected output": expected.detach(), "g at entrance": g_at_entrance,
-            "input grad": x_mine.grad, "expected input grad": x_ref.grad,
-            "weight grad": shard_w.grad, "expected weight grad": serial.weight.grad[rows],
-            "bias grad": shard_b.grad, "expected bias grad": serial.bias.grad[rows]}
+    (serial(x_ref) * weights).sum().backward()
+    shard_w = serial.weight.detach()[rows].clone()                    # (out/tp, in)
+    grad_y = weights[..., rows].clone()                               # (B, T, out/tp)
+    with torch.no_grad():
+        got = fn(x.clone(), shard_w, grad_y, ctx)
+    return {"got": got, "partial input grad": grad_y @ shard_w,       # (B, T, in): this rank's share
+            "expected": (x_ref.grad, serial.weight.grad[rows], serial.bias.grad[rows])}
 
 
-def _missing_grad(name: str, rank: int, result: dict) -> None:
-    if result[name] is None:
-        raise ExerciseError(f"rank {rank}: no {name}: the output is not connected to the input "
-                            f"or the shard by autograd (use F.linear and the comm primitives)")
-
-
-def check_column_parallel_forward(fn: Callable) -> None:
-    """fn(x (B, T, in), weight (out/tp, in), bias (out/tp,), ctx, gather_output) -> y, run on 2
-    ranks: y must be this rank's slice of x A^T + b (or all of it when gather_output), and the
-    gradients of x, weight and bias must equal the serial layer's."""
-    from ..parallel import launch  # the exercise runs on real processes
-    for gather_output in (False, True):
-        try:
-            results = launch(_column_parallel_rank, fn, gather_output, tp=2, timeout_s=30)
-        except Exception as err:
-            if "NotImplementedError" in str(err):
-                raise _unwritten("check_column_parallel_forward", str(err)) from None
-            raise
-        for rank, r in enumerate(results):
-            where = f"check_column_parallel_forward(gather_output={gather_output}), rank {rank}"
-            shape_first(f"{where}: output", r["output"], tuple(r["expected output"].shape),
-                        "gather_output=True asks for the whole output on every rank: all-gather "
-                        "the slices (gather_from_tensor_model_parallel_region)" if gather_output else
-                        "gather_output=False leaves y split: return this rank's slice")
-            if torch.allclose(r["output"], r["g at entrance"], atol=1e-5) and not torch.allclose(
-                    r["output"], r["expected output"], atol=1e-5):
-                raise ExerciseError(f"{where}: output differs from nn.Linear's. Hint: g instead of "
-                                    f"f: g all-reduces x, which is the same on every rank, so the "
-                                    f"layer sees 2*x; f (copy_to_tensor_model_parallel_region) is "
-                                    f"the identity forward")
-            compare(f"{where}: output", r["output"], r["expected output"])
-            for name in ("input grad", "weight grad", "bias grad"):
-                _missing_grad(name, rank, r)
+def check_column_parallel_backward(fn: Callable) -> None:
+    """fn(x (B, T, in), weight (out/tp, in), grad_y (B, T, out/tp), ctx) -> (grad_x (B, T, in),
+    grad_weight (out/tp, in), grad_bias (out/tp,)), run on 2 ranks: the serial nn.Linear's
+    gradients (autograd), grad_x whole on every rank, the others this rank's rows."""
+    results = _on_two_ranks("check_column_parallel_backward", _column_backward_rank, fn)
+    names = ("grad_x", "grad_weight", "grad_bias")
+    for rank, r in enumerate(results):
+        where = f"check_column_parallel_backward, rank {rank} of 2"
+        got = r["got"]
+        if not isinstance(got, (tuple, list)) or len(got) != 3:
+            raise ExerciseError(f"{where}: return (grad_x, grad_weight, grad_bias), got "
+                                f"{type(got).__name__}")
+        hints = {"grad_x": "dL/dx = grad_y A^T needs ALL output columns: each rank's grad_y @ "
+                           "weight is only its share; sum the shares over the ranks (an "
+                           "all-reduce, what f's backward does: reduce_from_tensor_model_parallel"
+                           "_region(partial, ctx) all-reduces in its forward)",
+                 "grad_weight": "dL/dA for this rank's rows is grad_y^T x summed over batch and "
+                                "sequence: (out/tp, in), no communication",
+                 "grad_bias": "dL/db is grad_y summed over batch and sequence: (out/tp,)"}
+        for name, value, expected in zip(names, got, r["expected"]):
+            shape_first(f"{where}: {name}", value, tuple(expected.shape), hints[name])
             try:
-                compare(f"{where}: input grad", r["input grad"], r["expected input grad"])
+                compare(f"{where}: {name}", value, expected)
             except ExerciseError as err:
-                partial = torch.allclose(sum(q["input grad"] for q in results),
-                                         r["expected input grad"], atol=1e-5)
-                raise ExerciseError(
-                    f"{err}. Hint: " + ("each rank's x.grad holds only its own columns' share; "
-                                        "the input must enter through f "
-                                        "(copy_to_tensor_model_parallel_region), whose backward "
-                                        "all-reduces it" if partial else
-                                        "check which primitive the input passes through")) from None
-            compare(f"{where}: weight grad", r["weight grad"], r["expected weight grad"])
-            compare(f"{where}: bias grad", r["bias grad"], r["expected bias grad"])
-    print("check_column_parallel_forward: outputs and gradients equal nn.Linear's on 2 ranks, "
-          "with gather_output False and True")
+                partial = name == "grad_x" and torch.allclose(value, r["partial input grad"],
+                                                              atol=1e-5)
+                raise ExerciseError(f"{err}. Hint: " + (hints[name] if partial or name != "grad_x"
+                                                        else "grad_x = (grad_y of ALL columns) @ "
+                                                        "(ALL rows of A), summed over the ranks"))
+    print("check_column_parallel_backward: the gradients of x, this rank's rows and bias equal "
+          "nn.Linear's autograd on 2 ranks")
 
 
 def _tp_mlp_rank(ctx, fn):
@@ -152,13 +136,7 @@ def check_tp_mlp_operators(fn: Callable) -> None:
     """fn(x (B, T, C), fc_weight (4C/tp, C), proj_weight (C, 4C/tp), ctx) -> y (B, T, C): Megatron's
     MLP, column-parallel c_fc, GELU, row-parallel c_proj, with f and g where they belong. Run on 2
     ranks; output, input gradient and both weight gradients must equal the serial MLP's."""
-    from ..parallel import launch
-    try:
-        results = launch(_tp_mlp_rank, fn, tp=2, timeout_s=30)
-    except Exception as err:
-        if "NotImplementedError" in str(err):
-            raise _unwritten("check_tp_mlp_operators", str(err)) from None
-        raise
+    results = _on_two_ranks("check_tp_mlp_operators", _tp_mlp_rank, fn)
     for what in ("output", "input grad", "fc grad", "proj grad"):
         for rank, r in enumerate(results):
             if r[what] is None:

@@ -62,4 +62,8 @@ WRONG_ANSWERS = [
          new="(log_probs.view(batch, k, vocab) + 0 * beam_scores[..., None])"),
     dict(task="06.5", mistake="normalises by one token more than generated",
          old="score / (step + 1) ** length_penalty", new="score / (step + 2) ** length_penalty"),
+    dict(task="06.5", mistake="ignores early_stopping=True: a prompt with num_beams finished "
+                              "hypotheses still decodes until no running beam can beat them",
+         old="done[b] = early_stopping is True or best_possible", new="done[b] = best_possible",
+         hint="early_stopping=True"),
 ]
