@@ -40,7 +40,16 @@ def test_shipped_checkpoint_learns_in_context():
     assert curve == pytest.approx(recorded, abs=0.01)   # the weights the record was made with
 
 
-def test_training_script_retraces_the_recorded_run_and_already_learns_in_context():
+@pytest.fixture
+def one_thread():
+    """Tiny matmuls: one intra-op thread is several times faster than two on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_training_script_retraces_the_recorded_run_and_already_learns_in_context(one_thread):
     model, losses = train(RETRACED_STEPS, seed=RECORD["seed"])
     # float rounding may differ between CPUs (kernels, threads): equal to 1e-4, not bit for bit
     assert losses == pytest.approx(RECORD["train_loss"][:RETRACED_STEPS], rel=1e-4, abs=1e-5)
