@@ -35,7 +35,7 @@ def test_shipped_checkpoint_learns_in_context():
     curve = accuracy_by_shots(load_serial_model(CHECKPOINT).eval(), n=HELD_OUT)
     assert abs(curve[0] - 1 / NUM_VALUES) < 3 * standard_error(1 / NUM_VALUES, HELD_OUT), curve
     assert_rising_curve(curve, HELD_OUT)
-    assert curve[16] > 0.9, curve                       # near the copying ideal, 0.952
+    assert curve[16] > 0.9, curve                       # the copying ideal is 0.959
     recorded = {int(k): v for k, v in RECORD["accuracy_by_shots"].items()}
     assert curve == pytest.approx(recorded, abs=0.01)   # the weights the record was made with
 
