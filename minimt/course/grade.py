@@ -172,8 +172,8 @@ def run_tasks_isolated(task_ids: list[str], root, timeout_s: float = TIMEOUT_S, 
         for task_id in task_ids:
             while task_id not in finished:
                 while pending and len(running) < jobs:
-                    running[pending[0]] = _RunningCheck(pending[0], root, timeout_s)
-                    pending.pop(0)
+                    started = pending.pop(0)
+                    running[started] = _RunningCheck(started, root, timeout_s)
                 ended = {t: r for t, check in running.items() if (r := check.poll()) is not None}
                 for t in ended:
                     del running[t]

@@ -161,6 +161,19 @@ def activation_dtype(stages) -> torch.dtype:
     return next(stages[0].transformer.h.parameters()).dtype
 
 
+def split_microbatches(stages, ctx, idx, targets, p: int, m: int, v: int, name: str = "the"):
+    """Refuse `stages` that do not fit a schedule of p ranks x v chunks, or a batch that m does
+    not divide; return the m micro-batches of idx and targets and the shape of every message."""
+    if p != ctx.pp_size or len(stages) != v:
+        raise ValueError(f"{name} schedule is for p={p} ranks x v={v} chunks, but the pipeline "
+                         f"group has {ctx.pp_size} ranks and this rank holds {len(stages)} chunks")
+    if idx.shape[0] % m:
+        raise ValueError(f"batch size {idx.shape[0]} is not divisible by num_microbatches={m}; "
+                         f"choose a batch size that is a multiple of {m}")
+    shape = (idx.shape[0] // m, idx.shape[1], stages[0].n_embd)  # (B/m, T, C) of every message
+    return idx.chunk(m), targets.chunk(m), shape                 # m x (B/m, T) each
+
+
 def _tag(op: str, microbatch: int, chunk: int, num_chunks: int) -> int:
     """A gloo message tag naming the receiving action."""
     return 2 * (microbatch * num_chunks + chunk) + (op == "B")
@@ -176,14 +189,7 @@ def pipeline_step(stages, schedule, ctx, idx, targets,
     """
     validate_schedule(schedule)  # refuse a schedule that would deadlock, before any message
     p, m, v = schedule_shape(schedule)
-    if p != ctx.pp_size or len(stages) != v:
-        raise ValueError(f"the schedule is for p={p} stages x v={v} chunks, but the pipeline group "
-                         f"has {ctx.pp_size} ranks and this rank holds {len(stages)} chunks")
-    if idx.shape[0] % m:
-        raise ValueError(f"batch size {idx.shape[0]} is not divisible by num_microbatches={m}; "
-                         f"choose a batch size that is a multiple of {m}")
-    idx_mb, targets_mb = idx.chunk(m), targets.chunk(m)          # m x (B/m, T)
-    shape = (idx.shape[0] // m, idx.shape[1], stages[0].n_embd)  # (B/m, T, C) of every message
+    idx_mb, targets_mb, shape = split_microbatches(stages, ctx, idx, targets, p, m, v)
     dtype = activation_dtype(stages)
     rank, ranks = ctx.pp_rank, ctx.pp_ranks
     local, sends, held, events, losses = {}, [], {}, [], []

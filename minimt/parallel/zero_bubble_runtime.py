@@ -19,7 +19,7 @@ import torch
 
 from . import comm
 from .pipeline_runtime import (GPTStage, PHASE, StepRecord, _tag, activation_dtype,
-                               timeline_from_records)
+                               split_microbatches, timeline_from_records)
 from .zero_bubble import (NUM_CHUNKS, bubble_formula, schedule_kind, simulate_zb, stage_holder,
                           virtual_stage)
 
@@ -94,14 +94,8 @@ def zero_bubble_step(stages, schedule, ctx, idx, targets, cost=None) -> StepReco
     kind = schedule_kind(schedule)
     p, v = len(schedule), NUM_CHUNKS[kind]
     m = 1 + max(a.microbatch for rank in schedule for a in rank)
-    if p != ctx.pp_size or len(stages) != v:
-        raise ValueError(f"the {kind} schedule is for p={p} ranks x {v} chunks, but the pipeline "
-                         f"group has {ctx.pp_size} ranks and this rank holds {len(stages)} chunks")
-    if idx.shape[0] % m:
-        raise ValueError(f"batch size {idx.shape[0]} is not divisible by num_microbatches={m}; "
-                         f"choose a batch size that is a multiple of {m}")
-    idx_mb, targets_mb = idx.chunk(m), targets.chunk(m)            # m x (B/m, T)
-    shape = (idx.shape[0] // m, idx.shape[1], stages[0].n_embd)    # (B/m, T, C)
+    idx_mb, targets_mb, shape = split_microbatches(stages, ctx, idx, targets, p, m, v,
+                                                   f"the {kind}")
     dtype, rank, last = activation_dtype(stages), ctx.pp_rank, p * v - 1
     local, sends, held, pending, events, losses = {}, [], {}, {}, [], []
     peak = 0
