@@ -1,7 +1,8 @@
 # course: instructor only (checks the instructor repository and the copies it writes)
 """The course machinery: solution regions, the student copy (no solution text, every task stubbed,
-a fresh git history), the grader (full points here, 0 on a fresh copy, full again once the
-originals are pasted back with catch_up), and the checkers' teaching messages for wrong answers."""
+a fresh git history), the grader (0 on a fresh copy, full points once the originals are pasted
+back with catch_up, which makes the copy's package the instructor's, byte for byte), and the
+checkers' teaching messages for wrong answers."""
 import json
 import os
 import re
@@ -91,14 +92,6 @@ def test_a_failed_check_renders_in_jupyter_without_a_traceback():
 
 # ---------------------------------------------------------------------------- grade: three repositories
 
-def test_grade_gives_full_points_on_this_repository():
-    record, table = grade_in(ROOT)
-    failed = [t["id"] for t in record["tasks"] if not t["passed"]]
-    assert not failed, table
-    assert record["points"] == record["max_points"] == sum(t.points for t in TASKS)
-    assert f"total   {record['points']}/{record['max_points']}".replace(" ", "") in table.replace(" ", "")
-
-
 def test_student_copy_gives_0_and_every_task_fails_with_its_own_message(student_copy):
     record, table = grade_in(student_copy, exit_code=1)
     assert record["points"] == 0 and record["max_points"] == sum(t.points for t in TASKS)
@@ -119,10 +112,15 @@ def test_pasted_back_copy_gives_full_points(student_copy, pack, tmp_path):
     shutil.copytree(student_copy, copy, ignore=shutil.ignore_patterns(".git"))
     for task in TASKS:
         minimt.course.catch_up(task.id, pack=pack, root=copy)
-    for task in TASKS:
-        assert (copy / regions_file(task)).read_text() == (ROOT / regions_file(task)).read_text()
+    package = sorted(p.relative_to(ROOT) for p in (ROOT / "minimt").rglob("*.py"))
+    assert package == sorted(p.relative_to(copy) for p in (copy / "minimt").rglob("*.py"))
+    for path in package:   # so grading this copy grades the instructor's package: one full grade, not two
+        assert (copy / path).read_text() == (ROOT / path).read_text(), path
     record, table = grade_in(copy)
-    assert record["points"] == record["max_points"], table
+    failed = [t["id"] for t in record["tasks"] if not t["passed"]]
+    assert not failed, table
+    assert record["points"] == record["max_points"] == sum(t.points for t in TASKS)
+    assert f"total   {record['points']}/{record['max_points']}".replace(" ", "") in table.replace(" ", "")
 
 
 def notebook_cells(root: Path):
