@@ -9,7 +9,8 @@ import torch
 from minimt import GPT, GPTConfig
 from minimt.parallel import CommCounter, DistributedOptimizer, ParallelContext, launch
 from minimt.parallel.checkpoint import full_state_dict, load_checkpoint, save_checkpoint
-from minimt.parallel.fsdp import FullyShardedDataParallel, ShardedAdamW, training_state_bytes
+from minimt.parallel.fsdp import FullyShardedDataParallel
+from minimt.parallel.sharded_adamw import ShardedAdamW, training_state_bytes
 from minimt.precision import MixedPrecisionOptimizer
 from minimt.scale import zero_state_bytes
 

@@ -102,7 +102,8 @@ class MeshModel:
             apply_context_parallel(model, ctx, self.stages or ())
         # ZeRO-1's optimizer averages the gradients itself, ZeRO-2/3 reduce-scatter them in
         # backward (self.sharded); otherwise DDP does, in buckets
-        self.sharded = FullyShardedDataParallel(model, ctx, stage=zero) if zero >= 2 else None
+        self.sharded = (FullyShardedDataParallel(self.stages or model, ctx, stage=zero)
+                        if zero >= 2 else None)
         self.ddp = (DistributedDataParallel(self.stages or model, ctx, bucket_size_mb)
                     if ctx.dp_size > 1 and not zero else None)
 
@@ -147,9 +148,12 @@ class MeshModel:
         stage, average over the data-parallel replicas where the backward has not (a pipeline),
         and divide by the number of micro-steps (the gradient of the mean loss over the global
         batch). ZeRO-1's optimizer averages over dp in its step."""
+        if self.sharded is not None:  # ZeRO-2/3: gradients already live in the shard
+            self.sharded.flush_gradients()
         if self.stages is not None:
             if self.tied_apart:
-                sync_tied_grads(self.stages, self.ctx)
+                sync_tied_grads(self.stages, self.ctx,
+                                grad_of=self.sharded and self.sharded.grad_piece)
             if self.ddp is not None:
                 self.ddp.sync_gradients()
         average_over_cp(self.parameters(), self.ctx)
