@@ -203,3 +203,115 @@ def test_checkpoints_reshard_across_zero_stages(tmp_path, saved_stage):
                                          timeout_s=90)):
         for stage, error in errors.items():
             assert error < 1e-6, f"saved at ZeRO-{saved_stage}, loaded at ZeRO-{stage}: {error}"
+
+
+# ---------------------------------------------------------------- the Trainer on tp x pp x dp meshes
+MESH_CONFIG = GPTConfig(vocab_size=40, block_size=16, n_layer=4, n_head=4, n_embd=32)
+# as tests/test_trainer_layouts.py: Adam turns a relative rounding difference d of a gradient into
+# about lr * d a step; measured gaps 2e-6..2.2e-5 against lr 1e-2, 3 steps (tp sums in another order)
+MESH_LR, MESH_STEPS = 1e-2, 3
+MESH_TOL = MESH_STEPS * MESH_LR * 1e-3
+
+
+def _mesh_trainer(layout, ctx=None):
+    from minimt.data import TokenDataset
+    from minimt.train import Trainer, TrainConfig
+    torch.manual_seed(0)
+    data = TokenDataset(torch.randint(0, 40, (4000,), generator=torch.Generator().manual_seed(3)))
+    config = TrainConfig(max_iters=MESH_STEPS, batch_size=8, learning_rate=MESH_LR,
+                         min_lr=MESH_LR / 10, warmup_iters=1, progress=False, grad_clip=0.5,
+                         seed=7, **layout)
+    trainer = Trainer(GPT(MESH_CONFIG), data, config, ctx=ctx)
+    for _ in range(MESH_STEPS):
+        trainer.train_step()
+    return trainer
+
+
+def _held_weights(ctx, layouts):
+    """Per layout: {serial name: full tensor} of every parameter this rank holds after training
+    (the last stage's copy of the tied weight under the embedding's name)."""
+    from minimt.parallel.checkpoint import local_parameters, unshard
+    out = []
+    for layout in layouts:
+        trainer = _mesh_trainer(layout, ctx)
+        local = trainer.mesh.sharded.param_tensors()
+        out.append({name: unshard(name, local[id(p)], p, ctx, MESH_CONFIG)
+                    for name, p, _ in local_parameters(trainer.mesh.chunks)})
+    return out
+
+
+def _assert_equal_serial(mesh, layouts):
+    serial = [dict(_mesh_trainer({k: v for k, v in layout.items() if k != "zero"})
+                   .model.named_parameters()) for layout in layouts]
+    for rank, held in enumerate(launch(_held_weights, layouts, **mesh, timeout_s=90)):
+        for layout, weights, reference in zip(layouts, held, serial):
+            assert weights, (rank, layout)
+            gap = max((weights[n] - reference[n]).abs().max().item() for n in weights)
+            assert gap < MESH_TOL, f"{mesh} {layout}, rank {rank}: max weight gap {gap:.2e}"
+
+
+def test_zero2_and_zero3_with_tensor_parallelism_and_accumulation_equal_serial():
+    """2D FSDP + TP (tp 2 x dp 2): each tp rank shards its slices over its dp group. Gradient
+    accumulation (2 micro-batches of 8, one global batch of 16) reduce-scatters each backward
+    into the shard and equals the serial run on the same batches."""
+    _assert_equal_serial(dict(tp=2, dp=2), [dict(zero=2), dict(zero=3),
+                                            dict(zero=2, gradient_accumulation_steps=2),
+                                            dict(zero=3, gradient_accumulation_steps=2)])
+
+
+def test_zero2_with_pipeline_parallelism_equals_serial():
+    """pp 2 x dp 2: 1F1B (with accumulation) and ZB-V (its weight gradients come in the split W
+    pass; the first rank holds both copies of the tied weight); the tied weight's gradient piece
+    is summed between the first and last stage."""
+    _assert_equal_serial(dict(pp=2, dp=2), [dict(zero=2, gradient_accumulation_steps=2),
+                                            dict(zero=2, schedule="zbv", num_chunks=2)])
+
+
+def test_zero2_on_the_3d_mesh_equals_serial():
+    _assert_equal_serial(dict(tp=2, pp=2, dp=2), [dict(zero=2, schedule="interleaved",
+                                                       num_chunks=2, num_microbatches=2)])
+
+
+def test_zero3_with_pipeline_parallelism_is_refused_with_why():
+    from minimt.parallel.layout import check_layout
+    with pytest.raises(ValueError, match=r"ZeRO-3 with pipeline parallelism \(pp=2\) is refused: "
+                                         r"a pipeline stage runs the forwards"):
+        check_layout(MESH_CONFIG, 1, 2, 2, 8, zero=3)
+    with pytest.raises(ValueError, match=r"ZeRO-2 with context parallelism \(cp=2\) is not built"):
+        check_layout(MESH_CONFIG, 1, 1, 2, 8, cp=2, zero=2)
+    assert check_layout(MESH_CONFIG, 2, 2, 2, 16, zero=2) == 4
+
+
+def _train_and_save(ctx, layout, directory, steps, load):
+    """Train the mesh Trainer until `steps` (from the checkpoint in `directory` when `load`) and
+    save its step there: weights, AdamW state, the batch sampler's state."""
+    from minimt.parallel.checkpoint import load_checkpoint as load_mesh
+    from minimt.train_run import resume, run_state
+    from minimt.data import TokenDataset
+    from minimt.train import Trainer, TrainConfig
+    torch.manual_seed(1 if load else 0)  # a loaded checkpoint must replace other weights
+    data = TokenDataset(torch.randint(0, 40, (4000,), generator=torch.Generator().manual_seed(3)))
+    config = TrainConfig(max_iters=MESH_STEPS, batch_size=8, learning_rate=MESH_LR,
+                         min_lr=MESH_LR / 10, warmup_iters=1, progress=False, grad_clip=0.5,
+                         seed=7, **layout)
+    trainer = Trainer(GPT(MESH_CONFIG), data, config, ctx=ctx)
+    if load:
+        meta = load_mesh(directory, trainer.mesh.chunks, trainer.optimizer, ctx)
+        resume(trainer, meta["extra"], meta["step"])
+    while trainer.iter_num < steps:
+        trainer.train_step()
+    save_checkpoint(directory, trainer.mesh.chunks, trainer.optimizer, ctx, step=steps,
+                    extra=run_state(trainer, {}))
+
+
+def test_a_checkpoint_reshards_across_zero_stages_and_layouts(tmp_path):
+    """ZeRO-3 at tp 2 x dp 2 trains 2 steps and saves; ZeRO-2 at pp 2 x dp 2 loads it, takes
+    step 3 and saves; the serial model read from that checkpoint is the uninterrupted serial run's."""
+    from minimt.parallel.checkpoint import load_serial_model
+    launch(_train_and_save, dict(zero=3), str(tmp_path), 2, False, tp=2, dp=2, timeout_s=90)
+    launch(_train_and_save, dict(zero=2), str(tmp_path), 3, True, pp=2, dp=2, timeout_s=90)
+    serial = _mesh_trainer({}).model
+    resumed = load_serial_model(tmp_path)
+    gaps = {n: (p - q).abs().max().item()
+            for (n, p), q in zip(serial.named_parameters(), resumed.parameters())}
+    assert max(gaps.values()) < MESH_TOL, gaps

@@ -77,6 +77,21 @@ def _blocks(module: nn.Module) -> list[nn.Module]:
     return list(h.values()) if isinstance(h, nn.ModuleDict) else list(h)
 
 
+def check_zero_layout(stage: int, pp: int, cp: int = 1) -> None:
+    """Refuse, saying why and what to use, the layouts ZeRO-2/3 here do not run."""
+    if stage == 3 and pp > 1:
+        raise ValueError(
+            f"ZeRO-3 with pipeline parallelism (pp={pp}) is refused: a pipeline stage runs the "
+            f"forwards of several micro-batches before their backwards, so ZeRO-3 would "
+            f"all-gather each layer once per micro-batch in forward and again in backward (2m "
+            f"gathers a step instead of 2) or keep every layer gathered anyway; DeepSpeed refuses "
+            f"ZeRO-2/3 with its pipeline engine too. Use zero=2 (or 1) with pp > 1, or pp=1 with "
+            f"zero=3")
+    if stage >= 2 and cp > 1:
+        raise ValueError(f"ZeRO-{stage} with context parallelism (cp={cp}) is not built: use "
+                         f"zero=1 with cp > 1")
+
+
 def _check_layout(modules: list[nn.Module], ctx: ParallelContext, stage: int) -> None:
     """What this implementation shards: a GPT at any tp, or (ZeRO-2) this rank's pipeline chunks."""
     if stage not in (2, 3):
@@ -85,20 +100,10 @@ def _check_layout(modules: list[nn.Module], ctx: ParallelContext, stage: int) ->
     if not all(hasattr(getattr(m, "transformer", None), "h") for m in modules):
         raise TypeError(f"FullyShardedDataParallel needs a minimt GPT (or, with pp > 1, this "
                         f"rank's list of GPTStage chunks), got {type(modules[0]).__name__}")
-    if stage == 3 and ctx.pp_size > 1:
-        raise ValueError(
-            f"ZeRO-3 with pipeline parallelism (pp={ctx.pp_size}) is refused: a pipeline stage "
-            f"runs the forwards of several micro-batches before their backwards, so ZeRO-3 "
-            f"would all-gather each layer once per micro-batch in forward and again in backward "
-            f"(2m gathers a step instead of 2) or hold every layer gathered anyway; DeepSpeed "
-            f"refuses ZeRO-2/3 with its pipeline engine too. Use zero=2 (or 1) with pp > 1, or "
-            f"pp=1 with zero=3")
+    check_zero_layout(stage, ctx.pp_size, ctx.cp_size)
     if ctx.pp_size > 1 and len(modules) == 1 and isinstance(modules[0], GPT):
         raise ValueError(f"pp={ctx.pp_size}: pass this rank's pipeline chunks (MeshModel.chunks), "
                          f"not the whole GPT")
-    if ctx.cp_size > 1:
-        raise ValueError(f"ZeRO-{stage} with context parallelism (cp={ctx.cp_size}) is not built: "
-                         f"use zero=1 with cp > 1")
 
 
 def _keeps(keep, param: nn.Parameter, shape: torch.Size) -> bool:

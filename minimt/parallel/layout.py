@@ -21,7 +21,7 @@ from .context import ParallelContext, divide
 from .context_parallel_gpt import (apply_context_parallel, average_over_cp,
                                    check_context_parallel, local_sequence)
 from .data_parallel import DistributedDataParallel
-from .fsdp import FullyShardedDataParallel
+from .fsdp import FullyShardedDataParallel, check_zero_layout
 from .pipeline import PIPELINE_SCHEDULES, pipeline_schedule, stage_owner
 from .pipeline_runtime import (GPTStage, mark_tied_copy, pipeline_forward, pipeline_step,
                                stage_parameters, sync_tied_grads)
@@ -42,11 +42,13 @@ class ScaledLoss:
 
 
 def check_layout(config, tp: int, pp: int, dp: int, batch_size: int, schedule: str = "1f1b",
-                 num_microbatches: int | None = None, num_chunks: int = 1, cp: int = 1) -> int:
+                 num_microbatches: int | None = None, num_chunks: int = 1, cp: int = 1,
+                 zero: int = 0) -> int:
     """Raise a ValueError saying what to change unless the mesh divides the model and the batch;
     returns the pipeline's micro-batches per step (default: 2 * pp)."""
     divide(config.n_head, tp, "n_head", "--tp (tensor-parallel size)")
     check_context_parallel(config, cp)
+    check_zero_layout(zero, pp, cp)
     divide(config.mlp_ratio * config.n_embd, tp, "MLP hidden size", "--tp (tensor-parallel size)")
     if schedule not in PIPELINE_SCHEDULES:
         raise ValueError(f"schedule {schedule!r}: choose one of {PIPELINE_SCHEDULES}")
@@ -78,7 +80,7 @@ class MeshModel:
         self.ctx, self.model = ctx, model
         self.num_microbatches = check_layout(model.config, ctx.tp_size, ctx.pp_size, ctx.dp_size,
                                              batch_size, schedule,
-                                             num_microbatches, num_chunks, ctx.cp_size)
+                                             num_microbatches, num_chunks, ctx.cp_size, zero)
         if ctx.tp_size > 1:
             apply_tensor_parallel(model, ctx)
         model.to(device=ctx.device, dtype=dtype)
