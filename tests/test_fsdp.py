@@ -72,16 +72,24 @@ def test_zero2_and_zero3_equal_serial_adamw(dp):
             assert error < tolerance[dtype], f"dp={dp} rank {rank} ZeRO-{stage} {dtype}: {error}"
 
 
-def _with_fully_shard(ctx):
+def _with_fully_shard(ctx, dtype):
+    """STEPS AdamW steps under torch's fully_shard (FSDP2, its MixedPrecisionPolicy for bf16:
+    bf16 gathers, compute and reduce-scatters, fp32 sharded parameters) and under minimt's
+    ZeRO-3 from the same (bf16-representable) weights: their largest difference, and how far
+    the weights moved."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     torch.manual_seed(0)
     model = GPT(CONFIG)
+    with torch.no_grad():  # minimt's bf16 run starts from the bf16-rounded weights
+        for p in model.parameters():
+            p.copy_(p.to(dtype).float())
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     mesh = init_device_mesh("cpu", (ctx.dp_size,))
+    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=dtype)
     for block in model.transformer.h:
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
     for x in _batches():
         x = _rows(x, ctx)
@@ -89,14 +97,24 @@ def _with_fully_shard(ctx):
         opt.step()
         opt.zero_grad()
     theirs = {n: p.full_tensor().detach() for n, p in model.named_parameters()}
-    ours = _sharded_weights(ctx, 3, torch.float32)
+    torch.manual_seed(0)
+    ours_model = GPT(CONFIG).to(dtype)
+    fsdp = FullyShardedDataParallel(ours_model, ctx, stage=3)
+    ours_opt = ShardedAdamW(fsdp, lr=LR)
+    for x in _batches():
+        x = _rows(x, ctx)
+        ours_model(x, x)[1].backward()
+        ours_opt.step()
+        ours_opt.zero_grad()
+    ours = fsdp.full_state_dict()                                      # the fp32 master pieces
     moved = max((ours[n] - initial[n]).abs().max().item() for n in theirs)
     return max((ours[n] - theirs[n]).abs().max().item() for n in theirs), moved
 
 
-def test_zero3_equals_torch_fully_shard():
-    # measured: equal to the bit (the same AdamW arithmetic, a sum of 2 halved gradients)
-    for rank, (error, moved) in enumerate(launch(_with_fully_shard, dp=2, timeout_s=90)):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_zero3_equals_torch_fully_shard(dtype):
+    # measured: equal to the bit in fp32 and in bf16 (the same gathers, sums and AdamW arithmetic)
+    for rank, (error, moved) in enumerate(launch(_with_fully_shard, dtype, dp=2, timeout_s=90)):
         assert error < 1e-6, f"rank {rank}: weights differ from fully_shard's by {error:.2e}"
         assert moved > STEPS * LR / 2  # the weights really trained
 
