@@ -97,16 +97,7 @@ def _with_fully_shard(ctx, dtype):
         opt.step()
         opt.zero_grad()
     theirs = {n: p.full_tensor().detach() for n, p in model.named_parameters()}
-    torch.manual_seed(0)
-    ours_model = GPT(CONFIG).to(dtype)
-    fsdp = FullyShardedDataParallel(ours_model, ctx, stage=3)
-    ours_opt = ShardedAdamW(fsdp, lr=LR)
-    for x in _batches():
-        x = _rows(x, ctx)
-        ours_model(x, x)[1].backward()
-        ours_opt.step()
-        ours_opt.zero_grad()
-    ours = fsdp.full_state_dict()                                      # the fp32 master pieces
+    ours = _sharded_weights(ctx, 3, dtype)                            # the fp32 master pieces
     moved = max((ours[n] - initial[n]).abs().max().item() for n in theirs)
     return max((ours[n] - theirs[n]).abs().max().item() for n in theirs), moved
 
