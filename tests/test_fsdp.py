@@ -214,10 +214,10 @@ def test_checkpoints_reshard_across_zero_stages(tmp_path, saved_stage):
             assert error < 1e-6, f"saved at ZeRO-{saved_stage}, loaded at ZeRO-{stage}: {error}"
 
 
-# ---------------------------------------------------------------- the Trainer on tp x pp x dp meshes
+# ------------------------------------------------------------ the Trainer on tp x pp x dp meshes
 MESH_CONFIG = GPTConfig(vocab_size=40, block_size=16, n_layer=4, n_head=4, n_embd=32)
 # as tests/test_trainer_layouts.py: Adam turns a relative rounding difference d of a gradient into
-# about lr * d a step; measured gaps 2e-6..2.2e-5 against lr 1e-2, 3 steps (tp sums in another order)
+# about lr * d a step; measured gaps 2e-6..2.2e-5 at lr 1e-2, 3 steps (tp sums in another order)
 MESH_LR, MESH_STEPS = 1e-2, 3
 MESH_TOL = MESH_STEPS * MESH_LR * 1e-3
 
@@ -315,7 +315,8 @@ def _train_and_save(ctx, layout, directory, steps, load):
 
 def test_a_checkpoint_reshards_across_zero_stages_and_layouts(tmp_path):
     """ZeRO-3 at tp 2 x dp 2 trains 2 steps and saves; ZeRO-2 at pp 2 x dp 2 loads it, takes
-    step 3 and saves; the serial model read from that checkpoint is the uninterrupted serial run's."""
+    step 3 and saves; the serial model read from that checkpoint is the uninterrupted serial
+    run's."""
     from minimt.parallel.checkpoint import load_serial_model
     launch(_train_and_save, dict(zero=3), str(tmp_path), 2, False, tp=2, dp=2, timeout_s=90)
     launch(_train_and_save, dict(zero=2), str(tmp_path), 3, True, pp=2, dp=2, timeout_s=90)

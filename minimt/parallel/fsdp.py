@@ -6,7 +6,8 @@ rank r owns the piece [r*piece, (r+1)*piece) of every unit.
 
 - ZeRO-2 (stage=2): every rank keeps the full 16-bit weights; as soon as a unit's gradients are
   complete in backward (a post-accumulate-grad hook), they are reduce-scattered (divided by dp)
-  into this rank's gradient shard and the full gradients are dropped. After AdamW on the shard,
+  into this rank's gradient shard and the full gradients are dropped; the reduce-scatter runs
+  while the next unit's backward computes. After AdamW on the shard,
   each unit's updated piece is all-gathered back. On the wire: Psi (reduce-scatter) + Psi
   (all-gather) = 2 Psi per step, Psi = parameters x bytes (a reduce-scatter per backward: with k
   accumulated micro-batches, or a pipeline's m, k Psi + Psi, as DeepSpeed's ZeRO-2).
@@ -20,7 +21,7 @@ and the gradient shard are in `param_dtype` (16-bit for bf16 training). Use `Sha
 Both compose with tensor parallelism (each tp rank shards its own slices over its dp group, as
 PyTorch's 2D FSDP + TP); ZeRO-2 also with pipeline parallelism (pass this rank's chunks; the tied
 weight is a unit of its own, so the first and last stage hold the same piece of it and sum its
-gradient piece). ZeRO-3 with pp > 1 is refused (see `_check_layout`).
+gradient piece). ZeRO-3 with pp > 1 is refused (minimt.parallel.fsdp_units.check_zero_layout).
 """
 from __future__ import annotations
 
@@ -29,32 +30,11 @@ import functools
 import torch
 import torch.nn as nn
 
-from ..model import GPT
-from .comm import all_gather, all_gather_start, reduce_scatter
+from .comm import all_gather, all_gather_start, reduce_scatter_along_start
 from .context import ParallelContext
 from .data_parallel import unique_parameters
+from .fsdp_units import ShardedUnit, blocks, check_fsdp_layout, keeps, unit_groups
 from .zero import SIXTEEN_BIT
-
-TIED_PREFIXES = ("transformer.wte.", "lm_head.")  # the embedding and the output layer: one weight
-
-
-class ShardedUnit:
-    """The parameters of one module as one flat buffer: (padded,) = dp pieces of (piece,)."""
-
-    def __init__(self, params: list[nn.Parameter], dp: int, shard_offset: int):
-        self.params = params
-        self.bounds, start = [], 0                                     # [start, end) per param
-        for p in params:
-            self.bounds.append((start, start + p.numel()))
-            start += p.numel()
-        self.piece = -(-start // dp)                                   # ceil(numel / dp)
-        self.padded = self.piece * dp
-        self.shard = slice(shard_offset, shard_offset + self.piece)   # in the rank's shards
-        self.shapes = [p.shape for p in params]
-        self.full: torch.Tensor | None = None                          # (padded,) when gathered
-        self.pending = None                                            # a gather in flight
-        self.ready: set[int] = set()                                   # params whose grad is in
-
 
 class _GatherBeforeBackward(torch.autograd.Function):
     """Identity forward on a unit's outputs; backward first all-gathers the unit's weights again
@@ -71,53 +51,6 @@ class _GatherBeforeBackward(torch.autograd.Function):
         return (None, None, *grads)
 
 
-def _blocks(module: nn.Module) -> list[nn.Module]:
-    """The transformer blocks of a GPT (a ModuleList) or of a pipeline chunk (a ModuleDict)."""
-    h = module.transformer.h
-    return list(h.values()) if isinstance(h, nn.ModuleDict) else list(h)
-
-
-def check_zero_layout(stage: int, pp: int, cp: int = 1) -> None:
-    """Refuse, saying why and what to use, the layouts ZeRO-2/3 here do not run."""
-    if stage == 3 and pp > 1:
-        raise ValueError(
-            f"ZeRO-3 with pipeline parallelism (pp={pp}) is refused: a pipeline stage runs the "
-            f"forwards of several micro-batches before their backwards, so ZeRO-3 would "
-            f"all-gather each layer once per micro-batch in forward and again in backward (2m "
-            f"gathers a step instead of 2) or keep every layer gathered anyway; DeepSpeed refuses "
-            f"ZeRO-2/3 with its pipeline engine too. Use zero=2 (or 1) with pp > 1, or pp=1 with "
-            f"zero=3")
-    if stage >= 2 and cp > 1:
-        raise ValueError(f"ZeRO-{stage} with context parallelism (cp={cp}) is not built: use "
-                         f"zero=1 with cp > 1")
-
-
-def _check_layout(modules: list[nn.Module], ctx: ParallelContext, stage: int) -> None:
-    """What this implementation shards: a GPT at any tp, or (ZeRO-2) this rank's pipeline chunks."""
-    if stage not in (2, 3):
-        raise ValueError(f"stage={stage!r}: FullyShardedDataParallel runs ZeRO stage 2 or 3 "
-                         f"(stage 1 is DistributedOptimizer)")
-    if not all(hasattr(getattr(m, "transformer", None), "h") for m in modules):
-        raise TypeError(f"FullyShardedDataParallel needs a minimt GPT (or, with pp > 1, this "
-                        f"rank's list of GPTStage chunks), got {type(modules[0]).__name__}")
-    check_zero_layout(stage, ctx.pp_size, ctx.cp_size)
-    if ctx.pp_size > 1 and len(modules) == 1 and isinstance(modules[0], GPT):
-        raise ValueError(f"pp={ctx.pp_size}: pass this rank's pipeline chunks (MeshModel.chunks), "
-                         f"not the whole GPT")
-
-
-def _keeps(keep, param: nn.Parameter, shape: torch.Size) -> bool:
-    """keep(param) on a parameter that has its full shape for the call."""
-    if param.shape == shape:
-        return keep(param)
-    freed = param.data
-    param.data = torch.zeros((), dtype=freed.dtype, device=freed.device).expand(shape)
-    try:
-        return keep(param)
-    finally:
-        param.data = freed
-
-
 class FullyShardedDataParallel:
     """Shards a GPT's parameters (or, for ZeRO-2 with pp > 1, this rank's pipeline chunks') over
     the "dp" group as ZeRO stage 2 or 3 (see the module doc), in place: call the model as before,
@@ -126,7 +59,7 @@ class FullyShardedDataParallel:
     def __init__(self, model, ctx: ParallelContext, stage: int = 3, prefetch: int = 1,
                  param_dtype: torch.dtype | None = None):
         modules = list(model) if isinstance(model, (list, tuple, nn.ModuleList)) else [model]
-        _check_layout(modules, ctx, stage)
+        check_fsdp_layout(modules, ctx, stage)
         if stage == 3 and modules[0].recompute != "none":
             raise ValueError(f"recompute={model.recompute!r} reruns blocks whose weights ZeRO-3 "
                              f"has freed: use recompute='none' with zero=3")
@@ -140,7 +73,7 @@ class FullyShardedDataParallel:
         self.params = unique_parameters(modules)
         self.param_dtype = param_dtype or self.params[0].dtype
         self.units, offset = [], 0
-        for group in self._unit_groups():
+        for group in unit_groups(modules):
             self.units.append(ShardedUnit(group, ctx.dp_size, offset))
             offset += self.units[-1].piece
         # this rank's pieces of every unit, end to end: fp32 master, compute copy, gradients
@@ -157,6 +90,7 @@ class FullyShardedDataParallel:
         if stage == 2:
             self.param_shard = None if sixteen else self.master
         self.grad_shard = torch.zeros(offset, dtype=self.param_dtype, device=ctx.device)
+        self.in_flight = []  # (unit, reduce-scatter started in this backward)
         for i, unit in enumerate(self.units):
             self._free(unit)
             for p in unit.params:
@@ -166,27 +100,11 @@ class FullyShardedDataParallel:
         if stage == 3:
             self._register_gather_hooks()
 
-    def _unit_groups(self) -> list[list[nn.Parameter]]:
-        """The units' parameters: the tied weight alone (the same unit on the first and last
-        pipeline stage), then per module the rest outside the blocks, then each block."""
-        names = [(n, p) for m in self.modules for n, p in m.named_parameters(remove_duplicate=False)
-                 if p.requires_grad]
-        tied = list({id(p): p for n, p in names if n.startswith(TIED_PREFIXES)}.values())
-        groups = [tied]
-        for module in self.modules:
-            blocks = _blocks(module)
-            inside = {id(p) for block in blocks for p in block.parameters()}
-            taken = {id(p) for group in groups for p in group}
-            groups.append([p for p in unique_parameters(module)
-                           if id(p) not in inside and id(p) not in taken])
-            groups += [list(block.parameters()) for block in blocks]
-        return [group for group in groups if group]
-
     def _register_gather_hooks(self) -> None:
         """ZeRO-3 (one GPT): the units outside the blocks are gathered for the whole forward, each
         block's around its own; a pass's next `prefetch` units are gathered ahead."""
-        blocks = _blocks(self.model)
-        first_block = len(self.units) - len(blocks)
+        model_blocks = blocks(self.model)
+        first_block = len(self.units) - len(model_blocks)
         roots = list(range(first_block))
         self.order = {"forward": roots + list(range(first_block, len(self.units))),
                       "backward": roots + list(range(len(self.units) - 1, first_block - 1, -1))}
@@ -201,7 +119,7 @@ class FullyShardedDataParallel:
             return output
         self.model.register_forward_pre_hook(before_model)
         self.model.register_forward_hook(after_model)
-        for i, block in enumerate(blocks, start=first_block):
+        for i, block in enumerate(model_blocks, start=first_block):
             block.register_forward_pre_hook(functools.partial(self._before_block, i))
             block.register_forward_hook(
                 lambda module, args, out, i=i: self._after_forward(i, out))
@@ -272,25 +190,39 @@ class FullyShardedDataParallel:
         if len(unit.ready) == len(unit.params):
             self._reduce_scatter(unit)
 
-    def _reduce_scatter(self, unit: ShardedUnit) -> None:
-        """The unit's gradients (B-pass sums, None = 0) / dp, reduce-scattered into grad_shard."""
+    def _reduce_scatter(self, unit: ShardedUnit, in_backward: bool = True) -> None:
+        """Start reduce-scattering the unit's gradients (None = 0) / dp and drop them: the backward
+        of the next unit runs meanwhile. One unit in flight at a time (the previous one is added
+        to grad_shard first), so at most two units' full gradients exist; the backward's end (a
+        queued callback) adds the last."""
         unit.ready.clear()
         flat = torch.zeros(unit.padded, dtype=self.param_dtype, device=self.ctx.device)
         for p, (start, end) in zip(unit.params, unit.bounds):
             if p.grad is not None:
                 flat[start:end] = p.grad.flatten()
             p.grad = None
-        mine = reduce_scatter(flat.div_(self.ctx.dp_size), self.ctx, "dp", phase="backward")
-        self.grad_shard[unit.shard] += mine                            # (piece,)
+        if self.in_flight:
+            self._finish_reduce_scatters()
+        elif in_backward:  # the first of this backward
+            torch.autograd.Variable._execution_engine.queue_callback(self._finish_reduce_scatters)
+        self.in_flight.append((unit, reduce_scatter_along_start(
+            flat.div_(self.ctx.dp_size), self.ctx, "dp", 0, phase="backward")))
         if self.stage == 3:
             self._free(unit)
+
+    def _finish_reduce_scatters(self) -> None:
+        """Wait for the backward's reduce-scatters and add each into this rank's gradient shard."""
+        for unit, pending in self.in_flight:
+            self.grad_shard[unit.shard] += pending.wait()              # (piece,)
+        self.in_flight = []
 
     def flush_gradients(self) -> None:
         """After the last backward of a step: reduce-scatter any unit whose gradients came in
         part only (every dp rank runs the same schedule, so all flush the same units)."""
         for unit in self.units:
             if unit.ready:
-                self._reduce_scatter(unit)
+                self._reduce_scatter(unit, in_backward=False)
+        self._finish_reduce_scatters()
 
     def grad_piece(self, param: nn.Parameter) -> torch.Tensor:
         """This rank's gradient piece of the unit that holds `param` alone (the tied weight)."""
@@ -306,7 +238,7 @@ class FullyShardedDataParallel:
             mine = self.ctx.dp_rank * unit.piece
             for p, (start, end), shape in zip(unit.params, unit.bounds, unit.shapes):
                 lo, hi = max(start, mine), min(end, mine + unit.piece)
-                if lo < hi and _keeps(keep, p, shape):
+                if lo < hi and keeps(keep, p, shape):
                     ranges.append((unit.shard.start + lo - mine, unit.shard.start + hi - mine))
         return ranges
 

@@ -21,7 +21,8 @@ from .context import ParallelContext, divide
 from .context_parallel_gpt import (apply_context_parallel, average_over_cp,
                                    check_context_parallel, local_sequence)
 from .data_parallel import DistributedDataParallel
-from .fsdp import FullyShardedDataParallel, check_zero_layout
+from .fsdp import FullyShardedDataParallel
+from .fsdp_units import check_zero_layout
 from .pipeline import PIPELINE_SCHEDULES, pipeline_schedule, stage_owner
 from .pipeline_runtime import (GPTStage, mark_tied_copy, pipeline_forward, pipeline_step,
                                stage_parameters, sync_tied_grads)
