@@ -314,12 +314,13 @@ def _train_and_save(ctx, layout, directory, steps, load):
 
 
 def test_a_checkpoint_reshards_across_zero_stages_and_layouts(tmp_path):
-    """ZeRO-3 at tp 2 x dp 2 trains 2 steps and saves; ZeRO-2 at pp 2 x dp 2 loads it, takes
-    step 3 and saves; the serial model read from that checkpoint is the uninterrupted serial
-    run's."""
+    """ZeRO-3 at tp 2 x dp 2 trains step 1 and saves; ZeRO-2 at pp 2 x dp 2 loads it, takes step 2
+    and saves; ZeRO-3 at tp 2 x dp 2 loads that, takes step 3 and saves; the serial model read
+    from the last checkpoint is the uninterrupted serial run's."""
     from minimt.parallel.checkpoint import load_serial_model
-    launch(_train_and_save, dict(zero=3), str(tmp_path), 2, False, tp=2, dp=2, timeout_s=90)
-    launch(_train_and_save, dict(zero=2), str(tmp_path), 3, True, pp=2, dp=2, timeout_s=90)
+    launch(_train_and_save, dict(zero=3), str(tmp_path), 1, False, tp=2, dp=2, timeout_s=90)
+    launch(_train_and_save, dict(zero=2), str(tmp_path), 2, True, pp=2, dp=2, timeout_s=90)
+    launch(_train_and_save, dict(zero=3), str(tmp_path), 3, True, tp=2, dp=2, timeout_s=90)
     serial = _mesh_trainer({}).model
     resumed = load_serial_model(tmp_path)
     gaps = {n: (p - q).abs().max().item()
