@@ -61,8 +61,8 @@ class FullyShardedDataParallel:
         modules = list(model) if isinstance(model, (list, tuple, nn.ModuleList)) else [model]
         check_fsdp_layout(modules, ctx, stage)
         if stage == 3 and modules[0].recompute != "none":
-            raise ValueError(f"recompute={model.recompute!r} reruns blocks whose weights ZeRO-3 "
-                             f"has freed: use recompute='none' with zero=3")
+            raise ValueError(f"recompute={modules[0].recompute!r} reruns blocks whose weights "
+                             f"ZeRO-3 has freed: use recompute='none' with zero=3")
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"prefetch={prefetch!r} must be an integer >= 0 (units gathered "
                              f"ahead)")
