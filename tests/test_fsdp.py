@@ -11,6 +11,7 @@ from minimt.parallel import CommCounter, DistributedOptimizer, ParallelContext, 
 from minimt.parallel.checkpoint import full_state_dict, load_checkpoint, save_checkpoint
 from minimt.parallel.fsdp import FullyShardedDataParallel
 from minimt.parallel.sharded_adamw import ShardedAdamW, training_state_bytes
+from minimt.parallel.tensor import apply_tensor_parallel
 from minimt.precision import MixedPrecisionOptimizer
 from minimt.scale import zero_state_bytes
 
@@ -41,9 +42,14 @@ def _serial_weights() -> dict:
     return {n: p.detach() for n, p in model.named_parameters()}
 
 
-def _sharded_weights(ctx, stage, dtype, prefetch=1):
+def _model(ctx):
+    """The GPT of seed 0, this rank's tensor-parallel share of it when tp > 1."""
     torch.manual_seed(0)
-    model = GPT(CONFIG).to(dtype)
+    return GPT(CONFIG) if ctx.tp_size == 1 else apply_tensor_parallel(GPT(CONFIG), ctx)
+
+
+def _sharded_weights(ctx, stage, dtype, prefetch=1):
+    model = _model(ctx).to(dtype)
     fsdp = FullyShardedDataParallel(model, ctx, stage=stage, prefetch=prefetch)
     opt = ShardedAdamW(fsdp, lr=LR)
     for x in _batches():
@@ -76,16 +82,16 @@ def _with_fully_shard(ctx, dtype):
     """STEPS AdamW steps under torch's fully_shard (FSDP2, its MixedPrecisionPolicy for bf16:
     bf16 gathers, compute and reduce-scatters, fp32 sharded parameters) and under minimt's
     ZeRO-3 from the same (bf16-representable) weights: their largest difference, and how far
-    the weights moved."""
+    the weights moved. With tp > 1 both shard minimt's tensor-parallel GPT over the dp
+    sub-mesh (2D: FSDP over dp x Megatron TP; minimt's rank order is the (dp, tp) mesh's)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    torch.manual_seed(0)
-    model = GPT(CONFIG)
+    model = _model(ctx)
     with torch.no_grad():  # minimt's bf16 run starts from the bf16-rounded weights
         for p in model.parameters():
             p.copy_(p.to(dtype).float())
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
-    mesh = init_device_mesh("cpu", (ctx.dp_size,))
+    mesh = init_device_mesh("cpu", (ctx.dp_size, ctx.tp_size), mesh_dim_names=("dp", "tp"))["dp"]
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=dtype)
     for block in model.transformer.h:
         fully_shard(block, mesh=mesh, mp_policy=policy)
@@ -102,10 +108,13 @@ def _with_fully_shard(ctx, dtype):
     return max((ours[n] - theirs[n]).abs().max().item() for n in theirs), moved
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_zero3_equals_torch_fully_shard(dtype):
-    # measured: equal to the bit in fp32 and in bf16 (the same gathers, sums and AdamW arithmetic)
-    for rank, (error, moved) in enumerate(launch(_with_fully_shard, dtype, dp=2, timeout_s=90)):
+@pytest.mark.parametrize("dtype,tp", [(torch.float32, 1), (torch.bfloat16, 1), (torch.float32, 2)],
+                         ids=["fp32", "bf16", "fp32-tp2"])
+def test_zero3_equals_torch_fully_shard(dtype, tp):
+    # measured: equal to the bit in fp32, in bf16 and at tp 2 x dp 2 (the same gathers, sums and
+    # AdamW arithmetic)
+    for rank, (error, moved) in enumerate(launch(_with_fully_shard, dtype, tp=tp, dp=2,
+                                                 timeout_s=90)):
         assert error < 1e-6, f"rank {rank}: weights differ from fully_shard's by {error:.2e}"
         assert moved > STEPS * LR / 2  # the weights really trained
 
