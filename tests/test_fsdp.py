@@ -335,3 +335,36 @@ def test_a_checkpoint_reshards_across_zero_stages_and_layouts(tmp_path):
     gaps = {n: (p - q).abs().max().item()
             for (n, p), q in zip(serial.named_parameters(), resumed.parameters())}
     assert max(gaps.values()) < MESH_TOL, gaps
+
+
+def _in_flight_during_backward(ctx, stage):
+    """How many reduce-scatters had been launched, and how many were still travelling, when the
+    backward reached the token embedding's output (the blocks' gradients done, the tied weight's
+    not); then how many a step launched and how many the backward's end left travelling."""
+    torch.manual_seed(0)
+    model = GPT(CONFIG)
+    fsdp = FullyShardedDataParallel(model, ctx, stage=stage)
+    seen = {}
+
+    def record(grad):
+        seen.update(launched=len(counter.select(kind="reduce_scatter")),
+                    travelling=len(fsdp.in_flight))
+
+    def watch(module, args, out):                                      # out (B, T, C)
+        out.register_hook(record)
+    model.transformer.wte.register_forward_hook(watch)
+    x = _rows(_batches()[0], ctx)
+    with CommCounter() as counter:
+        model(x, x)[1].backward()
+    return seen, len(counter.select(kind="reduce_scatter")), len(fsdp.in_flight)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_gradients_are_reduce_scattered_while_the_backward_runs(stage):
+    """Each block's reduce-scatter starts as soon as its gradients are complete and travels while
+    the backward goes on; the backward's end has added every one into the shard."""
+    for seen, launched, left in launch(_in_flight_during_backward, stage, dp=2, timeout_s=60):
+        # every block's launched (and perhaps the positions' unit), the tied weight's not yet
+        assert CONFIG.n_layer <= seen["launched"] < CONFIG.n_layer + 2, seen
+        assert seen["travelling"] == 1, seen                           # not waited for at once
+        assert launched == CONFIG.n_layer + 2 and left == 0  # + the tied weight and the rest
