@@ -70,7 +70,7 @@ def train_parser() -> argparse.ArgumentParser:
                         "ring attention)")
     parser.add_argument("--zero", type=int, nargs="?", const=1, default=0, choices=(0, 1, 2, 3),
                         help="ZeRO stage over the data-parallel replicas: 1 (--zero alone) shards "
-                        "the AdamW state, 2 also the gradients, 3 also the weights (FSDP; tp=pp=1)")
+                        "the AdamW state, 2 also the gradients, 3 also the weights (FSDP; not with --pp > 1)")
     parser.add_argument("--schedule", choices=PIPELINE_SCHEDULES, default="1f1b",
                         help="pipeline schedule when --pp > 1")
     parser.add_argument("--chunks", type=cli_number(int, 1), default=None,
@@ -195,7 +195,7 @@ def train_main(argv: list[str]) -> int:
                                                            args.tp * args.pp * args.dp * args.cp)))
         settings = train_settings(args)
         check_layout(config, args.tp, args.pp, args.dp, settings.batch_size, settings.schedule,
-                     settings.num_microbatches, settings.num_chunks, args.cp)
+                     settings.num_microbatches, settings.num_chunks, args.cp, args.zero)
         data, _ = _train_data(args, settings)  # bad data fails here, before any rank starts
         if not args.data_path:
             check_token_data(data, config.block_size, config.vocab_size, str(corpus_path(CORPUS)),

@@ -28,7 +28,7 @@ from .lr_schedule import lr_at
 from .parallel.context import ParallelContext
 from .parallel.grads import MeshGradients
 from .parallel.layout import MeshModel
-from .parallel.fsdp import ShardedAdamW
+from .parallel.sharded_adamw import ShardedAdamW
 from .parallel.zero import DistributedOptimizer
 from .precision import DynamicLossScaler, MixedPrecisionOptimizer
 from .train_config import AUTOCAST_DTYPES, TrainConfig, check_device

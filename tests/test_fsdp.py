@@ -9,7 +9,9 @@ import torch
 from minimt import GPT, GPTConfig
 from minimt.parallel import CommCounter, DistributedOptimizer, ParallelContext, launch
 from minimt.parallel.checkpoint import full_state_dict, load_checkpoint, save_checkpoint
-from minimt.parallel.fsdp import FullyShardedDataParallel, ShardedAdamW, training_state_bytes
+from minimt.parallel.fsdp import FullyShardedDataParallel
+from minimt.parallel.sharded_adamw import ShardedAdamW, training_state_bytes
+from minimt.parallel.tensor import apply_tensor_parallel
 from minimt.precision import MixedPrecisionOptimizer
 from minimt.scale import zero_state_bytes
 
@@ -40,9 +42,14 @@ def _serial_weights() -> dict:
     return {n: p.detach() for n, p in model.named_parameters()}
 
 
-def _sharded_weights(ctx, stage, dtype, prefetch=1):
+def _model(ctx):
+    """The GPT of seed 0, this rank's tensor-parallel share of it when tp > 1."""
     torch.manual_seed(0)
-    model = GPT(CONFIG).to(dtype)
+    return GPT(CONFIG) if ctx.tp_size == 1 else apply_tensor_parallel(GPT(CONFIG), ctx)
+
+
+def _sharded_weights(ctx, stage, dtype, prefetch=1):
+    model = _model(ctx).to(dtype)
     fsdp = FullyShardedDataParallel(model, ctx, stage=stage, prefetch=prefetch)
     opt = ShardedAdamW(fsdp, lr=LR)
     for x in _batches():
@@ -71,16 +78,24 @@ def test_zero2_and_zero3_equal_serial_adamw(dp):
             assert error < tolerance[dtype], f"dp={dp} rank {rank} ZeRO-{stage} {dtype}: {error}"
 
 
-def _with_fully_shard(ctx):
+def _with_fully_shard(ctx, dtype):
+    """STEPS AdamW steps under torch's fully_shard (FSDP2, its MixedPrecisionPolicy for bf16:
+    bf16 gathers, compute and reduce-scatters, fp32 sharded parameters) and under minimt's
+    ZeRO-3 from the same (bf16-representable) weights: their largest difference, and how far
+    the weights moved. With tp > 1 both shard minimt's tensor-parallel GPT over the dp
+    sub-mesh (2D: FSDP over dp x Megatron TP; minimt's rank order is the (dp, tp) mesh's)."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-    torch.manual_seed(0)
-    model = GPT(CONFIG)
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    model = _model(ctx)
+    with torch.no_grad():  # minimt's bf16 run starts from the bf16-rounded weights
+        for p in model.parameters():
+            p.copy_(p.to(dtype).float())
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
-    mesh = init_device_mesh("cpu", (ctx.dp_size,))
+    mesh = init_device_mesh("cpu", (ctx.dp_size, ctx.tp_size), mesh_dim_names=("dp", "tp"))["dp"]
+    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=dtype)
     for block in model.transformer.h:
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
     for x in _batches():
         x = _rows(x, ctx)
@@ -88,14 +103,18 @@ def _with_fully_shard(ctx):
         opt.step()
         opt.zero_grad()
     theirs = {n: p.full_tensor().detach() for n, p in model.named_parameters()}
-    ours = _sharded_weights(ctx, 3, torch.float32)
+    ours = _sharded_weights(ctx, 3, dtype)                            # the fp32 master pieces
     moved = max((ours[n] - initial[n]).abs().max().item() for n in theirs)
     return max((ours[n] - theirs[n]).abs().max().item() for n in theirs), moved
 
 
-def test_zero3_equals_torch_fully_shard():
-    # measured: equal to the bit (the same AdamW arithmetic, a sum of 2 halved gradients)
-    for rank, (error, moved) in enumerate(launch(_with_fully_shard, dp=2, timeout_s=90)):
+@pytest.mark.parametrize("dtype,tp", [(torch.float32, 1), (torch.bfloat16, 1), (torch.float32, 2)],
+                         ids=["fp32", "bf16", "fp32-tp2"])
+def test_zero3_equals_torch_fully_shard(dtype, tp):
+    # measured: equal to the bit in fp32, in bf16 and at tp 2 x dp 2 (the same gathers, sums and
+    # AdamW arithmetic)
+    for rank, (error, moved) in enumerate(launch(_with_fully_shard, dtype, tp=tp, dp=2,
+                                                 timeout_s=90)):
         assert error < 1e-6, f"rank {rank}: weights differ from fully_shard's by {error:.2e}"
         assert moved > STEPS * LR / 2  # the weights really trained
 
@@ -202,3 +221,150 @@ def test_checkpoints_reshard_across_zero_stages(tmp_path, saved_stage):
                                          timeout_s=90)):
         for stage, error in errors.items():
             assert error < 1e-6, f"saved at ZeRO-{saved_stage}, loaded at ZeRO-{stage}: {error}"
+
+
+# ------------------------------------------------------------ the Trainer on tp x pp x dp meshes
+MESH_CONFIG = GPTConfig(vocab_size=40, block_size=16, n_layer=4, n_head=4, n_embd=32)
+# as tests/test_trainer_layouts.py: Adam turns a relative rounding difference d of a gradient into
+# about lr * d a step; measured gaps 2e-6..2.2e-5 at lr 1e-2, 3 steps (tp sums in another order)
+MESH_LR, MESH_STEPS = 1e-2, 3
+MESH_TOL = MESH_STEPS * MESH_LR * 1e-3
+
+
+def _mesh_trainer(layout, ctx=None):
+    from minimt.data import TokenDataset
+    from minimt.train import Trainer, TrainConfig
+    torch.manual_seed(0)
+    data = TokenDataset(torch.randint(0, 40, (4000,), generator=torch.Generator().manual_seed(3)))
+    config = TrainConfig(max_iters=MESH_STEPS, batch_size=8, learning_rate=MESH_LR,
+                         min_lr=MESH_LR / 10, warmup_iters=1, progress=False, grad_clip=0.5,
+                         seed=7, **layout)
+    trainer = Trainer(GPT(MESH_CONFIG), data, config, ctx=ctx)
+    for _ in range(MESH_STEPS):
+        trainer.train_step()
+    return trainer
+
+
+def _held_weights(ctx, layouts):
+    """Per layout: {serial name: full tensor} of every parameter this rank holds after training
+    (the last stage's copy of the tied weight under the embedding's name)."""
+    from minimt.parallel.checkpoint import local_parameters, unshard
+    out = []
+    for layout in layouts:
+        trainer = _mesh_trainer(layout, ctx)
+        local = trainer.mesh.sharded.param_tensors()
+        out.append({name: unshard(name, local[id(p)], p, ctx, MESH_CONFIG)
+                    for name, p, _ in local_parameters(trainer.mesh.chunks)})
+    return out
+
+
+def _assert_equal_serial(mesh, layouts):
+    serial = [dict(_mesh_trainer({k: v for k, v in layout.items() if k != "zero"})
+                   .model.named_parameters()) for layout in layouts]
+    for rank, held in enumerate(launch(_held_weights, layouts, **mesh, timeout_s=90)):
+        for layout, weights, reference in zip(layouts, held, serial):
+            assert weights, (rank, layout)
+            gap = max((weights[n] - reference[n]).abs().max().item() for n in weights)
+            assert gap < MESH_TOL, f"{mesh} {layout}, rank {rank}: max weight gap {gap:.2e}"
+
+
+def test_zero2_and_zero3_with_tensor_parallelism_and_accumulation_equal_serial():
+    """2D FSDP + TP (tp 2 x dp 2): each tp rank shards its slices over its dp group. Gradient
+    accumulation (2 micro-batches of 8, one global batch of 16) reduce-scatters each backward
+    into the shard and equals the serial run on the same batches."""
+    _assert_equal_serial(dict(tp=2, dp=2), [dict(zero=2), dict(zero=3),
+                                            dict(zero=2, gradient_accumulation_steps=2),
+                                            dict(zero=3, gradient_accumulation_steps=2)])
+
+
+def test_zero2_with_pipeline_parallelism_equals_serial():
+    """pp 2 x dp 2: 1F1B (with accumulation) and ZB-V (its weight gradients come in the split W
+    pass; the first rank holds both copies of the tied weight); the tied weight's gradient piece
+    is summed between the first and last stage."""
+    _assert_equal_serial(dict(pp=2, dp=2), [dict(zero=2, gradient_accumulation_steps=2),
+                                            dict(zero=2, schedule="zbv", num_chunks=2)])
+
+
+def test_zero2_on_the_3d_mesh_equals_serial():
+    _assert_equal_serial(dict(tp=2, pp=2, dp=2), [dict(zero=2, schedule="interleaved",
+                                                       num_chunks=2, num_microbatches=2)])
+
+
+def test_zero3_with_pipeline_parallelism_is_refused_with_why():
+    from minimt.parallel.layout import check_layout
+    with pytest.raises(ValueError, match=r"ZeRO-3 with pipeline parallelism \(pp=2\) is refused: "
+                                         r"a pipeline stage runs the forwards"):
+        check_layout(MESH_CONFIG, 1, 2, 2, 8, zero=3)
+    with pytest.raises(ValueError, match=r"ZeRO-2 with context parallelism \(cp=2\) is not built"):
+        check_layout(MESH_CONFIG, 1, 1, 2, 8, cp=2, zero=2)
+    assert check_layout(MESH_CONFIG, 2, 2, 2, 16, zero=2) == 4
+
+
+def _train_and_save(ctx, layout, directory, steps, load):
+    """Train the mesh Trainer until `steps` (from the checkpoint in `directory` when `load`) and
+    save its step there: weights, AdamW state, the batch sampler's state."""
+    from minimt.parallel.checkpoint import load_checkpoint as load_mesh
+    from minimt.train_run import resume, run_state
+    from minimt.data import TokenDataset
+    from minimt.train import Trainer, TrainConfig
+    torch.manual_seed(1 if load else 0)  # a loaded checkpoint must replace other weights
+    data = TokenDataset(torch.randint(0, 40, (4000,), generator=torch.Generator().manual_seed(3)))
+    config = TrainConfig(max_iters=MESH_STEPS, batch_size=8, learning_rate=MESH_LR,
+                         min_lr=MESH_LR / 10, warmup_iters=1, progress=False, grad_clip=0.5,
+                         seed=7, **layout)
+    trainer = Trainer(GPT(MESH_CONFIG), data, config, ctx=ctx)
+    if load:
+        meta = load_mesh(directory, trainer.mesh.chunks, trainer.optimizer, ctx)
+        resume(trainer, meta["extra"], meta["step"])
+    while trainer.iter_num < steps:
+        trainer.train_step()
+    save_checkpoint(directory, trainer.mesh.chunks, trainer.optimizer, ctx, step=steps,
+                    extra=run_state(trainer, {}))
+
+
+def test_a_checkpoint_reshards_across_zero_stages_and_layouts(tmp_path):
+    """ZeRO-3 at tp 2 x dp 2 trains step 1 and saves; ZeRO-2 at pp 2 x dp 2 loads it, takes step 2
+    and saves; ZeRO-3 at tp 2 x dp 2 loads that, takes step 3 and saves; the serial model read
+    from the last checkpoint is the uninterrupted serial run's."""
+    from minimt.parallel.checkpoint import load_serial_model
+    launch(_train_and_save, dict(zero=3), str(tmp_path), 1, False, tp=2, dp=2, timeout_s=90)
+    launch(_train_and_save, dict(zero=2), str(tmp_path), 2, True, pp=2, dp=2, timeout_s=90)
+    launch(_train_and_save, dict(zero=3), str(tmp_path), 3, True, tp=2, dp=2, timeout_s=90)
+    serial = _mesh_trainer({}).model
+    resumed = load_serial_model(tmp_path)
+    gaps = {n: (p - q).abs().max().item()
+            for (n, p), q in zip(serial.named_parameters(), resumed.parameters())}
+    assert max(gaps.values()) < MESH_TOL, gaps
+
+
+def _in_flight_during_backward(ctx, stage):
+    """How many reduce-scatters had been launched, and how many were still travelling, when the
+    backward reached the token embedding's output (the blocks' gradients done, the tied weight's
+    not); then how many a step launched and how many the backward's end left travelling."""
+    torch.manual_seed(0)
+    model = GPT(CONFIG)
+    fsdp = FullyShardedDataParallel(model, ctx, stage=stage)
+    seen = {}
+
+    def record(grad):
+        seen.update(launched=len(counter.select(kind="reduce_scatter")),
+                    travelling=len(fsdp.in_flight))
+
+    def watch(module, args, out):                                      # out (B, T, C)
+        out.register_hook(record)
+    model.transformer.wte.register_forward_hook(watch)
+    x = _rows(_batches()[0], ctx)
+    with CommCounter() as counter:
+        model(x, x)[1].backward()
+    return seen, len(counter.select(kind="reduce_scatter")), len(fsdp.in_flight)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_gradients_are_reduce_scattered_while_the_backward_runs(stage):
+    """Each block's reduce-scatter starts as soon as its gradients are complete and travels while
+    the backward goes on; the backward's end has added every one into the shard."""
+    for seen, launched, left in launch(_in_flight_during_backward, stage, dp=2, timeout_s=60):
+        # every block's launched (and perhaps the positions' unit), the tied weight's not yet
+        assert CONFIG.n_layer <= seen["launched"] < CONFIG.n_layer + 2, seen
+        assert seen["travelling"] == 1, seen                           # not waited for at once
+        assert launched == CONFIG.n_layer + 2 and left == 0  # + the tied weight and the rest

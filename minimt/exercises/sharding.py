@@ -24,7 +24,8 @@ def _zero3_rank(ctx):
     from ..config import GPTConfig
     from ..model import GPT
     from ..parallel import CommCounter
-    from ..parallel.fsdp import FullyShardedDataParallel, ShardedAdamW
+    from ..parallel.fsdp import FullyShardedDataParallel
+    from ..parallel.sharded_adamw import ShardedAdamW
     torch.manual_seed(0)
     model = GPT(GPTConfig(**CONFIG_KW))
     fsdp = FullyShardedDataParallel(model, ctx, stage=3, prefetch=1)

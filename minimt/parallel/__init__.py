@@ -44,7 +44,8 @@ from .tensor import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbed
 from .ring import ring_all_gather, ring_all_reduce, ring_reduce_scatter
 from .data_parallel import DistributedDataParallel, unique_parameters
 from .zero import DistributedOptimizer
-from .fsdp import FullyShardedDataParallel, ShardedAdamW
+from .fsdp import FullyShardedDataParallel
+from .sharded_adamw import ShardedAdamW
 from .checkpoint import (checkpoint_to_hf_gpt2_state_dict, full_state_dict, load_checkpoint,
                          load_serial_model, read_checkpoint, save_checkpoint)
 from .mesh import bytes_per_step, rank_holdings, stage_numel

@@ -114,9 +114,10 @@ def full_state_dict(model, ctx: ParallelContext, config: GPTConfig | None = None
     rank must call it (it gathers over tp). The union over stages is the serial state dict."""
     config = find_config(model, config)
     sharded = _zero_sharded(model)
-    if sharded is not None:  # ZeRO-2/3: the fp32 master pieces, in the weights' dtype
-        return {name: t.to(sharded.param_dtype) for name, t in sharded.full_state_dict().items()}
-    return {name: unshard(name, p, p, ctx, config)
+    # ZeRO-2/3: the fp32 master pieces gathered over dp (then tp), in the weights' dtype
+    local = {} if sharded is None else {key: t.to(sharded.param_dtype)
+                                        for key, t in sharded.param_tensors().items()}
+    return {name: unshard(name, local.get(id(p), p), p, ctx, config)
             for name, p, tied in local_parameters(model) if not tied}
 
 
@@ -128,13 +129,13 @@ def _zero_sharded(model):
 def _optimizer_state(model, optimizer, ctx, config) -> tuple[dict, int]:
     """({serial name: {"exp_avg", "exp_avg_sq"[, "master"]}} of this stage, step count)."""
     params = local_parameters(model)
-    if _zero_sharded(model) is not None:  # ZeRO-2/3's ShardedAdamW
-        sharded = _zero_sharded(model)
+    sharded = _zero_sharded(model)
+    if sharded is not None:  # ZeRO-2/3's ShardedAdamW: its pieces gathered over dp
         keys = ("exp_avg", "exp_avg_sq") + (("master",) if optimizer.dtype != torch.float32 else ())
-        full = {key: sharded.full_state_dict(getattr(optimizer, key)) for key in keys}
-        return {name: {key: full[key][name] for key in keys} for name in full["exp_avg"]}, \
-            optimizer.num_steps
-    if isinstance(optimizer, DistributedOptimizer):
+        full = {key: sharded.param_tensors(getattr(optimizer, key)) for key in keys}
+        per_param = {id(p): {key: full[key][id(p)] for key in keys} for _, p, _ in params}
+        step = optimizer.num_steps
+    elif isinstance(optimizer, DistributedOptimizer):
         flat = {key: all_gather(t, ctx, "dp", dim=0) for key, t in
                 (("exp_avg", optimizer.exp_avg), ("exp_avg_sq", optimizer.exp_avg_sq),
                  ("master", optimizer.master)) if key != "master" or optimizer.dtype != torch.float32}
@@ -308,8 +309,9 @@ def load_checkpoint(directory, model, optimizer, ctx: ParallelContext,
         raise ValueError("this checkpoint holds no optimizer state: pass optimizer=None")
     check_dtype(directory, meta["dtype"], weights, local_parameters(model))
     sharded = _zero_sharded(model)
-    if sharded is not None:  # ZeRO-2/3: this rank's pieces of the serial tensors
-        sharded.load_full_state_dict(weights)
+    if sharded is not None:  # ZeRO-2/3: this rank's pieces of its tp slices of the serial tensors
+        sharded.load_param_tensors({id(p): shard(name, weights[name], p, ctx)
+                                    for name, p, _ in local_parameters(model)})
     for name, param, _ in local_parameters(model) if sharded is None else ():
         param.copy_(shard(name, weights[name], param, ctx))
     if optimizer is not None:
@@ -330,8 +332,9 @@ def _load_optimizer(model, optimizer, state: dict, weights: dict, num_steps: int
     sharded = _zero_sharded(model)
     if sharded is not None:  # ZeRO-2/3's ShardedAdamW; fp32 checkpoints: weights are the master
         for key in ("exp_avg", "exp_avg_sq", "master"):
-            sharded.load_full_state_dict({name: state[name].get(key, weights[name])
-                                          for name in weights}, getattr(optimizer, key))
+            sharded.load_param_tensors(
+                {id(p): shard(name, _saved(state, weights, name, key), p, ctx)
+                 for name, p, _ in params}, getattr(optimizer, key))
         optimizer.fsdp.after_step()
         optimizer.num_steps = num_steps
         return
@@ -341,12 +344,8 @@ def _load_optimizer(model, optimizer, state: dict, weights: dict, num_steps: int
                 for key in ("exp_avg", "exp_avg_sq", "master")}
         for name, param, _ in params:
             start, end = where[id(param)]
-            # a checkpoint of fp32 weights has no separate master: the weights are the master
-            sources = {"exp_avg": torch.zeros_like(weights[name]),  # no step taken yet
-                       "exp_avg_sq": torch.zeros_like(weights[name]),
-                       "master": weights[name], **state.get(name, {})}
             for key, t in flat.items():
-                t[start:end] = shard(name, sources[key], param, ctx).flatten()
+                t[start:end] = shard(name, _saved(state, weights, name, key), param, ctx).flatten()
         mine = slice(optimizer.shard_start, optimizer.shard_start + optimizer.shard_size)
         for key in ("exp_avg", "exp_avg_sq", "master"):
             getattr(optimizer, key).copy_(flat[key][mine])
@@ -363,6 +362,14 @@ def _load_optimizer(model, optimizer, state: dict, weights: dict, num_steps: int
             "step": torch.tensor(float(num_steps)),
             **{key: shard(name, state[name][key], param, ctx).clone()
                for key in ("exp_avg", "exp_avg_sq")}}
+
+
+def _saved(state: dict, weights: dict, name: str, key: str) -> torch.Tensor:
+    """A saved optimizer tensor: Adam's moments are zero for a parameter saved before its first
+    step, and a checkpoint of fp32 weights has no separate master: the weights are the master."""
+    if key in state.get(name, {}):
+        return state[name][key]
+    return weights[name] if key == "master" else torch.zeros_like(weights[name])
 
 
 def _inner_and_masters(optimizer, params) -> tuple[torch.optim.Optimizer, dict]:

@@ -22,6 +22,7 @@ from .context_parallel_gpt import (apply_context_parallel, average_over_cp,
                                    check_context_parallel, local_sequence)
 from .data_parallel import DistributedDataParallel
 from .fsdp import FullyShardedDataParallel
+from .fsdp_units import check_zero_layout
 from .pipeline import PIPELINE_SCHEDULES, pipeline_schedule, stage_owner
 from .pipeline_runtime import (GPTStage, mark_tied_copy, pipeline_forward, pipeline_step,
                                stage_parameters, sync_tied_grads)
@@ -42,11 +43,13 @@ class ScaledLoss:
 
 
 def check_layout(config, tp: int, pp: int, dp: int, batch_size: int, schedule: str = "1f1b",
-                 num_microbatches: int | None = None, num_chunks: int = 1, cp: int = 1) -> int:
+                 num_microbatches: int | None = None, num_chunks: int = 1, cp: int = 1,
+                 zero: int = 0) -> int:
     """Raise a ValueError saying what to change unless the mesh divides the model and the batch;
     returns the pipeline's micro-batches per step (default: 2 * pp)."""
     divide(config.n_head, tp, "n_head", "--tp (tensor-parallel size)")
     check_context_parallel(config, cp)
+    check_zero_layout(zero, pp, cp)
     divide(config.mlp_ratio * config.n_embd, tp, "MLP hidden size", "--tp (tensor-parallel size)")
     if schedule not in PIPELINE_SCHEDULES:
         raise ValueError(f"schedule {schedule!r}: choose one of {PIPELINE_SCHEDULES}")
@@ -78,7 +81,7 @@ class MeshModel:
         self.ctx, self.model = ctx, model
         self.num_microbatches = check_layout(model.config, ctx.tp_size, ctx.pp_size, ctx.dp_size,
                                              batch_size, schedule,
-                                             num_microbatches, num_chunks, ctx.cp_size)
+                                             num_microbatches, num_chunks, ctx.cp_size, zero)
         if ctx.tp_size > 1:
             apply_tensor_parallel(model, ctx)
         model.to(device=ctx.device, dtype=dtype)
@@ -102,7 +105,8 @@ class MeshModel:
             apply_context_parallel(model, ctx, self.stages or ())
         # ZeRO-1's optimizer averages the gradients itself, ZeRO-2/3 reduce-scatter them in
         # backward (self.sharded); otherwise DDP does, in buckets
-        self.sharded = FullyShardedDataParallel(model, ctx, stage=zero) if zero >= 2 else None
+        self.sharded = (FullyShardedDataParallel(self.stages or model, ctx, stage=zero)
+                        if zero >= 2 else None)
         self.ddp = (DistributedDataParallel(self.stages or model, ctx, bucket_size_mb)
                     if ctx.dp_size > 1 and not zero else None)
 
@@ -147,9 +151,12 @@ class MeshModel:
         stage, average over the data-parallel replicas where the backward has not (a pipeline),
         and divide by the number of micro-steps (the gradient of the mean loss over the global
         batch). ZeRO-1's optimizer averages over dp in its step."""
+        if self.sharded is not None:  # ZeRO-2/3: gradients already live in the shard
+            self.sharded.flush_gradients()
         if self.stages is not None:
             if self.tied_apart:
-                sync_tied_grads(self.stages, self.ctx)
+                sync_tied_grads(self.stages, self.ctx,
+                                grad_of=self.sharded and self.sharded.grad_piece)
             if self.ddp is not None:
                 self.ddp.sync_gradients()
         average_over_cp(self.parameters(), self.ctx)

@@ -286,18 +286,20 @@ def pipeline_forward(stages, ctx, idx, targets=None, owner=stage_owner):
     return result
 
 
-def sync_tied_grads(stages, ctx) -> None:
+def sync_tied_grads(stages, ctx, grad_of=None) -> None:
     """Sum the gradients of the tied embedding / output weight between the first and last stage.
 
     wte (first stage, rank 0) and lm_head (last stage, rank p-1) are one weight in the serial
     model; here they are two copies, so each gets the sum of both gradients (Megatron's
     embedding-group all-reduce), and equal gradients keep the copies equal under any optimizer.
+    grad_of(weight): the tensor that holds its gradient (default: .grad; ZeRO-2: its piece).
     """
     if ctx.pp_size == 1 or not (ctx.is_first_stage or ctx.is_last_stage):
         return
     weight = tied_weight(stages, ctx)
+    grad = weight.grad if grad_of is None else grad_of(weight)
     peer = ctx.pp_ranks[-1] if ctx.is_first_stage else ctx.pp_ranks[0]
-    weight.grad.add_(comm.exchange(weight.grad, peer, ctx, phase="backward"))
+    grad.add_(comm.exchange(grad, peer, ctx, phase="backward"))
 
 
 def tied_weight(stages, ctx) -> nn.Parameter:
