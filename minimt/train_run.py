@@ -66,6 +66,24 @@ def check_resume_flags(out: str, flags: dict) -> None:
                          f"same flags (only the layout, --iters and the evaluation may change)")
 
 
+def check_pipeline_flags(args) -> None:
+    """Flags that would be ignored at this layout are refused, not dropped without a word."""
+    if args.pp == 1:
+        given = [flag for flag, value, default in (
+            ("--schedule", args.schedule, "1f1b"), ("--microbatches", args.microbatches, None),
+            ("--chunks", args.chunks, None)) if value != default]
+        if given:
+            raise ValueError(f"{' and '.join(given)} shape(s) the pipeline, and --pp is 1: add "
+                             f"--pp 2 (or more), or drop {' '.join(given)}")
+    if args.zero >= 2 and args.tp * args.pp > 1:
+        raise ValueError(f"--zero {args.zero} shards over data parallelism only: use --tp 1 --pp "
+                         f"1 with it, or --zero 1 (ZeRO-1 works at every layout)")
+    if args.split != "969,30,1" and not args.data_path:
+        raise ValueError(f"--split {args.split} divides the documents of --data-path, and none "
+                         f"was given (the course's tinyshakespeare has its own 90/10 split): "
+                         f"add --data-path PREFIX or drop --split")
+
+
 def check_fits(config, preset: str, ranks: int) -> None:
     """Refuse a model this machine cannot even build: each of its `ranks` processes first builds
     the whole fp32 model (4 bytes a parameter) before keeping its share."""

@@ -25,10 +25,11 @@ import torch.nn as nn
 
 from ..model import GPT
 from .comm import all_gather, all_gather_start, reduce_scatter
-from .context import ParallelContext
+from .context import ParallelContext, check_ctx
 from .data_parallel import unique_parameters
 from .grads import MeshGradients, counts_in_norm
-from .zero import SIXTEEN_BIT, DistributedOptimizer, adam_moments_and_step
+from .zero import (SIXTEEN_BIT, DistributedOptimizer, adam_moments_and_step, check_adamw_args,
+                   check_grad_clip, moved_error)
 
 
 class ShardedUnit:
@@ -73,6 +74,10 @@ class FullyShardedDataParallel:
         if not isinstance(model, GPT):
             raise TypeError(f"FullyShardedDataParallel needs a minimt GPT, got "
                             f"{type(model).__name__}")
+        check_ctx(ctx, "FullyShardedDataParallel")
+        if getattr(model, "zero_sharded", None) is not None:
+            raise ValueError("this model is already sharded (FullyShardedDataParallel was called "
+                             "on it): wrap a freshly built GPT once")
         if stage not in (2, 3):
             raise ValueError(f"stage={stage!r}: FullyShardedDataParallel runs ZeRO stage 2 or 3 "
                              f"(stage 1 is DistributedOptimizer)")
@@ -85,6 +90,9 @@ class FullyShardedDataParallel:
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"prefetch={prefetch!r} must be an integer >= 0 (units gathered "
                              f"ahead)")
+        if param_dtype not in (None, torch.float32, *SIXTEEN_BIT):
+            raise ValueError(f"param_dtype={param_dtype!r} must be None (the model's dtype), "
+                             f"torch.float32, torch.bfloat16 or torch.float16")
         self.model, self.ctx, self.stage, self.prefetch = model, ctx, stage, prefetch
         model.zero_sharded = self  # save_checkpoint / load_checkpoint find the pieces here
         self.params = unique_parameters(model)
@@ -144,6 +152,7 @@ class FullyShardedDataParallel:
         self._start_gather(index, phase)
         unit = self.units[index]
         if unit.pending is not None:
+            self.check_in_place(unit.params)
             unit.full, unit.pending = unit.pending.wait(), None        # (padded,)
             for p, (start, end), shape in zip(unit.params, unit.bounds, unit.shapes):
                 p.data = unit.full[start:end].view(shape)
@@ -153,6 +162,14 @@ class FullyShardedDataParallel:
                 range(len(self.units) - 1, 0, -1))
             for later in list(order)[:self.prefetch]:
                 self._start_gather(later, phase)
+
+    def check_in_place(self, params) -> None:
+        """Refuse parameters cast or moved (model.to(...)) after wrapping: the pieces stay."""
+        moved = next((p for p in params if p.dtype != self.param_dtype
+                      or p.device != self.master.device), None)
+        if moved is not None:
+            raise moved_error(moved, self.param_dtype, self.master.device,
+                              "FullyShardedDataParallel")
 
     def _free(self, unit: ShardedUnit) -> None:
         """Drop the full weights: each parameter keeps an empty tensor until the next gather."""
@@ -266,9 +283,12 @@ class ShardedAdamW(DistributedOptimizer):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, decay_filter=None, grad_clip: float = 0.0,
                  loss_scaler=None):
-        if not lr > 0 or not eps > 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"lr={lr} and eps={eps} must be positive, weight_decay={weight_decay} "
-                             f">= 0 and betas={betas} in [0, 1)")
+        if not isinstance(fsdp, FullyShardedDataParallel):
+            raise TypeError(f"ShardedAdamW needs the FullyShardedDataParallel wrapper, got "
+                            f"{type(fsdp).__name__}: ShardedAdamW(FullyShardedDataParallel(model, "
+                            f"ctx, stage=3))")
+        check_grad_clip(grad_clip)
+        check_adamw_args(lr, betas, eps, weight_decay)
         self.fsdp, self.ctx, self.params, self.dtype = fsdp, fsdp.ctx, fsdp.params, fsdp.param_dtype
         self.param_groups = [dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)]
         self.num_steps, self.grad_clip, self.loss_scaler = 0, grad_clip, loss_scaler
@@ -285,6 +305,7 @@ class ShardedAdamW(DistributedOptimizer):
     @torch.no_grad()
     def step(self) -> bool:
         """AdamW on the pieces with the reduce-scattered gradients, then the compute copies."""
+        self.fsdp.check_in_place(self.params)
         grad = self.fsdp.grad_shard.float()                            # (sum of pieces,)
         if not self.unscale_and_clip(grad):
             return False
