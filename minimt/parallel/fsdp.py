@@ -169,7 +169,7 @@ class FullyShardedDataParallel:
                       or p.device != self.master.device), None)
         if moved is not None:
             raise moved_error(moved, self.param_dtype, self.master.device,
-                              "FullyShardedDataParallel")
+                              "FullyShardedDataParallel", "wrap the model and build ShardedAdamW")
 
     def _free(self, unit: ShardedUnit) -> None:
         """Drop the full weights: each parameter keeps an empty tensor until the next gather."""

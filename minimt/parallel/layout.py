@@ -153,6 +153,9 @@ class MeshModel:
             if self.ddp is not None:
                 self.ddp.sync_gradients()
         average_over_cp(self.parameters(), self.ctx)
+        if self.sharded is not None and self.ctx.cp_size > 1:  # ZeRO-2/3 keep only their shard
+            comm.all_reduce(self.sharded.grad_shard, self.ctx, "cp", phase="backward")
+            self.sharded.grad_shard /= self.ctx.cp_size
         if accumulation_steps > 1 and self.sharded is not None:  # ZeRO-2/3: the gradient shard
             self.sharded.grad_shard.div_(accumulation_steps)
         elif accumulation_steps > 1:

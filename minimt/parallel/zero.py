@@ -210,11 +210,12 @@ def adam_moments_and_step(master, m, v, g, lr: float, betas: tuple[float, float]
     master.addcdiv_(m, (v.sqrt() / bias2 ** 0.5).add_(eps), value=-lr / bias1)
 
 
-def moved_error(p, dtype: torch.dtype, device, built: str) -> RuntimeError:
+def moved_error(p, dtype: torch.dtype, device, built: str,
+                fix: str = "build the optimizer") -> RuntimeError:
     """The error for a parameter cast or moved after the optimizer (`built`) took its storage."""
     return RuntimeError(f"the model's parameters were cast or moved after {built} was built (now "
                         f"{p.dtype} on {p.device}, built for {dtype} on {device}): step() would "
-                        f"update a detached buffer; build the optimizer after model.to(...)")
+                        f"update a detached buffer; {fix} after model.to(...)")
 
 
 def check_adamw_args(lr, betas, eps, weight_decay) -> None:
