@@ -75,6 +75,19 @@ def check_pipeline_flags(args) -> None:
         if given:
             raise ValueError(f"{' and '.join(given)} shape(s) the pipeline, and --pp is 1: add "
                              f"--pp 2 (or more), or drop {' '.join(given)}")
+    if args.chunks not in (None, 1) and args.schedule not in ("interleaved", "zbv"):
+        raise ValueError(f"--chunks {args.chunks} cuts each pipeline rank's layers into model "
+                         f"chunks for --schedule interleaved: add it, or drop --chunks")
+    m = args.microbatches
+    per_replica, spread = divmod(args.batch_size, args.dp)
+    if m and not args.rampup_batch_size and not spread and per_replica % m:
+        raise ValueError(f"--batch-size {args.batch_size} over --dp {args.dp} gives {per_replica} "
+                         f"sequences per replica, not divisible into {m} pipeline micro-batches "
+                         f"(--microbatches {m}): give --batch-size a multiple of {args.dp * m}, "
+                         f"or --microbatches dividing {per_replica}")
+    if args.warmup is not None and args.warmup > args.iters:
+        raise ValueError(f"--warmup {args.warmup} is longer than the run (--iters {args.iters}): "
+                         f"give --warmup at most {args.iters}")
     if args.zero >= 2 and args.tp * args.pp > 1:
         raise ValueError(f"--zero {args.zero} shards over data parallelism only: use --tp 1 --pp "
                          f"1 with it, or --zero 1 (ZeRO-1 works at every layout)")

@@ -530,8 +530,16 @@ def test_the_calculators_name_the_argument_they_refuse(call, message):
                                                  r"use --tp 1 --pp 1 with it, or --zero 1"),
     (["--split", "80,20,0"], r"--split 80,20,0 divides the documents of --data-path, and none "
                              r"was given.*add --data-path PREFIX or drop --split"),
+    (["--pp", "2", "--chunks", "2"], r"--chunks 2 cuts each pipeline rank's layers .*--schedule "
+                                     r"interleaved: add it, or drop --chunks"),
+    (["--pp", "2", "--microbatches", "3"], r"--batch-size 4 over --dp 1 gives 4 sequences per "
+                                           r"replica, not divisible into 3 pipeline micro-batches "
+                                           r"\(--microbatches 3\): give --batch-size a multiple "
+                                           r"of 3"),
+    (["--warmup", "5"], r"--warmup 5 is longer than the run \(--iters 2\): give --warmup at most 2"),
 ], ids=["schedule at pp 1", "microbatches at pp 1", "chunks at pp 1", "zero 3 with tp",
-        "split without data"])
+        "split without data", "chunks without interleaved", "microbatches not dividing",
+        "warmup beyond iters"])
 def test_a_flag_the_layout_would_ignore_is_refused(flags, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", *FLAGS, *flags, "--out", str(tmp_path / "run")])
