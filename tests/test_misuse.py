@@ -1,6 +1,6 @@
 """Misuse of runs, checkpoints, data parallelism and the scale calculator: each case ends in a
 sentence that names the argument and the fix, nothing is lost or left half-written on disk, and
-no rank is left alive. 49 misuses in all (a test per case, or a parameter per case)."""
+no rank is left alive. 99 misuses in all (a test per case, or a parameter per case)."""
 import multiprocessing
 import os
 import re
