@@ -1,6 +1,7 @@
 """Missing, too short or other-alphabet data: the built-in corpus, Megatron's --data-path datasets,
 preprocess's --input and --output-prefix and a Trainer's TokenDataset each end in a sentence
-naming the argument and the fix, before any rank starts, with nothing written. 20 misuses (a parameter or a test per case)."""
+naming the argument and the fix, before any rank starts, with nothing written. 20 misuses (a
+parameter or a test per case)."""
 import multiprocessing
 import re
 import shutil
