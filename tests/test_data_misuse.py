@@ -1,6 +1,6 @@
 """Missing, too short or other-alphabet data: the built-in corpus, Megatron's --data-path datasets,
 preprocess's --input and --output-prefix and a Trainer's TokenDataset each end in a sentence
-naming the argument and the fix, before any rank starts, with nothing written. 20 misuses (a
+naming the argument and the fix, before any rank starts, with nothing written. 24 misuses (a
 parameter or a test per case)."""
 import multiprocessing
 import re
@@ -127,3 +127,11 @@ def test_preprocess_names_an_input_or_output_it_cannot_use(what, message, tmp_pa
     assert re.search(message, capsys.readouterr().err.replace("\n", " "))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt", "notes.txt"]
     assert (tmp_path / "notes.txt").read_text() == ENGLISH
+
+
+@pytest.mark.parametrize("split", ["-1,1,1", "a,b,c", "0,0,0", "1,2,3,4"])
+def test_a_bad_split_is_named_not_read_around(indexed, tmp_path, capsys, split):
+    """`-1,1,1` once read as 1,1,1 (the minus sign skipped)."""
+    _train_is_refused([f"--split={split}", "--data-path", str(indexed / "a_text_document")],
+                      tmp_path / "run", capsys, rf"--split '{split}' must be 1 to 3 non-negative "
+                                                rf"weights with a positive sum")
