@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = ("commands (python -m minimt COMMAND --help):\n"
                 "  train       train the course's GPT on any (tp, pp, dp) layout, write a checkpoint\n"
                 "  generate    stream text from a checkpoint of any layout\n"
-                "  preprocess  tokenize a corpus into Megatron's .bin/.idx indexed dataset\n")
+                "  preprocess  tokenize a corpus into Megatron's .bin/.idx indexed dataset\n"
+                "  eval        score a checkpoint on lm-evaluation-harness tasks\n")
     parser = argparse.ArgumentParser(prog="python -m minimt", epilog=f"{commands}demos:\n{listing}",
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Run a minimt demo on every rank.")
@@ -42,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=cli_number(float, 0, low_open=True), default=60.0,
                         help="how long a rank may wait on its peers")
     parser.add_argument("--seed", type=int, default=0)
+    if not argv or (argv[0] not in DEMOS and not argv[0].startswith("-")):
+        import difflib
+        close = difflib.get_close_matches(argv[0], [*COMMANDS, *DEMOS], 1) if argv else []
+        parser.error(f"{f'unknown command {argv[0]!r}' if argv else 'no command given'}: "
+                     f"{f'did you mean {close[0]!r}? ' if close else ''}choose one of "
+                     f"{', '.join(COMMANDS)}, or a demo ({', '.join(sorted(DEMOS))})")
     args, rest = parser.parse_known_args(argv)
     if args.demo in DEMO_OPTIONS:  # a bad demo option is a usage error here, not one per rank
         DEMO_OPTIONS[args.demo].parse_args(rest)

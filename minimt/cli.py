@@ -31,8 +31,9 @@ from .parallel.rank_main import seed_everything
 from .parallel.tensor import apply_tensor_parallel
 from .preprocess import preprocess_main
 from .train import NonFiniteLoss, TrainConfig, Trainer
-from .train_run import (RESUME_FLAGS, check_fits, check_out, check_resume_flags,
-                        default_batch_size, remove_other_steps, resume, run_state)
+from .train_run import (RESUME_FLAGS, check_fits, check_out, check_pipeline_flags,
+                        check_resume_flags, default_batch_size, remove_other_steps, resume,
+                        run_state)
 
 CORPUS = "tinyshakespeare"  # the course data: nanoGPT's character-level Shakespeare
 CORPUS_FIX = (f"; or restore the course's data/{CORPUS}.txt (and unset $MINIMT_DATA), or train on "
@@ -191,6 +192,7 @@ def train_main(argv: list[str]) -> int:
             if start >= args.iters:
                 raise ValueError(f"--resume: the run in {args.out} is at step {start} already; "
                                  f"give --iters above {start} to train it further")
+        check_pipeline_flags(args)
         check_fits(config, args.preset, int(os.environ.get("LOCAL_WORLD_SIZE",
                                                            args.tp * args.pp * args.dp * args.cp)))
         settings = train_settings(args)
@@ -310,8 +312,14 @@ def _run(fn, args, tp: int, pp: int, dp: int, name: str, cp: int = 1) -> int:
             device = "cuda" if args.backend != "gloo" and torch.cuda.is_available() else "cpu"
             fn(ParallelContext(device=device), args)
             return 0
-        launch(fn, args, tp=tp, pp=pp, dp=dp, backend=args.backend, timeout_s=args.timeout_s,
-               seed=args.seed, stream_rank0=name == "generate", cp=cp)
+        try:
+            launch(fn, args, tp=tp, pp=pp, dp=dp, backend=args.backend, timeout_s=args.timeout_s,
+                   seed=args.seed, stream_rank0=name == "generate", cp=cp)
+        except ValueError as error:  # forked ranks: launch refused before starting any
+            if _under_torchrun():
+                raise
+            print(f"python -m minimt {name}: error: --backend: {error}", file=sys.stderr)
+            return 2
     except NonFiniteLoss as error:
         print(f"minimt {name} failed: {error}", file=sys.stderr)
         return 1

@@ -9,7 +9,6 @@ two look-ups and a slice of the memory-mapped tokens (megatron/core/datasets/gpt
 The same files, sequence length, split, sample count and seed give megatron-core's samples."""
 from __future__ import annotations
 
-import re
 
 import numpy as np
 import torch
@@ -22,9 +21,13 @@ LAST_EPOCH_THRESHOLD = 0.80  # a final epoch needing fewer than 80% of its sampl
 def split_ranges(split: str, num_documents: int) -> list[range]:
     """Megatron's --split "969,30,1": the train, valid and test document ranges (weights
     normalised, book-ends rounded to whole documents)."""
-    weights = [float(w) for w in re.findall(r"[.0-9]+", split)]
-    if not weights or len(weights) > 3 or sum(weights) <= 0:
-        raise ValueError(f"split {split!r} must be 1 to 3 non-negative weights with a positive "
+    try:  # a minus sign or a word is refused, not skipped
+        weights = [float(w) for w in str(split).replace("/", ",").split(",")]
+    except ValueError:
+        weights = []
+    if not weights or len(weights) > 3 or not all(0 <= w < float("inf") for w in weights) \
+            or sum(weights) <= 0:
+        raise ValueError(f"--split {split!r} must be 1 to 3 non-negative weights with a positive "
                          "sum, e.g. '969,30,1' (train, valid, test)")
     weights = [w / sum(weights) for w in weights + [0.0] * (3 - len(weights))]
     ends = np.cumsum([0.0] + weights)

@@ -78,10 +78,21 @@ def measure_layer(model, x: torch.Tensor, layer: int = 0) -> SavedTensorBytes:
     return saved
 
 
+def check_activation_shape(**sizes) -> None:
+    """Sizes are positive integers; dtype_bytes is a real element size (1, 2, 4 or 8)."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
+    if sizes.get("dtype_bytes", 4) not in (1, 2, 4, 8):
+        raise ValueError(f"dtype_bytes={sizes['dtype_bytes']}: give an element size in bytes, 1, "
+                         f"2 (bf16/fp16), 4 (fp32) or 8")
+
+
 def mlp_activation_bytes(s: int, b: int, h: int, t: int = 1, dtype_bytes: int = 4,
                          mlp_ratio: int = 4) -> int:
     """Bytes minimt's MLP saves on one tensor-parallel rank: the c_fc input (full width, s*b*h),
     the GELU input and the c_proj input (each s*b*r*h/t), all in the activation dtype."""
+    check_activation_shape(s=s, b=b, h=h, t=t, dtype_bytes=dtype_bytes, mlp_ratio=mlp_ratio)
     ### BEGIN SOLUTION
     return s * b * h * dtype_bytes + 2 * s * b * (mlp_ratio * h // t) * dtype_bytes
     ### END SOLUTION
@@ -100,6 +111,10 @@ def layer_activation_terms(s: int, b: int, h: int, a: int, t: int = 1,
     and so do the inputs that c_attn and c_fc save: as in Megatron-LM (Korthikanti et al. 2022,
     section 4.2.2) they keep their sequence shard and all-gather it again in backward.
     """
+    check_activation_shape(s=s, b=b, h=h, a=a, t=t, dtype_bytes=dtype_bytes, mlp_ratio=mlp_ratio)
+    if h % a or a % t:
+        raise ValueError(f"h={h} must be divisible by a={a} heads, and a by t={t} (whole heads "
+                         f"per tensor-parallel rank)")
     if recompute not in RECOMPUTE_MODES:
         raise ValueError(f"recompute={recompute!r}: choose one of {RECOMPUTE_MODES}")
     if attention not in ATTENTION_KINDS:

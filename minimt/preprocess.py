@@ -21,9 +21,13 @@ def read_documents(path: str | Path, json_key: str = "text") -> list[str]:
     """The documents of a .jsonl (the `json_key` field of each line) or a .txt (blank-line
     separated paragraphs); a clear error names the line that is not JSON or lacks the key."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--input {path} is a folder: give one .jsonl or .txt file")
     if not path.is_file():
         raise FileNotFoundError(f"--input {path} not found")
     text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise ValueError(f"--input {path} is empty: give a file that holds text")
     if path.suffix not in (".json", ".jsonl"):
         return [doc for doc in re.split(r"\n\s*\n", text) if doc.strip()]
     documents = []
@@ -125,6 +129,13 @@ def preprocess_main(argv: list[str]) -> int:
         sources = args.tokenizer_input or [args.input]
         texts = ["\n\n".join(read_documents(path, args.json_keys)) for path in sources]
         tokenizer = build_tokenizer(args.tokenizer, texts, args.vocab_size)
+        folder = Path(args.output_prefix).absolute().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"--output-prefix {args.output_prefix}: cannot create the folder "
+                             f"{folder} ({error.strerror}); give a prefix in a folder you can "
+                             f"write") from None
         prefix = preprocess(args.input, args.output_prefix, tokenizer, args.json_keys,
                             args.append_eod, args.workers)
     except (FileNotFoundError, ValueError) as error:

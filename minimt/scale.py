@@ -9,6 +9,7 @@ minimt's own measured formula). `best_layout` picks a layout that fits.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 from .config import GPTConfig
@@ -130,6 +131,7 @@ class Estimate:
 
     def fits(self, gpu_bytes: float = GPU_BYTES) -> bool:
         """True when the most loaded GPU's total is at most gpu_bytes."""
+        check_gpu_bytes(gpu_bytes)
         return self.memory_bytes_per_gpu["total"] <= gpu_bytes
 
     @property
@@ -180,6 +182,13 @@ def end_to_end_training_time_s(tokens: float, params: float, num_gpus: int,
     """Narayanan et al. 2021, eq. 4: about 8 T P / (n X) seconds with full recomputation (6 T P /
     (n X) without): eq. 3 per token without its s/(6h) and V/(16lh) terms, so ~2-3% below
     Estimate.training_time_s."""
+    for name, value in (("tokens", tokens), ("params", params), ("num_gpus", num_gpus)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+            raise ValueError(f"{name}={value!r} must be a positive number")
+    check_achieved_tflops(achieved_tflops)
+    if achieved_tflops is None:
+        raise ValueError("achieved_tflops=None: give the TFLOP/s each GPU achieves (MT-NLG: "
+                         "113-126 on A100s)")
     factor = 8 if recompute == "full" else 6
     return factor * tokens * params / (num_gpus * achieved_tflops * 1e12)
 
@@ -219,15 +228,11 @@ def _check_best_layout_inputs(config: GPTConfig, num_gpus, global_batch_size, gp
                               max_tp: int, micro_batch_size: int, sequence_parallel: bool) -> None:
     """Say which rule rules out every layout before searching: the GPU count, the memory unit,
     or divisibility (only a real lack of memory is left for "no layout fits")."""
-    for name, value in (("num_gpus", num_gpus), ("global_batch_size", global_batch_size)):
+    for name, value in (("num_gpus", num_gpus), ("global_batch_size", global_batch_size),
+                        ("max_tp", max_tp), ("micro_batch_size", micro_batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive integer")
-    if isinstance(gpu_bytes, bool) or not isinstance(gpu_bytes, (int, float)) or gpu_bytes <= 0:
-        raise ValueError(f"gpu_bytes={gpu_bytes!r} must be a positive number of bytes per GPU "
-                         f"(e.g. 80 * 2**30)")
-    if gpu_bytes < 2 ** 20:
-        raise ValueError(f"gpu_bytes={gpu_bytes:g} is less than a MiB: it takes bytes, not GB or "
-                         f"GiB; for an 80 GB GPU give 80 * 2**30")
+    check_gpu_bytes(gpu_bytes)
     problems = [layout_error(config, tp, pp, num_gpus // (tp * pp), micro_batch_size,
                              global_batch_size, sequence_parallel)
                 for tp in _divisors(num_gpus) if tp <= max_tp for pp in _divisors(num_gpus // tp)]
@@ -235,6 +240,25 @@ def _check_best_layout_inputs(config: GPTConfig, num_gpus, global_batch_size, gp
         raise ValueError(f"no split of {num_gpus} GPUs into tp x pp x dp divides the model and the "
                          f"batch (e.g. tp=1, pp=1, dp={num_gpus}: {problems[0]}); change "
                          f"num_gpus or global_batch_size")
+
+
+def check_gpu_bytes(gpu_bytes) -> None:
+    """A GPU's memory in bytes: refuse other types, and GB or GiB given as a small number."""
+    if isinstance(gpu_bytes, bool) or not isinstance(gpu_bytes, (int, float)) or gpu_bytes <= 0:
+        raise ValueError(f"gpu_bytes={gpu_bytes!r} must be a positive number of bytes per GPU "
+                         f"(e.g. 80 * 2**30)")
+    if gpu_bytes < 2 ** 20:
+        raise ValueError(f"gpu_bytes={gpu_bytes:g} is less than a MiB: it takes bytes, not GB or "
+                         f"GiB; for an 80 GB GPU give 80 * 2**30")
+
+
+def check_zero(zero) -> int:
+    """A ZeRO stage 0-3; True (the old ZeRO-1 switch) is stage 1, False stage 0."""
+    if isinstance(zero, bool):
+        return int(zero)
+    if not isinstance(zero, int) or zero not in ZERO_STAGES:
+        raise ValueError(f"zero={zero!r}: choose a ZeRO stage in {ZERO_STAGES} (an int)")
+    return zero
 
 
 def zero_state_bytes(n_params: float, dp: int, zero: int = 0, dtype_bytes: int = 2,
@@ -248,6 +272,11 @@ def zero_state_bytes(n_params: float, dp: int, zero: int = 0, dtype_bytes: int =
     estimate_zero2_model_states_mem_needs counts 4 n + 16 n/dp (it keeps a full 16-bit gradient
     buffer and fp32 gradient partitions), estimate_zero3_model_states_mem_needs 18 n/dp plus
     4 x the largest layer (one layer's weights and gradients gathered at a time)."""
+    zero = check_zero(zero)
+    if isinstance(dp, bool) or not isinstance(dp, numbers.Integral) or dp < 1:
+        raise ValueError(f"dp={dp!r} must be a positive integer (data-parallel replicas)")
+    if isinstance(n_params, bool) or not isinstance(n_params, numbers.Real) or n_params < 0:
+        raise ValueError(f"n_params={n_params!r} must be a number of parameters >= 0")
     weight, grad, optimizer = BYTES_PER_PARAMETER[bytes_per_parameter] if dtype_bytes == 2 else (
         4, 4, 8)
     shards = {stage: dp if zero >= stage else 1 for stage in ZERO_STAGES}  # stage s shards more
@@ -290,9 +319,9 @@ def estimate(config: GPTConfig, tp: int, pp: int, dp: int, micro_batch_size: int
                          f"{ACTIVATION_MODELS}")
     if recompute not in RECOMPUTE_MODES:
         raise ValueError(f"recompute={recompute!r}: choose one of {RECOMPUTE_MODES}")
-    zero = int(zero)  # True (the old ZeRO-1 switch) is stage 1
-    if zero not in ZERO_STAGES:
-        raise ValueError(f"zero={zero!r}: choose a ZeRO stage in {ZERO_STAGES}")
+    zero = check_zero(zero)
+    if not isinstance(sequence_parallel, bool):
+        raise ValueError(f"sequence_parallel={sequence_parallel!r} must be True or False")
     if bytes_per_parameter not in BYTES_PER_PARAMETER:
         raise ValueError(f"bytes_per_parameter={bytes_per_parameter!r}: choose one of "
                          f"{sorted(BYTES_PER_PARAMETER)}")
@@ -328,6 +357,9 @@ def pipeline_bubble_ratio(pp: int, m: int, schedule: str = "1f1b", forward: floa
     """Bubble time / ideal time m (F+B+W) of one pipeline step: 1F1B (p-1)(F+B+W), ZB-H1
     (p-1)(F+B-W) (Qi et al. 2024, arXiv 2401.10241); F = B = W makes ZB-H1's a third of 1F1B's."""
     from .parallel.zero_bubble import bubble_formula
+    for name, value in (("pp", pp), ("m", m)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
     work = forward + backward_input + backward_weight
     return bubble_formula(schedule, pp, forward, backward_input, backward_weight) / (m * work)
 

@@ -66,6 +66,34 @@ def check_resume_flags(out: str, flags: dict) -> None:
                          f"same flags (only the layout, --iters and the evaluation may change)")
 
 
+def check_pipeline_flags(args) -> None:
+    """Flags that would be ignored at this layout are refused, not dropped without a word."""
+    if args.pp == 1:
+        given = [flag for flag, value, default in (
+            ("--schedule", args.schedule, "1f1b"), ("--microbatches", args.microbatches, None),
+            ("--chunks", args.chunks, None)) if value != default]
+        if given:
+            raise ValueError(f"{' and '.join(given)} shape(s) the pipeline, and --pp is 1: add "
+                             f"--pp 2 (or more), or drop {' '.join(given)}")
+    if args.chunks not in (None, 1) and args.schedule not in ("interleaved", "zbv"):
+        raise ValueError(f"--chunks {args.chunks} cuts each pipeline rank's layers into model "
+                         f"chunks for --schedule interleaved: add it, or drop --chunks")
+    m = args.microbatches
+    per_replica, spread = divmod(args.batch_size, args.dp)
+    if m and not args.rampup_batch_size and not spread and per_replica % m:
+        raise ValueError(f"--batch-size {args.batch_size} over --dp {args.dp} gives {per_replica} "
+                         f"sequences per replica, not divisible into {m} pipeline micro-batches "
+                         f"(--microbatches {m}): give --batch-size a multiple of {args.dp * m}, "
+                         f"or --microbatches dividing {per_replica}")
+    if args.warmup is not None and args.warmup > args.iters:
+        raise ValueError(f"--warmup {args.warmup} is longer than the run (--iters {args.iters}): "
+                         f"give --warmup at most {args.iters}")
+    if args.split != "969,30,1" and not args.data_path:
+        raise ValueError(f"--split {args.split} divides the documents of --data-path, and none "
+                         f"was given (the course's tinyshakespeare has its own 90/10 split): "
+                         f"add --data-path PREFIX or drop --split")
+
+
 def check_fits(config, preset: str, ranks: int) -> None:
     """Refuse a model this machine cannot even build: each of its `ranks` processes first builds
     the whole fp32 model (4 bytes a parameter) before keeping its share."""

@@ -1,6 +1,7 @@
-"""Missing, too short or other-alphabet data: the built-in corpus, Megatron's --data-path datasets
-and a Trainer's TokenDataset each end in a sentence naming the argument and the fix, before any
-rank starts, with nothing written. 17 misuses (a parameter or a test per case)."""
+"""Missing, too short or other-alphabet data: the built-in corpus, Megatron's --data-path datasets,
+preprocess's --input and --output-prefix and a Trainer's TokenDataset each end in a sentence
+naming the argument and the fix, before any rank starts, with nothing written. 24 misuses (a
+parameter or a test per case)."""
 import multiprocessing
 import re
 import shutil
@@ -106,3 +107,31 @@ def test_trainer_refuses_ids_outside_the_model_vocabulary_and_too_short_splits()
     with pytest.raises(ValueError, match=r"data: its val split holds 2 tokens.*\(block_size \+ 1 "
                                          r"= 9\).*a larger val_fraction or a smaller block_size"):
         Trainer(model, TokenDataset(torch.arange(20) % 65), TrainConfig(progress=False))
+
+
+@pytest.mark.parametrize("what,message", [
+    ("a folder", r"--input \S+ is a folder: give one .jsonl or .txt file"),
+    ("an empty file", r"--input \S+empty.txt is empty: give a file that holds text"),
+    ("a prefix under a file", r"--output-prefix \S+notes.txt/out: cannot create the folder "
+                              r"\S+notes.txt \(.*\); give a prefix in a folder you can write"),
+], ids=["input folder", "input empty", "output under a file"])
+def test_preprocess_names_an_input_or_output_it_cannot_use(what, message, tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("\n \n")
+    (tmp_path / "notes.txt").write_text(ENGLISH)
+    source = {"a folder": tmp_path, "an empty file": tmp_path / "empty.txt"}.get(
+        what, tmp_path / "notes.txt")
+    prefix = tmp_path / ("notes.txt/out" if what == "a prefix under a file" else "out")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["preprocess", "--input", str(source), "--output-prefix", str(prefix)])
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err.replace("\n", " "))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt", "notes.txt"]
+    assert (tmp_path / "notes.txt").read_text() == ENGLISH
+
+
+@pytest.mark.parametrize("split", ["-1,1,1", "a,b,c", "0,0,0", "1,2,3,4"])
+def test_a_bad_split_is_named_not_read_around(indexed, tmp_path, capsys, split):
+    """`-1,1,1` once read as 1,1,1 (the minus sign skipped)."""
+    _train_is_refused([f"--split={split}", "--data-path", str(indexed / "a_text_document")],
+                      tmp_path / "run", capsys, rf"--split '{split}' must be 1 to 3 non-negative "
+                                                rf"weights with a positive sum")

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from . import regions
-from .repo import repo_root, task_file, task_of_region
+from .repo import check_output_file, repo_root, task_file, task_of_region
 
 
 def task_regions(task, root: Path) -> list[dict]:
@@ -57,6 +57,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--notebook", action="append", metavar="NN",
                         help="every task of notebook NN (repeatable), e.g. once its deadline passed")
     args = parser.parse_args(argv)
+    check_output_file("pack: FILE", args.file, "catch_up.json")
+    if args.task:
+        from .grade import chosen_tasks
+        chosen_tasks(args.task)  # an unknown id is named, not packed as nothing
     pack = write_pack(args.file, notebook_tasks(args.task, args.notebook))
     print(f"{args.file}: tasks {', '.join(pack['tasks'])}; in a student copy, "
           f"minimt.course.catch_up(ID, pack='{args.file.name}') pastes one back")

@@ -73,3 +73,13 @@ def task_of_region(path: str, region: regions.Region, tasks):
 def task_file(task) -> str:
     """The relative path of the file holding a task's regions."""
     return task.target.partition(":")[0].replace(".", "/") + ".py"
+
+
+def check_output_file(what: str, path: Path, example: str) -> None:
+    """Refuse, before any work, a file to write that is a folder or lies in no folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise SystemExit(f"{what} {path} is a folder: give a file name, e.g. {example}")
+    if not path.absolute().parent.is_dir():
+        raise SystemExit(f"{what} {path}: its folder {path.absolute().parent} does not exist (or "
+                         f"is a file); create it first or give a file in an existing folder")

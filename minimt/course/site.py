@@ -116,6 +116,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("notebooks", nargs="*", help="notebook numbers (e.g. 01 04) or stems; default all")
     parser.add_argument("--timeout", type=int, default=600, help="seconds one cell may run (default 600)")
     args = parser.parse_args(argv)
+    if args.timeout < 1:
+        parser.error(f"--timeout {args.timeout}: give the seconds one cell may run, 1 or more "
+                     f"(default 600)")
     for path in build(args.out_dir, args.notebooks, args.timeout):
         print(f"wrote {path}")
     return 0

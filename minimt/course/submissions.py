@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import regions
 from .grade import chosen_tasks, copy_repository, preload, print_row, run_tasks_isolated
-from .repo import course_root, repo_root, task_file, task_of_region
+from .repo import check_output_file, course_root, repo_root, task_file, task_of_region
 
 COLUMNS = ["learner", "task", "points", "max_points", "first_failure"]
 
@@ -93,8 +93,7 @@ def grade_many(folder: Path, out: Path | None, task_ids: list[str] | None = None
     folder = Path(folder)
     if out is None:
         raise SystemExit("--many needs --out FILE.csv: the table of learners, tasks and points")
-    if Path(out).is_dir():
-        raise SystemExit(f"--out {out} is a folder: give a file name, e.g. --out grades.csv")
+    check_output_file("--out", out, "--out grades.csv")
     if not folder.is_dir():
         raise SystemExit(f"--many {folder}: no such folder; give the folder holding one "
                          f"sub-folder per learner")

@@ -37,7 +37,7 @@ from ..checkpoint_file import check_same_model_config, read_file, write_error
 from ..config import GPTConfig
 from ..model import GPT
 from .comm import all_gather, barrier
-from .context import ParallelContext
+from .context import ParallelContext, check_ctx
 from .tensor import padded_vocab_size, qkv_part_major, qkv_rank_major
 from .checkpoint_checks import (check_dtype, check_optimizer, check_step, collective,
                                 not_a_checkpoint_folder, scaler_state)
@@ -72,6 +72,9 @@ def local_parameters(model) -> list[tuple[str, nn.Parameter, bool]]:
 
 def find_config(model, config: GPTConfig | None = None) -> GPTConfig:
     """`config`, or the GPTConfig of the model (or of any pipeline chunk)."""
+    if config is not None and not isinstance(config, GPTConfig):
+        raise TypeError(f"config={config!r} must be a GPTConfig (or None to take the model's), "
+                        f"e.g. config=model.config")
     config = config or next((m.config for m in _modules(model)
                              if isinstance(getattr(m, "config", None), GPTConfig)), None)
     if config is None:
@@ -170,7 +173,8 @@ def save_checkpoint(directory, model, optimizer, ctx: ParallelContext, step: int
     MixedPrecisionOptimizer, or DistributedOptimizer, or None) at `step`
     into directory/iter_{step:07d} in the serial layout; collective: every rank calls it.
     Returns the step folder. `extra` (tensors, numbers, strings: e.g. RNG states) is rank 0's."""
-    check_step(step)
+    step = check_step(step)
+    check_ctx(ctx, "save_checkpoint")
     check_optimizer(optimizer, "save_checkpoint")
     config = find_config(model, config)
     root = Path(directory)
@@ -295,6 +299,7 @@ def load_checkpoint(directory, model, optimizer, ctx: ParallelContext,
     """Load a checkpoint of any layout into this rank's model (and optimizer, if not None):
     each tensor is sliced for this rank's stage and tp rank. Returns the meta dict, with
     "extra" (the saved `extra`, or None)."""
+    check_ctx(ctx, "load_checkpoint")
     check_optimizer(optimizer, "load_checkpoint")
     meta, weights, state = read_checkpoint(directory)
     config = find_config(model, config)

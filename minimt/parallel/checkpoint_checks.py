@@ -3,6 +3,7 @@ sentence, before it reads or writes anything (the optimizer's type, the step, th
 kind of checkpoint, a rank that skipped a collective save)."""
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 from pathlib import Path
@@ -30,10 +31,11 @@ def check_optimizer(optimizer, what: str) -> None:
                     f"with torch.optim.AdamW or minimt.parallel.DistributedOptimizer")
 
 
-def check_step(step) -> None:
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+def check_step(step) -> int:
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
         raise TypeError(f"save_checkpoint(step={step!r}): step must be an integer >= 0 (the "
                         f"number of optimizer steps taken, e.g. trainer.iter_num)")
+    return int(step)  # a numpy integer too
 
 
 def scaler_state(optimizer) -> dict | None:

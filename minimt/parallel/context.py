@@ -209,3 +209,11 @@ class ParallelContext:
         return (f"ParallelContext(rank={self.rank}/{self.world_size}, tp={self.tp_rank}/"
                 f"{self.tp_size}, pp={self.pp_rank}/{self.pp_size}, dp={self.dp_rank}/"
                 f"{self.dp_size}, cp={self.cp_rank}/{self.cp_size}, device={self.device}, backend={self.backend})")
+
+
+def check_ctx(ctx, what: str) -> None:
+    """Refuse anything but a ParallelContext where `what` needs this rank's place in the mesh."""
+    if not isinstance(ctx, ParallelContext):
+        raise TypeError(f"{what}: ctx must be the ParallelContext that launch passes to "
+                        f"fn(ctx, ...), got {type(ctx).__name__}; ParallelContext() is the "
+                        f"one-process context")

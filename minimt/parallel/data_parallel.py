@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from .comm import all_gather, all_reduce_async, broadcast
-from .context import ParallelContext
+from .context import ParallelContext, check_ctx
 
 
 def unique_parameters(module) -> list[nn.Parameter]:
@@ -57,6 +57,7 @@ class DistributedDataParallel(nn.Module):
 
     def __init__(self, module, ctx: ParallelContext, bucket_size_mb: float = 25.0):
         super().__init__()
+        check_ctx(ctx, "DistributedDataParallel")
         if isinstance(bucket_size_mb, bool) or not isinstance(bucket_size_mb, (int, float)) \
                 or not bucket_size_mb > 0:
             raise ValueError(f"bucket_size_mb={bucket_size_mb!r} must be a positive number of MiB "

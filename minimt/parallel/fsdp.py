@@ -31,10 +31,10 @@ import torch
 import torch.nn as nn
 
 from .comm import all_gather, all_gather_start, reduce_scatter_along_start
-from .context import ParallelContext
+from .context import ParallelContext, check_ctx
 from .data_parallel import unique_parameters
 from .fsdp_units import ShardedUnit, blocks, check_fsdp_layout, keeps, unit_groups
-from .zero import SIXTEEN_BIT
+from .zero import SIXTEEN_BIT, moved_error
 
 class _GatherBeforeBackward(torch.autograd.Function):
     """Identity forward on a unit's outputs; backward first all-gathers the unit's weights again
@@ -59,13 +59,20 @@ class FullyShardedDataParallel:
     def __init__(self, model, ctx: ParallelContext, stage: int = 3, prefetch: int = 1,
                  param_dtype: torch.dtype | None = None):
         modules = list(model) if isinstance(model, (list, tuple, nn.ModuleList)) else [model]
+        check_ctx(ctx, "FullyShardedDataParallel")
         check_fsdp_layout(modules, ctx, stage)
+        if any(getattr(m, "zero_sharded", None) is not None for m in modules):
+            raise ValueError("this model is already sharded (FullyShardedDataParallel was called "
+                             "on it): wrap a freshly built GPT once")
         if stage == 3 and modules[0].recompute != "none":
             raise ValueError(f"recompute={modules[0].recompute!r} reruns blocks whose weights "
                              f"ZeRO-3 has freed: use recompute='none' with zero=3")
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"prefetch={prefetch!r} must be an integer >= 0 (units gathered "
                              f"ahead)")
+        if param_dtype not in (None, torch.float32, *SIXTEEN_BIT):
+            raise ValueError(f"param_dtype={param_dtype!r} must be None (the model's dtype), "
+                             f"torch.float32, torch.bfloat16 or torch.float16")
         self.model, self.ctx, self.stage, self.prefetch = model, ctx, stage, prefetch
         self.modules = modules
         for module in modules:  # save_checkpoint / load_checkpoint find the pieces here
@@ -144,6 +151,7 @@ class FullyShardedDataParallel:
         self._start_gather(index, phase)
         unit = self.units[index]
         if unit.pending is not None:
+            self.check_in_place(unit.params)
             unit.full, unit.pending = unit.pending.wait(), None        # (padded,)
             for p, (start, end), shape in zip(unit.params, unit.bounds, unit.shapes):
                 p.data = unit.full[start:end].view(shape)
@@ -151,6 +159,14 @@ class FullyShardedDataParallel:
             order = self.order[phase]
             for later in order[order.index(index) + 1:][:self.prefetch]:
                 self._start_gather(later, phase)
+
+    def check_in_place(self, params) -> None:
+        """Refuse parameters cast or moved (model.to(...)) after wrapping: the pieces stay."""
+        moved = next((p for p in params if p.dtype != self.param_dtype
+                      or p.device != self.master.device), None)
+        if moved is not None:
+            raise moved_error(moved, self.param_dtype, self.master.device,
+                              "FullyShardedDataParallel", "wrap the model and build ShardedAdamW")
 
     def _free(self, unit: ShardedUnit) -> None:
         """Drop the full weights: each parameter keeps an empty tensor until the next gather."""

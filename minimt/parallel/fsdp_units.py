@@ -40,7 +40,7 @@ def blocks(module: nn.Module) -> list[nn.Module]:
     return list(h.values()) if isinstance(h, nn.ModuleDict) else list(h)
 
 
-def check_zero_layout(stage: int, pp: int, cp: int = 1) -> None:
+def check_zero_layout(stage: int, pp: int) -> None:
     """Refuse, saying why and what to use, the layouts ZeRO-2/3 here do not run."""
     if stage == 3 and pp > 1:
         raise ValueError(
@@ -50,9 +50,6 @@ def check_zero_layout(stage: int, pp: int, cp: int = 1) -> None:
             f"gathers a step instead of 2) or keep every layer gathered anyway; DeepSpeed refuses "
             f"ZeRO-2/3 with its pipeline engine too. Use zero=2 (or 1) with pp > 1, or pp=1 with "
             f"zero=3")
-    if stage >= 2 and cp > 1:
-        raise ValueError(f"ZeRO-{stage} with context parallelism (cp={cp}) is not built: use "
-                         f"zero=1 with cp > 1")
 
 
 def check_fsdp_layout(modules: list[nn.Module], ctx: ParallelContext, stage: int) -> None:
@@ -63,7 +60,7 @@ def check_fsdp_layout(modules: list[nn.Module], ctx: ParallelContext, stage: int
     if not all(hasattr(getattr(m, "transformer", None), "h") for m in modules):
         raise TypeError(f"FullyShardedDataParallel needs a minimt GPT (or, with pp > 1, this "
                         f"rank's list of GPTStage chunks), got {type(modules[0]).__name__}")
-    check_zero_layout(stage, ctx.pp_size, ctx.cp_size)
+    check_zero_layout(stage, ctx.pp_size)
     if ctx.pp_size > 1 and len(modules) == 1 and isinstance(modules[0], GPT):
         raise ValueError(f"pp={ctx.pp_size}: pass this rank's pipeline chunks (MeshModel.chunks), "
                          f"not the whole GPT")

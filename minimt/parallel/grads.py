@@ -57,9 +57,13 @@ class MeshGradients:
     def shard_grad_norm(self, pieces: Iterable[torch.Tensor]) -> float:
         """Global L2 norm of gradients that ZeRO-1 shards over dp as well: `pieces` are this rank's
         slices of the gradients of the parameters that count in the norm (counts_in_norm), no
-        element held by two ranks, so the sums add up over the whole world."""
+        element held by two ranks of a tp x pp x dp grid, so the sums add up over it. The cp ranks
+        of a grid point hold the same (cp-averaged) pieces: summing over them too would count
+        each element cp times."""
         total = local_norm_power(pieces).to(self.ctx.device)  # a rank may hold no counted piece
-        return all_reduce(total, self.ctx, "world").sqrt().item()
+        for group in ("tp", "pp", "dp"):
+            all_reduce(total, self.ctx, group)
+        return total.sqrt().item()
 
     def clip_shard(self, shard: torch.Tensor, pieces: Iterable[torch.Tensor],
                    max_norm: float) -> float:

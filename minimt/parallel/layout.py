@@ -49,7 +49,7 @@ def check_layout(config, tp: int, pp: int, dp: int, batch_size: int, schedule: s
     returns the pipeline's micro-batches per step (default: 2 * pp)."""
     divide(config.n_head, tp, "n_head", "--tp (tensor-parallel size)")
     check_context_parallel(config, cp)
-    check_zero_layout(zero, pp, cp)
+    check_zero_layout(zero, pp)
     divide(config.mlp_ratio * config.n_embd, tp, "MLP hidden size", "--tp (tensor-parallel size)")
     if schedule not in PIPELINE_SCHEDULES:
         raise ValueError(f"schedule {schedule!r}: choose one of {PIPELINE_SCHEDULES}")
@@ -160,6 +160,9 @@ class MeshModel:
             if self.ddp is not None:
                 self.ddp.sync_gradients()
         average_over_cp(self.parameters(), self.ctx)
+        if self.sharded is not None and self.ctx.cp_size > 1:  # ZeRO-2/3 keep only their shard
+            comm.all_reduce(self.sharded.grad_shard, self.ctx, "cp", phase="backward")
+            self.sharded.grad_shard /= self.ctx.cp_size
         if accumulation_steps > 1 and self.sharded is not None:  # ZeRO-2/3: the gradient shard
             self.sharded.grad_shard.div_(accumulation_steps)
         elif accumulation_steps > 1:

@@ -8,7 +8,8 @@ import torch
 
 from .fsdp import FullyShardedDataParallel
 from .grads import MeshGradients, counts_in_norm
-from .zero import DistributedOptimizer, adam_moments_and_step
+from .zero import (DistributedOptimizer, adam_moments_and_step, check_adamw_args,
+                   check_grad_clip)
 
 
 class ShardedAdamW(DistributedOptimizer):
@@ -20,9 +21,12 @@ class ShardedAdamW(DistributedOptimizer):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, decay_filter=None, grad_clip: float = 0.0,
                  loss_scaler=None):
-        if not lr > 0 or not eps > 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"lr={lr} and eps={eps} must be positive, weight_decay={weight_decay} "
-                             f">= 0 and betas={betas} in [0, 1)")
+        if not isinstance(fsdp, FullyShardedDataParallel):
+            raise TypeError(f"ShardedAdamW needs the FullyShardedDataParallel wrapper, got "
+                            f"{type(fsdp).__name__}: ShardedAdamW(FullyShardedDataParallel(model, "
+                            f"ctx, stage=3))")
+        check_grad_clip(grad_clip)
+        check_adamw_args(lr, betas, eps, weight_decay)
         self.fsdp, self.ctx, self.params, self.dtype = fsdp, fsdp.ctx, fsdp.params, fsdp.param_dtype
         self.param_groups = [dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)]
         self.num_steps, self.grad_clip, self.loss_scaler = 0, grad_clip, loss_scaler
@@ -39,6 +43,7 @@ class ShardedAdamW(DistributedOptimizer):
     @torch.no_grad()
     def step(self) -> bool:
         """AdamW on the pieces with the reduce-scattered gradients, then the compute copies."""
+        self.fsdp.check_in_place(self.params)
         grad = self.fsdp.grad_shard.float()                            # (sum of pieces,)
         if not self.unscale_and_clip(grad):
             return False

@@ -32,7 +32,7 @@ from .mappings import (SEQUENCE_DIM, copy_to_tensor_model_parallel_region,
                        reduce_from_tensor_model_parallel_region,
                        reduce_scatter_to_sequence_parallel_region,
                        scatter_to_tensor_model_parallel_region)
-from .context import ParallelContext, divide
+from .context import ParallelContext, check_ctx, divide
 from .cross_entropy import vocab_parallel_cross_entropy
 
 
@@ -227,9 +227,7 @@ def apply_tensor_parallel(model, ctx: ParallelContext, sequence_parallel: bool =
     if not isinstance(model, GPT):
         raise TypeError(f"apply_tensor_parallel needs a minimt GPT, got {type(model).__name__}; "
                         f"for single layers use ColumnParallelLinear / RowParallelLinear")
-    if not isinstance(ctx, ParallelContext):
-        raise TypeError(f"ctx must be the ParallelContext that launch passes to fn(ctx, ...), got "
-                        f"{type(ctx).__name__}; ParallelContext() is the one-process context")
+    check_ctx(ctx, "apply_tensor_parallel")
     if getattr(model, "tp_ctx", None) is not None:
         raise ValueError("this model is already tensor parallel (apply_tensor_parallel was called "
                          "on it): call it once, on a freshly built serial GPT(config)")

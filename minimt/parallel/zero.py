@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from .comm import all_gather, reduce_scatter
-from .context import ParallelContext
+from .context import ParallelContext, check_ctx
 from .data_parallel import unique_parameters
 from .grads import MeshGradients, counts_in_norm
 from .pipeline_runtime import mark_tied_copy
@@ -44,12 +44,15 @@ class DistributedOptimizer:
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, decay_filter: Callable | None = None,
                  grad_clip: float = 0.0, loss_scaler=None):
-        if not lr > 0 or not eps > 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"lr={lr} and eps={eps} must be positive, weight_decay={weight_decay} "
-                             f">= 0 and betas={betas} in [0, 1)")
+        check_adamw_args(lr, betas, eps, weight_decay)
+        check_ctx(ctx, "DistributedOptimizer")
+        check_grad_clip(grad_clip)
         self.ctx = ctx
         _check_module(module)
         self.params = unique_parameters(module)
+        if not self.params:
+            raise ValueError(f"DistributedOptimizer was given {type(module).__name__} without "
+                             f"parameters: give the model (or its list of pipeline chunks)")
         dtypes = {p.dtype for p in self.params}
         if len(dtypes) != 1:
             raise ValueError(f"parameters of several dtypes {sorted(map(str, dtypes))}: cast the "
@@ -116,11 +119,7 @@ class DistributedOptimizer:
         for p, start, _ in self.segments:
             if p.dtype != self.dtype or p.device != self.flat_params.device \
                     or p.data_ptr() != base + start * self.flat_params.element_size():
-                raise RuntimeError(
-                    f"the model's parameters were cast or moved after DistributedOptimizer was "
-                    f"built (now {p.dtype} on {p.device}, built for {self.dtype} on "
-                    f"{self.flat_params.device}): step() would update a detached buffer; build "
-                    f"the optimizer after model.to(...)")
+                raise moved_error(p, self.dtype, self.flat_params.device, "DistributedOptimizer")
 
     @torch.no_grad()
     def adamw_update(self, grad: torch.Tensor) -> None:
@@ -209,6 +208,34 @@ def adam_moments_and_step(master, m, v, g, lr: float, betas: tuple[float, float]
     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
     bias1, bias2 = 1 - beta1 ** steps, 1 - beta2 ** steps
     master.addcdiv_(m, (v.sqrt() / bias2 ** 0.5).add_(eps), value=-lr / bias1)
+
+
+def moved_error(p, dtype: torch.dtype, device, built: str,
+                fix: str = "build the optimizer") -> RuntimeError:
+    """The error for a parameter cast or moved after the optimizer (`built`) took its storage."""
+    return RuntimeError(f"the model's parameters were cast or moved after {built} was built (now "
+                        f"{p.dtype} on {p.device}, built for {dtype} on {device}): step() would "
+                        f"update a detached buffer; {fix} after model.to(...)")
+
+
+def check_adamw_args(lr, betas, eps, weight_decay) -> None:
+    """torch.optim.AdamW's rules for its numbers, with a sentence naming the one that is wrong."""
+    def number(v):
+        return not isinstance(v, bool) and isinstance(v, (int, float))
+    ok_betas = isinstance(betas, (tuple, list)) and len(betas) == 2 and all(
+        number(b) and 0 <= b < 1 for b in betas)
+    if not (number(lr) and lr > 0 and number(eps) and eps > 0 and number(weight_decay)
+            and weight_decay >= 0 and ok_betas):
+        raise ValueError(f"lr={lr!r} and eps={eps!r} must be positive numbers, weight_decay="
+                         f"{weight_decay!r} a number >= 0 and betas={betas!r} a pair in [0, 1) "
+                         f"(AdamW's defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8)")
+
+
+def check_grad_clip(grad_clip) -> None:
+    if isinstance(grad_clip, bool) or not isinstance(grad_clip, (int, float)) \
+            or not 0 <= grad_clip < float("inf"):
+        raise ValueError(f"grad_clip={grad_clip!r} must be a number >= 0: the largest global "
+                         f"gradient norm (0 turns clipping off; Megatron-LM's default is 1.0)")
 
 
 def _check_module(module) -> None:

@@ -234,7 +234,8 @@ def bubble_formula(kind: str, num_stages: int, forward_cost: float, backward_cos
         return (p - 1) * (forward_cost + backward_cost - min(backward_cost, weight_cost))
     if kind in ("zb-h2", "zbv"):
         return 0.0
-    raise ValueError(f"no bubble formula for {kind!r}; choose '1f1b', 'zb-h1', 'zb-h2' or 'zbv'")
+    raise ValueError(f"schedule={kind!r} has no bubble formula here; choose '1f1b', 'zb-h1', "
+                     f"'zb-h2' or 'zbv'")
 
 
 def peak_in_flight_zb(schedule) -> list[int]:
