@@ -230,7 +230,7 @@ def _check_best_layout_inputs(config: GPTConfig, num_gpus, global_batch_size, gp
     or divisibility (only a real lack of memory is left for "no layout fits")."""
     for name, value in (("num_gpus", num_gpus), ("global_batch_size", global_batch_size),
                         ("max_tp", max_tp), ("micro_batch_size", micro_batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive integer")
     check_gpu_bytes(gpu_bytes)
     problems = [layout_error(config, tp, pp, num_gpus // (tp * pp), micro_batch_size,
@@ -256,9 +256,9 @@ def check_zero(zero) -> int:
     """A ZeRO stage 0-3; True (the old ZeRO-1 switch) is stage 1, False stage 0."""
     if isinstance(zero, bool):
         return int(zero)
-    if not isinstance(zero, int) or zero not in ZERO_STAGES:
+    if not isinstance(zero, numbers.Integral) or zero not in ZERO_STAGES:
         raise ValueError(f"zero={zero!r}: choose a ZeRO stage in {ZERO_STAGES} (an int)")
-    return zero
+    return int(zero)
 
 
 def zero_state_bytes(n_params: float, dp: int, zero: int = 0, dtype_bytes: int = 2,
@@ -309,7 +309,7 @@ def estimate(config: GPTConfig, tp: int, pp: int, dp: int, micro_batch_size: int
         raise TypeError(f"estimate needs a GPTConfig, got {type(config).__name__}")
     for name, value in (("tp", tp), ("pp", pp), ("dp", dp), ("micro_batch_size", micro_batch_size),
                         ("global_batch_size", global_batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive integer")
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"dtype={dtype!r}: choose one of {sorted(DTYPE_BYTES)}")
@@ -358,7 +358,7 @@ def pipeline_bubble_ratio(pp: int, m: int, schedule: str = "1f1b", forward: floa
     (p-1)(F+B-W) (Qi et al. 2024, arXiv 2401.10241); F = B = W makes ZB-H1's a third of 1F1B's."""
     from .parallel.zero_bubble import bubble_formula
     for name, value in (("pp", pp), ("m", m)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive integer")
     work = forward + backward_input + backward_weight
     return bubble_formula(schedule, pp, forward, backward_input, backward_weight) / (m * work)
