@@ -31,7 +31,7 @@ def settings(**layout):
                        eval_iters=2, progress=False, grad_clip=0.5, seed=7, **layout)
 
 
-def _ramped_run(ctx, data_path):
+def _ramped_run(ctx, data_path, layout):
     def run(ctx=None, **layout):
         data = MegatronData(data_path, CONFIG.block_size, train_samples=48, valid_samples=16)
         torch.manual_seed(0)
@@ -39,7 +39,7 @@ def _ramped_run(ctx, data_path):
         losses = [trainer.train_step().item() for _ in range(STEPS)]
         return losses, trainer.evaluate()["val"], [p.detach().clone() for p in
                                                     trainer.model.parameters()]
-    losses, val, _ = run(ctx, schedule="1f1b", num_microbatches=2)
+    losses, val, _ = run(ctx, **layout)
     serial_losses, serial_val, _ = run()
     return losses, serial_losses, val, serial_val
 
@@ -59,7 +59,19 @@ def test_3d_run_across_a_batch_size_change_equals_serial(tmp_path):
     x, y = data.train_batch(0, 4)
     assert x.shape == (4, 16) and torch.equal(x[:, 1:], y[:, :-1])
     assert (x >= 20).any() and (x < 20).any()  # both datasets in the blend
-    results = launch(_ramped_run, data_path, tp=2, pp=2, dp=2, timeout_s=120)
+    results = launch(_ramped_run, data_path, dict(schedule="1f1b", num_microbatches=2), tp=2,
+                     pp=2, dp=2, timeout_s=120)
+    for rank, (losses, serial_losses, val, serial_val) in enumerate(results):
+        assert losses == pytest.approx(serial_losses, abs=1e-5), f"rank {rank}"
+        assert val == pytest.approx(serial_val, abs=1e-5)
+
+
+@pytest.mark.parametrize("mesh, layout", [(dict(cp=2), {}), (dict(dp=2), dict(zero=2)),
+                                          (dict(dp=2), dict(zero=3))], ids=["cp2", "zero2", "zero3"])
+def test_other_layouts_train_from_the_blend_across_a_batch_size_change(tmp_path, mesh, layout):
+    """Context parallel and ZeRO-2/3 (FSDP) read the same blended samples through the ramp and
+    follow the serial run."""
+    results = launch(_ramped_run, write_corpora(tmp_path), layout, **mesh, timeout_s=60)
     for rank, (losses, serial_losses, val, serial_val) in enumerate(results):
         assert losses == pytest.approx(serial_losses, abs=1e-5), f"rank {rank}"
         assert val == pytest.approx(serial_val, abs=1e-5)

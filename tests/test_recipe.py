@@ -5,13 +5,12 @@ import torch
 
 from minimt.recipe import (MT_NLG_LR, MT_NLG_RAMP, MT_NLG_TOKENS, Ramp, lr_at_sample,
                            num_microbatches, rampup_global_batch_size)
+from helpers import oracle
 
-calculators = pytest.importorskip(
-    "megatron.core.num_microbatches_calculator",
-    reason="megatron-core (Linux-only test oracle) is not installed: pip install -r requirements.txt")
 
 
 def megatron_ramp(ramp, micro, dp):
+    calculators = oracle("megatron.core.num_microbatches_calculator")
     return calculators.RampupBatchsizeNumMicroBatchesCalculator(
         ramp.global_batch_size, micro, dp, False, 0, ramp.start, ramp.increment, ramp.samples)
 
@@ -53,7 +52,7 @@ def test_bad_ramps_say_what_to_change():
 
 
 def megatron_lr_scheduler(max_lr, min_lr, warmup, decay):
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+    OptimizerParamScheduler = oracle("megatron.core.optimizer_param_scheduler").OptimizerParamScheduler
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=max_lr)
     return optimizer, OptimizerParamScheduler(
         optimizer, init_lr=0.0, max_lr=max_lr, min_lr=min_lr, lr_warmup_steps=warmup,
