@@ -138,5 +138,17 @@ class RampedBatches:
 
 
 # MT-NLG's optimizer (section 4 of the paper, per secondary reading notes; the same values appear
-# in Microsoft's Megatron-DeepSpeed MT-NLG-style scripts): Adam, gradient clipping, weight decay.
+# in Microsoft's Megatron-DeepSpeed MT-NLG-style scripts and in Zhao et al.'s survey table, arXiv
+# 2303.18223): Adam, gradient clipping, weight decay. eps 1e-8 is torch's AdamW default.
 MT_NLG_OPTIMIZER = dict(beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0, weight_decay=0.1)
+
+# TrainConfig.from_preset(name): a published run's settings. MT-NLG's warm-up (1B tokens) and decay
+# (340B tokens) become whole steps of the final batch of 1920 x 2048 tokens (254 and 86,466: 0.1%
+# short); the exact schedule in samples is MT_NLG_LR (lr_at_sample).
+TRAIN_PRESETS = {"mt-nlg-530b": dict(
+    learning_rate=MT_NLG_LR["max_lr"], min_lr=MT_NLG_LR["min_lr"],
+    **{k: v for k, v in MT_NLG_OPTIMIZER.items() if k != "eps"},
+    batch_size=MT_NLG_RAMP.start, gradient_accumulation_steps=MT_NLG_RAMP.global_batch_size // MT_NLG_RAMP.start,
+    rampup_batch_size=(MT_NLG_RAMP.start, MT_NLG_RAMP.increment, MT_NLG_RAMP.samples),
+    max_iters=80_087, warmup_iters=MT_NLG_LR["warmup_samples"] // MT_NLG_RAMP.global_batch_size,
+    lr_decay_iters=MT_NLG_LR["decay_samples"] // MT_NLG_RAMP.global_batch_size)}

@@ -78,14 +78,22 @@ def test_other_layouts_train_from_the_blend_across_a_batch_size_change(tmp_path,
 
 
 def test_train_cli_with_data_path_and_rampup(tmp_path, capsys):
-    (tmp_path / "c.txt").write_text("\n\n".join(f"document {i}: " + "lorem ipsum dolor " * 9
-                                                for i in range(80)))
-    assert main(["preprocess", "--input", str(tmp_path / "c.txt"), "--output-prefix",
-                 str(tmp_path / "c"), "--append-eod"]) == 0
-    assert main(["train", "--data-path", str(tmp_path / "c_text_document"), "--iters", "3",
-                 "--batch-size", "4", "--rampup-batch-size", "2", "2", "4", "--eval-iters", "1",
+    """The issue's command line: a three-way blend, a ramp, on two data-parallel ranks."""
+    texts = {name: "\n\n".join(f"{name} {i}: " + words * 9 for i in range(80)) for name, words in
+             (("a", "lorem ipsum dolor "), ("b", "子曰 学而时习之 "), ("c", "def f(x): return x "))}
+    for name, text in texts.items():
+        (tmp_path / f"{name}.txt").write_text(text, encoding="utf-8")
+    for name in texts:  # one vocabulary for the blend
+        assert main(["preprocess", "--input", str(tmp_path / f"{name}.txt"), "--output-prefix",
+                     str(tmp_path / name), "--append-eod", "--tokenizer-input",
+                     *(str(tmp_path / f"{n}.txt") for n in texts)]) == 0
+    blend = ["0.5", str(tmp_path / "a_text_document"), "0.3", str(tmp_path / "b_text_document"),
+             "0.2", str(tmp_path / "c_text_document")]
+    assert main(["train", "--data-path", *blend, "--iters", "3", "--batch-size", "4",
+                 "--rampup-batch-size", "2", "2", "4", "--eval-iters", "1", "--dp", "2",
                  "--out", str(tmp_path / "run")]) == 0
-    assert "checkpoint written" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "dp=2" in out and "checkpoint written" in out
     with pytest.raises(SystemExit):
         main(["train", "--data-path", str(tmp_path / "missing"), "--iters", "1", "--out",
               str(tmp_path / "x")])
