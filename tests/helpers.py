@@ -37,5 +37,7 @@ def oracle(module):
     """Import a test-only oracle (megatron-core, datasketch) or skip the calling test with one line
     saying why: minimt never needs them, and megatron-core has Linux wheels only."""
     import pytest
-    return pytest.importorskip(module, reason=f"{module.split('.')[0]} (test-only oracle) is not "
-                               "installed here: pip install -r requirements.txt (megatron-core: Linux)")
+    package = {"megatron": "megatron-core"}.get(module.split(".")[0], module.split(".")[0])
+    where = " (its wheels are Linux-only)" if package == "megatron-core" else ""
+    return pytest.importorskip(module, reason=f"{package}, a test-only oracle, is not installed "
+                               f"here{where}: pip install -r requirements.txt")

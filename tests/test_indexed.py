@@ -85,7 +85,8 @@ def test_preprocess_cli_writes_megatron_files(tmp_path, capsys):
 
 
 def _megatron_gpt_dataset(prefix, documents, num_samples, seq_length, seed, cache):
-    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+    gpt_dataset = oracle("megatron.core.datasets.gpt_dataset")
+    GPTDataset, GPTDatasetConfig = gpt_dataset.GPTDataset, gpt_dataset.GPTDatasetConfig
     from megatron.core.datasets.utils import Split
 
     class Tokenizer:  # the fields GPTDataset reads
