@@ -66,11 +66,12 @@ def test_3d_run_across_a_batch_size_change_equals_serial(tmp_path):
         assert val == pytest.approx(serial_val, abs=1e-5)
 
 
-@pytest.mark.parametrize("mesh, layout", [(dict(cp=2), {}), (dict(dp=2), dict(zero=2)),
-                                          (dict(dp=2), dict(zero=3))], ids=["cp2", "zero2", "zero3"])
+@pytest.mark.parametrize("mesh, layout", [(dict(cp=2), {}), (dict(dp=2), dict(zero=1)),
+                                          (dict(dp=2), dict(zero=2)), (dict(dp=2), dict(zero=3))],
+                         ids=["cp2", "zero1", "zero2", "zero3"])
 def test_other_layouts_train_from_the_blend_across_a_batch_size_change(tmp_path, mesh, layout):
-    """Context parallel and ZeRO-2/3 (FSDP) read the same blended samples through the ramp and
-    follow the serial run."""
+    """Context parallel and ZeRO-1/2/3 (3 = FSDP) read the same blended samples through the ramp
+    and follow the serial run (ZeRO-3 once failed here: its matrices went without weight decay)."""
     results = launch(_ramped_run, write_corpora(tmp_path), layout, **mesh, timeout_s=60)
     for rank, (losses, serial_losses, val, serial_val) in enumerate(results):
         assert losses == pytest.approx(serial_losses, abs=1e-5), f"rank {rank}"

@@ -159,3 +159,21 @@ def test_preprocess_flags_workers_json_keys_bpe_txt_and_progress_bar(tmp_path, c
         main(["preprocess", "--input", str(tmp_path / "p.txt"), "--output-prefix",
               str(tmp_path / "q"), "--json-keys", "body"])
     assert "no JSON keys" in capsys.readouterr().err
+
+
+def test_a_corrupt_index_array_gets_a_sentence_not_a_numpy_error(tmp_path):
+    with IndexedDatasetWriter(tmp_path / "d", np.uint16) as writer:
+        for doc in _documents(n=6):
+            writer.add_document(doc)
+    idx = tmp_path / "d.idx"
+    good = bytearray(idx.read_bytes())
+    for offset in (34, 34 + 6 * 4 + 8, 34 + 6 * 12 + 8):  # a length, a pointer, a document index
+        bad = bytearray(good)
+        bad[offset:offset + 4] = b"\xff\xff\xff\x7f"
+        idx.write_bytes(bytes(bad))
+        with pytest.raises(ValueError, match="is corrupt"):
+            IndexedDataset(tmp_path / "d")
+    idx.write_bytes(bytes(good))
+    ds = IndexedDataset(tmp_path / "d")
+    with pytest.raises(IndexError, match="of document 1"):
+        ds.get(1, 0, int(ds.sequence_lengths[1]) + 1)
