@@ -1,6 +1,7 @@
 """MT-NLG's schedules, counted in samples (Smith et al. 2022, arXiv 2201.11990, section 4): the
-global batch ramps from 32 to 1920 by 32 over the first 12B tokens, the learning rate warms up over
-1B tokens and decays by a cosine to a tenth. Megatron counts both in consumed samples
+global batch ramps from 32 to 1920 over the first 12B tokens (by 32: secondary notes), the learning
+rate warms up over 1B tokens and decays by a cosine to a tenth (secondary notes, corroborated by
+Zhao et al.'s survey table, arXiv 2303.18223). Megatron counts both in consumed samples
 (--rampup-batch-size START INCR SAMPLES, --lr-warmup-samples, --lr-decay-samples): a schedule counted
 in iterations would stretch wherever the batch is small."""
 from __future__ import annotations
@@ -84,7 +85,8 @@ class Ramp:
         return ramp_steps, ramp_steps + -(-rest // self.global_batch_size)
 
 
-# MT-NLG 530B's recipe, as section 4 of the paper states it (sequence length 2048 tokens).
+# MT-NLG 530B's recipe (sequence length 2048 tokens): 270B tokens and the ramp 32 -> 1920 over 12B
+# tokens from section 4 of the paper; the ramp's step of 32 and the lr schedule from secondary notes.
 MT_NLG_SEQ_LENGTH = 2048
 MT_NLG_RAMP = Ramp(start=32, increment=32, samples=12_000_000_000 // 2048, global_batch_size=1920)
 MT_NLG_TOKENS = 270_000_000_000  # trained on 270B tokens
