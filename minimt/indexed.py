@@ -132,6 +132,12 @@ class IndexedDataset:
     def __getitem__(self, i: int) -> np.ndarray:
         return self.get(i)
 
+    def largest_token(self) -> int:
+        """The largest token id in the .bin (-1 when empty): one pass over the memory map, in C."""
+        whole = len(self._bin) // np.dtype(self.dtype).itemsize
+        tokens = np.frombuffer(self._bin, self.dtype, whole)                # (total tokens,)
+        return int(tokens.max()) if tokens.size else -1
+
     def __repr__(self) -> str:
         return (f"IndexedDataset({str(self.prefix)!r}: {len(self)} documents, "
                 f"{int(self.sequence_lengths.sum())} tokens, {np.dtype(self.dtype).name})")

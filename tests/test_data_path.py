@@ -10,6 +10,7 @@ from minimt.data_path import MegatronData
 from minimt.indexed import IndexedDatasetWriter
 from minimt.parallel import launch
 from minimt.train import Trainer, TrainConfig
+from helpers import oracle
 
 CONFIG = GPTConfig(vocab_size=40, block_size=16, n_layer=4, n_head=4, n_embd=32)
 RAMP = (8, 8, 16)  # global batch 8, 8, then 16 (the final) from 16 consumed samples on
@@ -99,3 +100,30 @@ def test_train_cli_with_data_path_and_rampup(tmp_path, capsys):
         main(["train", "--data-path", str(tmp_path / "missing"), "--iters", "1", "--out",
               str(tmp_path / "x")])
     assert "preprocess" in capsys.readouterr().err
+
+
+def test_blended_samples_equal_megatron_core_blended_dataset(tmp_path):
+    """MegatronData's train and valid samples are megatron-core's BlendedMegatronDatasetBuilder's:
+    the same per-dataset sizes (ceil(ceil(N w) x 1.005)), GPT samples and blending."""
+    gpt_dataset = oracle("megatron.core.datasets.gpt_dataset")
+    builder = oracle("megatron.core.datasets.blended_megatron_dataset_builder")
+
+    class Tokenizer:  # the fields GPTDataset reads
+        eod, pad, vocab_size, unique_identifiers = 0, -1, 40, {"class": "test"}
+
+    data_path = write_corpora(tmp_path)
+    for train_samples in (48, 500):  # one epoch of each dataset; several
+        ours = MegatronData(data_path, 16, train_samples, valid_samples=16, split="90,10,0",
+                            seed=1234)
+        config = gpt_dataset.GPTDatasetConfig(
+            random_seed=1234, sequence_length=16, split="90,10,0", tokenizer=Tokenizer(),
+            blend=(data_path[1::2], [float(w) for w in data_path[0::2]]), path_to_cache=None,
+            reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False)
+        train, valid, _ = builder.BlendedMegatronDatasetBuilder(
+            gpt_dataset.GPTDataset, [train_samples, 16, 0], lambda: True, config).build()
+        for split, theirs, n in (("train", train, train_samples), ("val", valid, 16)):
+            assert [part.num_samples for part in ours.splits[split].parts] == \
+                [dataset.num_samples for dataset in theirs.datasets]
+            for i in range(n):
+                np.testing.assert_array_equal(ours.splits[split][i][:-1],
+                                              theirs[i]["tokens"].numpy(), err_msg=f"{split} {i}")
