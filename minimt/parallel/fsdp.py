@@ -205,11 +205,9 @@ class FullyShardedDataParallel:
         ranges = []
         for unit in self.units:
             mine = self.ctx.dp_rank * unit.piece
-            for p, (start, end), shape in zip(unit.params, unit.bounds, unit.shapes):
+            for p, (start, end) in zip(unit.params, unit.bounds):
                 lo, hi = max(start, mine), min(end, mine + unit.piece)
-                # ZeRO-3 frees p.data between uses: judge a stand-in of the parameter's own shape
-                whole = p if p.shape == shape else torch.empty(shape, dtype=p.dtype, device="meta")
-                if keep(whole) and lo < hi:
+                if keep(p) and lo < hi:
                     ranges.append((unit.shard.start + lo - mine, unit.shard.start + hi - mine))
         return ranges
 
