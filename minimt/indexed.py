@@ -103,11 +103,14 @@ class IndexedDataset:
         itemsize = np.dtype(self.dtype).itemsize
         expected = np.zeros(count, dtype=np.int64)                                    # (S,)
         expected[1:] = np.cumsum(self.sequence_lengths[:-1].astype(np.int64) * itemsize)
-        if (self.sequence_lengths < 0).any() or not np.array_equal(self.sequence_pointers, expected) \
-                or (doc_count and (self.document_indices[0] != 0 or self.document_indices[-1] != count
-                                   or (np.diff(self.document_indices) < 0).any())):
-            raise ValueError(f"{idx_path} is corrupt: its lengths, pointers and document indices do "
-                             "not fit together (pointers must add up the lengths); write it again")
+        documents = self.document_indices
+        if (self.sequence_lengths < 0).any() \
+                or not np.array_equal(self.sequence_pointers, expected) \
+                or (doc_count and (documents[0] != 0 or documents[-1] != count
+                                   or (np.diff(documents) < 0).any())):
+            raise ValueError(f"{idx_path} is corrupt: its lengths, pointers and document indices "
+                             "do not fit together (pointers must add up the lengths); write it "
+                             "again")
         size = bin_path.stat().st_size
         if count and self.sequence_pointers[-1] + itemsize * int(self.sequence_lengths[-1]) > size:
             raise ValueError(f"{bin_path} is truncated: {size} bytes, but {idx_path} points to "
@@ -125,7 +128,8 @@ class IndexedDataset:
         size = int(self.sequence_lengths[i])
         length = size - offset if length is None else length
         if offset < 0 or length < 0 or offset + length > size:
-            raise IndexError(f"tokens {offset} .. {offset + length} of document {i}: it holds {size}")
+            raise IndexError(f"tokens {offset} .. {offset + length} of document {i}: it holds "
+                             f"{size}")
         start = int(self.sequence_pointers[i]) + offset * np.dtype(self.dtype).itemsize
         return np.frombuffer(self._bin, self.dtype, length, start)
 

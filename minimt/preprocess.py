@@ -126,7 +126,8 @@ def preprocess_main(argv: list[str]) -> int:
     try:
         if Path(args.input).suffix not in (".json", ".jsonl") and args.json_keys != ["text"]:
             raise ValueError(f"--input {args.input} is plain text (documents separated by blank "
-                             "lines), which has no JSON keys: leave --json-keys out, or give .jsonl")
+                             "lines), which has no JSON keys: leave --json-keys out, or give "
+                             ".jsonl")
         sources = args.tokenizer_input or [args.input]
         texts = ["\n\n".join(read_documents(path, key)) for path in sources
                  for key in args.json_keys]

@@ -150,7 +150,8 @@ MT_NLG_OPTIMIZER = dict(beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0, weight_d
 TRAIN_PRESETS = {"mt-nlg-530b": dict(
     learning_rate=MT_NLG_LR["max_lr"], min_lr=MT_NLG_LR["min_lr"],
     **{k: v for k, v in MT_NLG_OPTIMIZER.items() if k != "eps"},
-    batch_size=MT_NLG_RAMP.start, gradient_accumulation_steps=MT_NLG_RAMP.global_batch_size // MT_NLG_RAMP.start,
+    batch_size=MT_NLG_RAMP.start,
+    gradient_accumulation_steps=MT_NLG_RAMP.global_batch_size // MT_NLG_RAMP.start,
     rampup_batch_size=(MT_NLG_RAMP.start, MT_NLG_RAMP.increment, MT_NLG_RAMP.samples),
     max_iters=80_087, warmup_iters=MT_NLG_LR["warmup_samples"] // MT_NLG_RAMP.global_batch_size,
     lr_decay_iters=MT_NLG_LR["decay_samples"] // MT_NLG_RAMP.global_batch_size)}

@@ -134,7 +134,8 @@ class Estimate:
         slots = self.num_microbatches + self.pp - 1                 # of a full iteration
         per_replica = self.micro_batch_size * self.dp
         sizes = ramp.steps(int(tokens // self.config.block_size))  # global batch of every step
-        return sum((-(-b // per_replica) + self.pp - 1) / slots for b in sizes) * self.iteration_time_s
+        steps = sum((-(-b // per_replica) + self.pp - 1) / slots for b in sizes)  # in full ones
+        return steps * self.iteration_time_s
 
     def fits(self, gpu_bytes: float = GPU_BYTES) -> bool:
         """True when the most loaded GPU's total is at most gpu_bytes."""

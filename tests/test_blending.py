@@ -12,7 +12,8 @@ def megatron_blend(weights, num_samples):
     w = normalized_weights(weights)
     dataset_index = np.zeros(num_samples, dtype=np.int16)
     dataset_sample_index = np.zeros(num_samples, dtype=np.int64)
-    oracle("megatron.core.datasets.helpers").build_blending_indices(dataset_index, dataset_sample_index, w, len(w), num_samples,
+    helpers = oracle("megatron.core.datasets.helpers")
+    helpers.build_blending_indices(dataset_index, dataset_sample_index, w, len(w), num_samples,
                                    False)
     return dataset_index, dataset_sample_index
 

@@ -37,8 +37,8 @@ BLOCKED_RUN = textwrap.dedent(r"""
     data = MegatronData(["0.5", str(tmp / "c_text_document")] * 2, 8, 16, 4)
     config = TrainConfig(max_iters=1, batch_size=4, rampup_batch_size=(4, 4, 8), warmup_iters=0,
                          progress=False)
-    Trainer(GPT(GPTConfig(vocab_size=data.vocab_size, block_size=8, n_layer=1, n_head=1, n_embd=8)), data,
-            config).train_step()
+    model = GPT(GPTConfig(vocab_size=data.vocab_size, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    Trainer(model, data, config).train_step()
     for task in TASKS:  # the checkers fall back on the oracles' recorded digests
         task.check()
     loaded = [m for m in sys.modules if m.split(".")[0] in ("megatron", "datasketch")]

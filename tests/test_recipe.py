@@ -52,9 +52,9 @@ def test_bad_ramps_say_what_to_change():
 
 
 def megatron_lr_scheduler(max_lr, min_lr, warmup, decay):
-    OptimizerParamScheduler = oracle("megatron.core.optimizer_param_scheduler").OptimizerParamScheduler
+    scheduler_module = oracle("megatron.core.optimizer_param_scheduler")
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=max_lr)
-    return optimizer, OptimizerParamScheduler(
+    return optimizer, scheduler_module.OptimizerParamScheduler(
         optimizer, init_lr=0.0, max_lr=max_lr, min_lr=min_lr, lr_warmup_steps=warmup,
         lr_decay_steps=decay, lr_decay_style="cosine", start_wd=0.1, end_wd=0.1,
         wd_incr_steps=decay, wd_incr_style="constant")
