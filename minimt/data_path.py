@@ -17,7 +17,7 @@ from .gpt_samples import GPTSamples, split_ranges
 from .indexed import IndexedDataset
 
 SPLITS = ("train", "val")
-MARGIN = 1.005  # each dataset builds 0.5% more samples than its share, as Megatron's builder
+MARGIN = 1.005  # each dataset builds 0.5% more samples than its share (mid_level_dataset_surplus)
 
 
 class BlendedSamples:
@@ -31,8 +31,8 @@ class BlendedSamples:
             if len(documents) == 0:
                 raise ValueError(f"{ds.prefix} has no documents in the {SPLITS[split_index]} part "
                                  f"of --split {split}: give it more documents or another split")
-            self.parts.append(GPTSamples(ds, documents, math.ceil(w * num_samples * MARGIN) + 1,
-                                         seq_length, seed))
+            size = math.ceil(math.ceil(w * num_samples) * MARGIN)  # Megatron's builder's sizes
+            self.parts.append(GPTSamples(ds, documents, size, seq_length, seed))
         self.dataset_index, self.dataset_sample_index = blending_indices(weights, num_samples)
 
     def __len__(self) -> int:
@@ -57,8 +57,7 @@ class MegatronData:
         self.seq_length = seq_length
         self.splits = {name: BlendedSamples(datasets, weights, split, i, n, seq_length, seed)
                        for i, (name, n) in enumerate(zip(SPLITS, (train_samples, valid_samples)))}
-        self.vocab_size = max(int(ds.get(i).max()) for ds in datasets for i in range(len(ds))
-                              if ds.sequence_lengths[i]) + 1
+        self.vocab_size = max(ds.largest_token() for ds in datasets) + 1
 
     def _check(self, block_size: int) -> None:
         if block_size != self.seq_length:

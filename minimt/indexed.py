@@ -101,6 +101,16 @@ class IndexedDataset:
         self.sequence_pointers = np.frombuffer(index, np.int64, count, PREAMBLE + 4 * count)
         self.document_indices = np.frombuffer(index, np.int64, doc_count, PREAMBLE + 12 * count)
         itemsize = np.dtype(self.dtype).itemsize
+        expected = np.zeros(count, dtype=np.int64)                                    # (S,)
+        expected[1:] = np.cumsum(self.sequence_lengths[:-1].astype(np.int64) * itemsize)
+        documents = self.document_indices
+        if (self.sequence_lengths < 0).any() \
+                or not np.array_equal(self.sequence_pointers, expected) \
+                or (doc_count and (documents[0] != 0 or documents[-1] != count
+                                   or (np.diff(documents) < 0).any())):
+            raise ValueError(f"{idx_path} is corrupt: its lengths, pointers and document indices "
+                             "do not fit together (pointers must add up the lengths); write it "
+                             "again")
         size = bin_path.stat().st_size
         if count and self.sequence_pointers[-1] + itemsize * int(self.sequence_lengths[-1]) > size:
             raise ValueError(f"{bin_path} is truncated: {size} bytes, but {idx_path} points to "
@@ -117,11 +127,20 @@ class IndexedDataset:
             raise IndexError(f"document {i} out of range: {self.prefix} holds {len(self)}")
         size = int(self.sequence_lengths[i])
         length = size - offset if length is None else length
+        if offset < 0 or length < 0 or offset + length > size:
+            raise IndexError(f"tokens {offset} .. {offset + length} of document {i}: it holds "
+                             f"{size}")
         start = int(self.sequence_pointers[i]) + offset * np.dtype(self.dtype).itemsize
         return np.frombuffer(self._bin, self.dtype, length, start)
 
     def __getitem__(self, i: int) -> np.ndarray:
         return self.get(i)
+
+    def largest_token(self) -> int:
+        """The largest token id in the .bin (-1 when empty): one pass over the memory map, in C."""
+        whole = len(self._bin) // np.dtype(self.dtype).itemsize
+        tokens = np.frombuffer(self._bin, self.dtype, whole)                # (total tokens,)
+        return int(tokens.max()) if tokens.size else -1
 
     def __repr__(self) -> str:
         return (f"IndexedDataset({str(self.prefix)!r}: {len(self)} documents, "

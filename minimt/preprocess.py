@@ -109,7 +109,9 @@ def preprocess_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", required=True, help=".jsonl (one JSON document a line) or .txt")
     parser.add_argument("--output-prefix", required=True, help="writes PREFIX_text_document.bin/.idx")
     parser.add_argument("--tokenizer", choices=("char", "bpe"), default="char")
-    parser.add_argument("--json-keys", default="text", help="the JSON field holding the text")
+    parser.add_argument("--json-keys", nargs="+", default=["text"], metavar="KEY",
+                        help="the JSON fields to tokenize (default: text); each KEY writes "
+                        "PREFIX_KEY_document.bin/.idx, as Megatron's preprocess_data.py")
     parser.add_argument("--vocab-size", type=cli_number(int, 257), default=4096,
                         help="BPE vocabulary size")
     parser.add_argument("--tokenizer-input", nargs="+", default=None,
@@ -126,8 +128,13 @@ def preprocess_main(argv: list[str]) -> int:
     parser = preprocess_parser()
     args = parser.parse_args(argv)
     try:
+        if Path(args.input).suffix not in (".json", ".jsonl") and args.json_keys != ["text"]:
+            raise ValueError(f"--input {args.input} is plain text (documents separated by blank "
+                             "lines), which has no JSON keys: leave --json-keys out, or give "
+                             ".jsonl")
         sources = args.tokenizer_input or [args.input]
-        texts = ["\n\n".join(read_documents(path, args.json_keys)) for path in sources]
+        texts = ["\n\n".join(read_documents(path, key)) for path in sources
+                 for key in args.json_keys]
         tokenizer = build_tokenizer(args.tokenizer, texts, args.vocab_size)
         folder = Path(args.output_prefix).absolute().parent
         try:
@@ -136,10 +143,11 @@ def preprocess_main(argv: list[str]) -> int:
             raise ValueError(f"--output-prefix {args.output_prefix}: cannot create the folder "
                              f"{folder} ({error.strerror}); give a prefix in a folder you can "
                              f"write") from None
-        prefix = preprocess(args.input, args.output_prefix, tokenizer, args.json_keys,
-                            args.append_eod, args.workers)
+        prefixes = [preprocess(args.input, args.output_prefix, tokenizer, key, args.append_eod,
+                               args.workers) for key in args.json_keys]
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
-    print(f"wrote {prefix}.bin and {prefix}.idx ({tokenizer!r}); tokenizer in "
-          f"{tokenizer_path(args.output_prefix)}")
+    for prefix in prefixes:
+        print(f"wrote {prefix}.bin and {prefix}.idx ({tokenizer!r})")
+    print(f"tokenizer in {tokenizer_path(args.output_prefix)}")
     return 0

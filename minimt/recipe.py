@@ -1,6 +1,7 @@
 """MT-NLG's schedules, counted in samples (Smith et al. 2022, arXiv 2201.11990, section 4): the
-global batch ramps from 32 to 1920 by 32 over the first 12B tokens, the learning rate warms up over
-1B tokens and decays by a cosine to a tenth. Megatron counts both in consumed samples
+global batch ramps from 32 to 1920 over the first 12B tokens (by 32: secondary notes), the learning
+rate warms up over 1B tokens and decays by a cosine to a tenth (secondary notes, corroborated by
+Zhao et al.'s survey table, arXiv 2303.18223). Megatron counts both in consumed samples
 (--rampup-batch-size START INCR SAMPLES, --lr-warmup-samples, --lr-decay-samples): a schedule counted
 in iterations would stretch wherever the batch is small."""
 from __future__ import annotations
@@ -84,7 +85,8 @@ class Ramp:
         return ramp_steps, ramp_steps + -(-rest // self.global_batch_size)
 
 
-# MT-NLG 530B's recipe, as section 4 of the paper states it (sequence length 2048 tokens).
+# MT-NLG 530B's recipe (sequence length 2048 tokens): 270B tokens and the ramp 32 -> 1920 over 12B
+# tokens from section 4 of the paper; the ramp's step of 32 and the lr schedule from secondary notes.
 MT_NLG_SEQ_LENGTH = 2048
 MT_NLG_RAMP = Ramp(start=32, increment=32, samples=12_000_000_000 // 2048, global_batch_size=1920)
 MT_NLG_TOKENS = 270_000_000_000  # trained on 270B tokens
@@ -138,5 +140,18 @@ class RampedBatches:
 
 
 # MT-NLG's optimizer (section 4 of the paper, per secondary reading notes; the same values appear
-# in Microsoft's Megatron-DeepSpeed MT-NLG-style scripts): Adam, gradient clipping, weight decay.
+# in Microsoft's Megatron-DeepSpeed MT-NLG-style scripts and in Zhao et al.'s survey table, arXiv
+# 2303.18223): Adam, gradient clipping, weight decay. eps 1e-8 is torch's AdamW default.
 MT_NLG_OPTIMIZER = dict(beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0, weight_decay=0.1)
+
+# TrainConfig.from_preset(name): a published run's settings. MT-NLG's warm-up (1B tokens) and decay
+# (340B tokens) become whole steps of the final batch of 1920 x 2048 tokens (254 and 86,466: 0.1%
+# short); the exact schedule in samples is MT_NLG_LR (lr_at_sample).
+TRAIN_PRESETS = {"mt-nlg-530b": dict(
+    learning_rate=MT_NLG_LR["max_lr"], min_lr=MT_NLG_LR["min_lr"],
+    **{k: v for k, v in MT_NLG_OPTIMIZER.items() if k != "eps"},
+    batch_size=MT_NLG_RAMP.start,
+    gradient_accumulation_steps=MT_NLG_RAMP.global_batch_size // MT_NLG_RAMP.start,
+    rampup_batch_size=(MT_NLG_RAMP.start, MT_NLG_RAMP.increment, MT_NLG_RAMP.samples),
+    max_iters=80_087, warmup_iters=MT_NLG_LR["warmup_samples"] // MT_NLG_RAMP.global_batch_size,
+    lr_decay_iters=MT_NLG_LR["decay_samples"] // MT_NLG_RAMP.global_batch_size)}

@@ -123,11 +123,20 @@ class Estimate:
             return ramp.count(samples)[1]
         return -(-samples // self.global_batch_size)
 
-    def training_time_s(self, tokens: float) -> float:
-        """Seconds to train on `tokens` at the achieved throughput: iterations x iteration time."""
+    def training_time_s(self, tokens: float, ramp=None) -> float:
+        """Seconds to train on `tokens` at the achieved throughput: iterations x iteration time.
+        With a batch-size ramp (minimt.recipe.Ramp) each step of global batch b runs b / (micro x
+        dp) micro-batches through the same p - 1 bubble slots: (m_b + p - 1) / (m + p - 1) of a
+        full iteration, so the ramp's small batches cost more time per sample."""
         if self.achieved_tflops is None:
             raise ValueError("training_time_s needs achieved_tflops (per GPU) in estimate(...)")
-        return tokens / self.tokens_per_iteration * self.iteration_time_s
+        if ramp is None:
+            return tokens / self.tokens_per_iteration * self.iteration_time_s
+        slots = self.num_microbatches + self.pp - 1                 # of a full iteration
+        per_replica = self.micro_batch_size * self.dp
+        sizes = ramp.steps(int(tokens // self.config.block_size))  # global batch of every step
+        steps = sum((-(-b // per_replica) + self.pp - 1) / slots for b in sizes)  # in full ones
+        return steps * self.iteration_time_s
 
     def fits(self, gpu_bytes: float = GPU_BYTES) -> bool:
         """True when the most loaded GPU's total is at most gpu_bytes."""

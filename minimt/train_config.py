@@ -126,6 +126,15 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
+    def from_preset(cls, name: str, **overrides) -> "TrainConfig":
+        """A published run's optimizer, batch ramp and schedule (minimt.recipe.TRAIN_PRESETS,
+        e.g. "mt-nlg-530b", the same name as its GPTConfig preset), with `overrides` on top."""
+        from .recipe import TRAIN_PRESETS
+        if name not in TRAIN_PRESETS:
+            raise ValueError(f"no training preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}")
+        return cls(**{**TRAIN_PRESETS[name], **overrides})
+
+    @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})

@@ -31,3 +31,13 @@ def reference_adamw(params, lr):
     return torch.optim.AdamW([{"params": [p for p in params if decays(p)]},
                               {"params": [p for p in params if not decays(p)], "weight_decay": 0.0}],
                              lr=lr, weight_decay=0.1, foreach=False)
+
+
+def oracle(module):
+    """Import a test-only oracle (megatron-core, datasketch) or skip the calling test with one line
+    saying why: minimt never needs them, and megatron-core has Linux wheels only."""
+    import pytest
+    package = {"megatron": "megatron-core"}.get(module.split(".")[0], module.split(".")[0])
+    where = " (its wheels are Linux-only)" if package == "megatron-core" else ""
+    return pytest.importorskip(module, reason=f"{package}, a test-only oracle, is not installed "
+                               f"here{where}: pip install -r requirements.txt")

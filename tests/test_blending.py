@@ -4,15 +4,15 @@ import pytest
 
 from minimt.blending import blending_indices, normalized_weights, parse_data_path
 from minimt.recipe import MT_NLG_BLEND
+from helpers import oracle
 
-helpers = pytest.importorskip("megatron.core.datasets.helpers", reason="megatron-core (Linux-only "
-                              "test oracle) is not installed: pip install -r requirements.txt")
 
 
 def megatron_blend(weights, num_samples):
     w = normalized_weights(weights)
     dataset_index = np.zeros(num_samples, dtype=np.int16)
     dataset_sample_index = np.zeros(num_samples, dtype=np.int64)
+    helpers = oracle("megatron.core.datasets.helpers")
     helpers.build_blending_indices(dataset_index, dataset_sample_index, w, len(w), num_samples,
                                    False)
     return dataset_index, dataset_sample_index

@@ -12,9 +12,8 @@ from minimt.curation import (candidate_probability, decontaminate, estimated_jac
                              exact_duplicates, fuzzy_duplicates, hash_family, jaccard,
                              lsh_candidates, minhash_signature, ngrams, shingle_hashes, shingles)
 from minimt.data import load_corpus
+from helpers import oracle
 
-datasketch = pytest.importorskip("datasketch", reason="datasketch (test oracle) is not installed: "
-                                 "pip install -r requirements.txt")
 
 
 def near_duplicate_corpus(n=50, seed=0):
@@ -30,6 +29,7 @@ def near_duplicate_corpus(n=50, seed=0):
 
 
 def test_minhash_signature_equals_datasketch_with_the_same_hash_functions():
+    datasketch = oracle("datasketch")
     a, b = hash_family(64, seed=3)
     for text in near_duplicate_corpus(4)[:4]:
         shingle_set = shingles(text)
@@ -56,6 +56,7 @@ def test_estimate_error_within_its_bound_and_lsh_follows_the_s_curve():
 
 
 def test_lsh_recall_and_precision_beside_datasketch():
+    datasketch = oracle("datasketch")
     docs = near_duplicate_corpus(50)
     sets = [shingles(d) for d in docs]
     exact = {(i, j) for i, j in itertools.combinations(range(len(docs)), 2)

@@ -8,10 +8,12 @@ from minimt.data import IndexedDataset
 from minimt.gpt_samples import GPTSamples, split_ranges
 from minimt.__main__ import main
 from minimt.indexed import IndexedDatasetWriter
+from helpers import oracle
 
-megatron_indexed = pytest.importorskip(
-    "megatron.core.datasets.indexed_dataset",
-    reason="megatron-core (Linux-only test oracle) is not installed: pip install -r requirements.txt")
+
+
+def megatron_indexed():
+    return oracle("megatron.core.datasets.indexed_dataset")
 
 
 def _documents(seed=0, n=40, vocab=300):
@@ -25,12 +27,12 @@ def test_minimt_writes_what_megatron_core_reads_and_writes(tmp_path, dtype):
     with IndexedDatasetWriter(tmp_path / "ours", dtype) as writer:
         for doc in docs:
             writer.add_document(doc)
-    theirs = megatron_indexed.IndexedDataset(str(tmp_path / "ours"))
+    theirs = megatron_indexed().IndexedDataset(str(tmp_path / "ours"))
     assert len(theirs) == len(docs)
     for i, doc in enumerate(docs):
         np.testing.assert_array_equal(theirs[i], doc)
     import torch
-    builder = megatron_indexed.IndexedDatasetBuilder(str(tmp_path / "mc.bin"), dtype=dtype)
+    builder = megatron_indexed().IndexedDatasetBuilder(str(tmp_path / "mc.bin"), dtype=dtype)
     for doc in docs:
         builder.add_document(torch.from_numpy(doc.astype(np.int64)), [len(doc)])
     builder.finalize(str(tmp_path / "mc.idx"))
@@ -70,7 +72,7 @@ def test_preprocess_cli_writes_megatron_files(tmp_path, capsys):
                  str(tmp_path / "c"), "--tokenizer", "char", "--append-eod"]) == 0
     from minimt.preprocess import load_tokenizer
     tokenizer = load_tokenizer(tmp_path / "c_tokenizer.json")
-    theirs = megatron_indexed.IndexedDataset(str(tmp_path / "c_text_document"))
+    theirs = megatron_indexed().IndexedDataset(str(tmp_path / "c_text_document"))
     assert theirs.index.dtype == np.uint16
     for i, line in enumerate(lines):
         assert theirs[i][-1] == tokenizer.vocab_size  # the end-of-document id
@@ -83,7 +85,8 @@ def test_preprocess_cli_writes_megatron_files(tmp_path, capsys):
 
 
 def _megatron_gpt_dataset(prefix, documents, num_samples, seq_length, seed, cache):
-    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+    gpt_dataset = oracle("megatron.core.datasets.gpt_dataset")
+    GPTDataset, GPTDatasetConfig = gpt_dataset.GPTDataset, gpt_dataset.GPTDatasetConfig
     from megatron.core.datasets.utils import Split
 
     class Tokenizer:  # the fields GPTDataset reads
@@ -93,7 +96,7 @@ def _megatron_gpt_dataset(prefix, documents, num_samples, seq_length, seed, cach
                               tokenizer=Tokenizer(), reset_position_ids=False,
                               reset_attention_mask=False, eod_mask_loss=False,
                               path_to_cache=str(cache))
-    indexed = megatron_indexed.IndexedDataset(str(prefix))
+    indexed = megatron_indexed().IndexedDataset(str(prefix))
     return GPTDataset(indexed, str(prefix), np.asarray(documents, dtype=np.int32), num_samples,
                       Split.train, config)
 
@@ -115,3 +118,62 @@ def test_gpt_samples_equal_megatron_core_gpt_dataset(tmp_path, num_samples):
     for i in range(len(ours)):
         np.testing.assert_array_equal(ours[i][:-1], theirs[i]["tokens"].numpy())
         np.testing.assert_array_equal(ours[i][1:], theirs[i]["labels"].numpy())
+
+
+def test_preprocess_flags_workers_json_keys_bpe_txt_and_progress_bar(tmp_path, capsys):
+    """The issue's flags exactly: --json-keys (several, each its own PREFIX_KEY_document),
+    --tokenizer bpe, --append-eod, --workers 2 (the same bytes as one worker), plain .txt, and
+    a progress bar on stderr."""
+    from minimt.preprocess import load_tokenizer
+    rng = np.random.default_rng(3)
+    words = ["alpha", "beta", "gamma", "delta", "论语", "子曰", "print(x)", "def f():"]
+    lines = [{"text": " ".join(rng.choice(words, size=int(rng.integers(1, 30)))),
+              "title": f"doc {i}"} for i in range(300)]
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines),
+                                      encoding="utf-8")
+    common = ["preprocess", "--input", str(tmp_path / "c.jsonl"), "--tokenizer", "bpe",
+              "--vocab-size", "300", "--json-keys", "text", "title", "--append-eod"]
+    assert main(common + ["--output-prefix", str(tmp_path / "one"), "--workers", "1"]) == 0
+    assert main(common + ["--output-prefix", str(tmp_path / "two"), "--workers", "2"]) == 0
+    out = capsys.readouterr()
+    assert "tokenizing c.jsonl" in out.err and "300/300" in out.err  # the progress bar
+    for key in ("text", "title"):
+        for ext in ("bin", "idx"):
+            assert (tmp_path / f"one_{key}_document.{ext}").read_bytes() == \
+                (tmp_path / f"two_{key}_document.{ext}").read_bytes()
+    tokenizer = load_tokenizer(tmp_path / "two_tokenizer.json")
+    for key in ("text", "title"):
+        ds = IndexedDataset(tmp_path / f"two_{key}_document")
+        assert len(ds) == len(lines) and ds.dtype == np.uint16
+        for i in (0, 7, 299):
+            assert ds[i][-1] == tokenizer.vocab_size
+            assert tokenizer.decode(ds[i][:-1].tolist()) == lines[i][key]
+    (tmp_path / "p.txt").write_text("first paragraph\nstill first\n\n\nsecond one\n")
+    assert main(["preprocess", "--input", str(tmp_path / "p.txt"), "--output-prefix",
+                 str(tmp_path / "p"), "--tokenizer", "char"]) == 0
+    ds = IndexedDataset(tmp_path / "p_text_document")
+    tokenizer = load_tokenizer(tmp_path / "p_tokenizer.json")
+    assert [tokenizer.decode(ds[i].tolist()) for i in range(len(ds))] == \
+        ["first paragraph\nstill first", "second one\n"]
+    with pytest.raises(SystemExit):
+        main(["preprocess", "--input", str(tmp_path / "p.txt"), "--output-prefix",
+              str(tmp_path / "q"), "--json-keys", "body"])
+    assert "no JSON keys" in capsys.readouterr().err
+
+
+def test_a_corrupt_index_array_gets_a_sentence_not_a_numpy_error(tmp_path):
+    with IndexedDatasetWriter(tmp_path / "d", np.uint16) as writer:
+        for doc in _documents(n=6):
+            writer.add_document(doc)
+    idx = tmp_path / "d.idx"
+    good = bytearray(idx.read_bytes())
+    for offset in (34, 34 + 6 * 4 + 8, 34 + 6 * 12 + 8):  # a length, a pointer, a document index
+        bad = bytearray(good)
+        bad[offset:offset + 4] = b"\xff\xff\xff\x7f"
+        idx.write_bytes(bytes(bad))
+        with pytest.raises(ValueError, match="is corrupt"):
+            IndexedDataset(tmp_path / "d")
+    idx.write_bytes(bytes(good))
+    ds = IndexedDataset(tmp_path / "d")
+    with pytest.raises(IndexError, match="of document 1"):
+        ds.get(1, 0, int(ds.sequence_lengths[1]) + 1)

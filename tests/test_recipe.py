@@ -5,13 +5,12 @@ import torch
 
 from minimt.recipe import (MT_NLG_LR, MT_NLG_RAMP, MT_NLG_TOKENS, Ramp, lr_at_sample,
                            num_microbatches, rampup_global_batch_size)
+from helpers import oracle
 
-calculators = pytest.importorskip(
-    "megatron.core.num_microbatches_calculator",
-    reason="megatron-core (Linux-only test oracle) is not installed: pip install -r requirements.txt")
 
 
 def megatron_ramp(ramp, micro, dp):
+    calculators = oracle("megatron.core.num_microbatches_calculator")
     return calculators.RampupBatchsizeNumMicroBatchesCalculator(
         ramp.global_batch_size, micro, dp, False, 0, ramp.start, ramp.increment, ramp.samples)
 
@@ -53,9 +52,9 @@ def test_bad_ramps_say_what_to_change():
 
 
 def megatron_lr_scheduler(max_lr, min_lr, warmup, decay):
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+    scheduler_module = oracle("megatron.core.optimizer_param_scheduler")
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=max_lr)
-    return optimizer, OptimizerParamScheduler(
+    return optimizer, scheduler_module.OptimizerParamScheduler(
         optimizer, init_lr=0.0, max_lr=max_lr, min_lr=min_lr, lr_warmup_steps=warmup,
         lr_decay_steps=decay, lr_decay_style="cosine", start_wd=0.1, end_wd=0.1,
         wd_incr_steps=decay, wd_incr_style="constant")
@@ -117,3 +116,61 @@ def test_mt_nlg_preset_init_std_and_optimizer():
     small = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=2, n_head=2, n_embd=256,
                           init_std=0.004))
     assert small.transformer.h[0].mlp.c_fc.weight.std().item() == pytest.approx(0.004, rel=0.05)
+
+
+def test_scale_time_counts_the_ramps_small_batches():
+    """Each ramp step of batch b runs b / (micro x dp) micro-batches through the same p - 1 bubble
+    slots; without a pipeline that is just the samples, so the time is the ramp-free one."""
+    from minimt import GPTConfig
+    from minimt.scale import estimate
+    mt_nlg = GPTConfig.from_preset("mt-nlg-530b")
+    layout = estimate(mt_nlg, 8, 35, 8, 1, 1920, achieved_tflops=126)
+    first = layout.training_time_s(32 * 2048, MT_NLG_RAMP)  # one step of 32 sequences
+    assert first == pytest.approx((32 / 8 + 34) / (240 + 34) * layout.iteration_time_s)
+    days = layout.training_time_s(MT_NLG_TOKENS, MT_NLG_RAMP) / 86400
+    assert 0.5 < days - layout.training_time_s(MT_NLG_TOKENS) / 86400 < 2  # the ramp's bubbles
+    flat = estimate(mt_nlg, 8, 1, 8, 1, 1920, achieved_tflops=126)
+    samples = sum(MT_NLG_RAMP.steps(MT_NLG_TOKENS // 2048))
+    assert flat.training_time_s(MT_NLG_TOKENS, MT_NLG_RAMP) == pytest.approx(
+        flat.training_time_s(samples * 2048), rel=1e-9)
+
+
+def test_trainer_lr_equals_megatron_core_at_every_step_of_a_ramped_run():
+    """The Trainer sets each step's lr from the samples consumed (Megatron's scheduler stepped by
+    the global batch); the iteration-counted schedule, the bug class, differs under the ramp."""
+    from minimt import GPT, GPTConfig
+    from minimt.data import TokenDataset
+    from minimt.lr_schedule import lr_at
+    from minimt.train import Trainer, TrainConfig
+    config = TrainConfig(max_iters=40, batch_size=2, gradient_accumulation_steps=8,
+                         rampup_batch_size=(2, 2, 96), learning_rate=1e-3, min_lr=1e-4,
+                         warmup_iters=4, lr_decay_iters=30, progress=False)
+    final = 16
+    optimizer, scheduler = megatron_lr_scheduler(1e-3, 1e-4, 4 * final, 30 * final)
+    trainer = Trainer(GPT(GPTConfig(vocab_size=16, block_size=4, n_layer=1, n_head=1, n_embd=8)),
+                      TokenDataset(torch.arange(200) % 16), config)
+    differs = 0
+    for step in range(config.max_iters):
+        if step < 3:  # the Trainer itself, a few real steps
+            trainer.train_step()
+            ours = trainer.param_groups[0]["lr"]
+        else:
+            ours = config.lr(step)  # what trainer.zero_grad() sets at this step
+        assert ours == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-12), step
+        differs += abs(lr_at(step, 1e-3, 4, 30, 1e-4) - ours) > 1e-6
+        scheduler.step(increment=config.ramp.global_batch(step))
+    assert differs > 20
+
+
+def test_mt_nlg_train_preset_carries_its_optimizer_settings():
+    from minimt import GPT, GPTConfig
+    from minimt.train import TrainConfig, configure_adamw
+    config = TrainConfig.from_preset("mt-nlg-530b")
+    assert (config.learning_rate, config.min_lr, config.grad_clip) == (5e-5, 5e-6, 1.0)
+    assert config.ramp.global_batch(0) == 32 and config.ramp.ramp.global_batch_size == 1920
+    adam = configure_adamw(GPT(GPTConfig(vocab_size=16, block_size=4, n_layer=1, n_head=1,
+                                         n_embd=8)), config)
+    group = adam.param_groups[0]
+    assert (group["betas"], group["eps"], group["weight_decay"]) == ((0.9, 0.95), 1e-8, 0.1)
+    with pytest.raises(ValueError, match="mt-nlg-530b"):
+        TrainConfig.from_preset("mt-nlg")
