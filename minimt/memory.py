@@ -8,11 +8,10 @@ activations). `layer_activation_terms` says, tensor by tensor, what one of minim
 """
 from __future__ import annotations
 
-import numbers
-
 import torch
 
 from .model import RECOMPUTE_MODES
+from .scale_checks import check_positive_ints
 
 ATTENTION_KINDS = ("fused", "formula")  # torch's fused kernel, or minimt's softmax(QK^T/sqrt(d))V
 
@@ -82,9 +81,7 @@ def measure_layer(model, x: torch.Tensor, layer: int = 0) -> SavedTensorBytes:
 
 def check_activation_shape(**sizes) -> None:
     """Sizes are positive integers; dtype_bytes is a real element size (1, 2, 4 or 8)."""
-    for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name}={value!r} must be a positive integer")
+    check_positive_ints(**sizes)
     if sizes.get("dtype_bytes", 4) not in (1, 2, 4, 8):
         raise ValueError(f"dtype_bytes={sizes['dtype_bytes']}: give an element size in bytes, 1, "
                          f"2 (bf16/fp16), 4 (fp32) or 8")

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from .config import GPTConfig
 from .memory import layer_activation_bytes
 from .model import RECOMPUTE_MODES, param_count
+from .scale_checks import (ZERO_STAGES, check_achieved_tflops, check_gpu_bytes,
+                           check_positive_ints, check_zero)
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
-ZERO_STAGES = (0, 1, 2, 3)
 # bytes per parameter (weight, gradient, optimizer state) of mixed-precision AdamW, by convention:
 # "zero": Rajbhandari et al. 2019 (arXiv 1910.02054), 2 + 2 + 12 = 16 (16-bit weight and gradient;
 #   fp32 master weight, momentum, variance), DeepSpeed's estimators;
@@ -217,30 +218,12 @@ def stage_params_per_gpu(config: GPTConfig, tp: int, pp: int) -> int:
     return layers + (first if pp == 1 else max(first, last))
 
 
-MAX_TFLOPS_PER_GPU = 5000  # above any GPU's dense 16-bit peak (B200: 2250 TFLOP/s)
-
-
-def check_achieved_tflops(value) -> None:
-    """None, or a plausible per-GPU TFLOP/s (MT-NLG achieved 113-126 on A100s)."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"achieved_tflops={value!r} must be a positive number of TFLOP/s per "
-                         f"GPU (MT-NLG reached 113-126 on A100s), or None to skip the time")
-    if value > MAX_TFLOPS_PER_GPU:
-        raise ValueError(f"achieved_tflops={value:g} is more than any GPU computes "
-                         f"(<= {MAX_TFLOPS_PER_GPU} TFLOP/s): give TFLOP/s per GPU, not FLOP/s "
-                         f"nor the whole cluster's (e.g. 1.2e14 FLOP/s is 120)")
-
-
 def _check_best_layout_inputs(config: GPTConfig, num_gpus, global_batch_size, gpu_bytes,
                               max_tp: int, micro_batch_size: int, sequence_parallel: bool) -> None:
     """Say which rule rules out every layout before searching: the GPU count, the memory unit,
     or divisibility (only a real lack of memory is left for "no layout fits")."""
-    for name, value in (("num_gpus", num_gpus), ("global_batch_size", global_batch_size),
-                        ("max_tp", max_tp), ("micro_batch_size", micro_batch_size)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name}={value!r} must be a positive integer")
+    check_positive_ints(num_gpus=num_gpus, global_batch_size=global_batch_size, max_tp=max_tp,
+                        micro_batch_size=micro_batch_size)
     check_gpu_bytes(gpu_bytes)
     problems = [layout_error(config, tp, pp, num_gpus // (tp * pp), micro_batch_size,
                              global_batch_size, sequence_parallel)
@@ -249,25 +232,6 @@ def _check_best_layout_inputs(config: GPTConfig, num_gpus, global_batch_size, gp
         raise ValueError(f"no split of {num_gpus} GPUs into tp x pp x dp divides the model and the "
                          f"batch (e.g. tp=1, pp=1, dp={num_gpus}: {problems[0]}); change "
                          f"num_gpus or global_batch_size")
-
-
-def check_gpu_bytes(gpu_bytes) -> None:
-    """A GPU's memory in bytes: refuse other types, and GB or GiB given as a small number."""
-    if isinstance(gpu_bytes, bool) or not isinstance(gpu_bytes, (int, float)) or gpu_bytes <= 0:
-        raise ValueError(f"gpu_bytes={gpu_bytes!r} must be a positive number of bytes per GPU "
-                         f"(e.g. 80 * 2**30)")
-    if gpu_bytes < 2 ** 20:
-        raise ValueError(f"gpu_bytes={gpu_bytes:g} is less than a MiB: it takes bytes, not GB or "
-                         f"GiB; for an 80 GB GPU give 80 * 2**30")
-
-
-def check_zero(zero) -> int:
-    """A ZeRO stage 0-3; True (the old ZeRO-1 switch) is stage 1, False stage 0."""
-    if isinstance(zero, bool):
-        return int(zero)
-    if not isinstance(zero, numbers.Integral) or zero not in ZERO_STAGES:
-        raise ValueError(f"zero={zero!r}: choose a ZeRO stage in {ZERO_STAGES} (an int)")
-    return int(zero)
 
 
 def zero_state_bytes(n_params: float, dp: int, zero: int = 0, dtype_bytes: int = 2,
@@ -282,8 +246,7 @@ def zero_state_bytes(n_params: float, dp: int, zero: int = 0, dtype_bytes: int =
     buffer and fp32 gradient partitions), estimate_zero3_model_states_mem_needs 18 n/dp plus
     4 x the largest layer (one layer's weights and gradients gathered at a time)."""
     zero = check_zero(zero)
-    if isinstance(dp, bool) or not isinstance(dp, numbers.Integral) or dp < 1:
-        raise ValueError(f"dp={dp!r} must be a positive integer (data-parallel replicas)")
+    check_positive_ints(dp=dp)
     if isinstance(n_params, bool) or not isinstance(n_params, numbers.Real) or n_params < 0:
         raise ValueError(f"n_params={n_params!r} must be a number of parameters >= 0")
     weight, grad, optimizer = BYTES_PER_PARAMETER[bytes_per_parameter] if dtype_bytes == 2 else (
@@ -316,10 +279,8 @@ def estimate(config: GPTConfig, tp: int, pp: int, dp: int, micro_batch_size: int
     """
     if not isinstance(config, GPTConfig):
         raise TypeError(f"estimate needs a GPTConfig, got {type(config).__name__}")
-    for name, value in (("tp", tp), ("pp", pp), ("dp", dp), ("micro_batch_size", micro_batch_size),
-                        ("global_batch_size", global_batch_size)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name}={value!r} must be a positive integer")
+    check_positive_ints(tp=tp, pp=pp, dp=dp, micro_batch_size=micro_batch_size,
+                        global_batch_size=global_batch_size)
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"dtype={dtype!r}: choose one of {sorted(DTYPE_BYTES)}")
     check_achieved_tflops(achieved_tflops)
@@ -366,9 +327,7 @@ def pipeline_bubble_ratio(pp: int, m: int, schedule: str = "1f1b", forward: floa
     """Bubble time / ideal time m (F+B+W) of one pipeline step: 1F1B (p-1)(F+B+W), ZB-H1
     (p-1)(F+B-W) (Qi et al. 2024, arXiv 2401.10241); F = B = W makes ZB-H1's a third of 1F1B's."""
     from .parallel.zero_bubble import bubble_formula
-    for name, value in (("pp", pp), ("m", m)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name}={value!r} must be a positive integer")
+    check_positive_ints(pp=pp, m=m)
     work = forward + backward_input + backward_weight
     return bubble_formula(schedule, pp, forward, backward_input, backward_weight) / (m * work)
 
