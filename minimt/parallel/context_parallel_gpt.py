@@ -72,10 +72,10 @@ def local_sequence(x: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:
     return x[:, cp_positions(x.shape[1], ctx)] if ctx.cp_size > 1 else x
 
 
-def average_over_cp(parameters, ctx: ParallelContext) -> None:
-    """Every gradient becomes its mean over the cp ranks (the gradient of the whole sequence's
-    mean loss), one all-reduce of all gradients flattened together."""
-    grads = [p.grad for p in parameters if p.grad is not None]
+def average_over_cp(grads, ctx: ParallelContext) -> None:
+    """Every gradient tensor (None skipped) becomes its mean over the cp ranks (the gradient of
+    the whole sequence's mean loss), one all-reduce of all of them flattened together."""
+    grads = [g for g in grads if g is not None]
     if ctx.cp_size == 1 or not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])

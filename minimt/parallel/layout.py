@@ -159,10 +159,9 @@ class MeshModel:
                                 grad_of=self.sharded and self.sharded.grad_piece)
             if self.ddp is not None:
                 self.ddp.sync_gradients()
-        average_over_cp(self.parameters(), self.ctx)
-        if self.sharded is not None and self.ctx.cp_size > 1:  # ZeRO-2/3 keep only their shard
-            comm.all_reduce(self.sharded.grad_shard, self.ctx, "cp", phase="backward")
-            self.sharded.grad_shard /= self.ctx.cp_size
+        # ZeRO-2/3 keep the gradient only in their shard
+        average_over_cp([p.grad for p in self.parameters()]
+                        + ([self.sharded.grad_shard] if self.sharded is not None else []), self.ctx)
         if accumulation_steps > 1 and self.sharded is not None:  # ZeRO-2/3: the gradient shard
             self.sharded.grad_shard.div_(accumulation_steps)
         elif accumulation_steps > 1:
