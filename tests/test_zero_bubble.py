@@ -267,6 +267,7 @@ def measure_bubbles(ctx, m, forward_s):
 HANDOFF_S = 3e-3
 
 
+@pytest.mark.runs_alone
 def test_measured_bubble_is_the_simulators_for_1f1b_zb_h1_and_zbv():
     """One launch, 4 ranks, m = 8, the three schedules: per rank bubble measured vs the
     simulator replaying each action's measured time (above); the formula equals the simulator
