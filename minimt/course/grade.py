@@ -24,7 +24,9 @@ from .repo import course_root, repo_files, repo_root
 
 TIMEOUT_S = 120.0
 # libraries the checks import when they run: imported once here, so no forked check pays for them
-PRELOAD = ("transformers.generation.logits_process", "transformers.models.gpt2")
+# (torch._dynamo: launch imports it before forking ranks, ~2 s in each distributed task's check)
+PRELOAD = ("torch._dynamo", "transformers.generation.logits_process",
+           "transformers.models.gpt2.modeling_gpt2")
 MESSAGE_LIMIT = 4000  # characters of a failure message sent back (a pipe holds 64 KiB)
 
 
