@@ -1,7 +1,7 @@
 """pytest, repository-wide: nbval runs the course's notebooks (notebooks/NN_name.ipynb), not a
 learner's own (Untitled.ipynb, scratch.ipynb, 03_tensor_parallel-Copy1.ipynb). A notebook named
-on the command line always runs. A test marked runs_alone (it measures time) runs with no other
-test beside it."""
+on the command line always runs. A test marked runs_alone, or a notebook cell tagged runs_alone
+(it measures time), runs with no other test beside it."""
 import os
 import re
 import tempfile
@@ -58,16 +58,23 @@ def pytest_unconfigure(config):
         Path(handle.name).unlink(missing_ok=True)
 
 
+def runs_alone(item) -> bool:
+    """A test marked runs_alone, or a notebook cell tagged runs_alone (its metadata's tags)."""
+    cell = getattr(item, "cell", None) or {}
+    return (item.get_closest_marker("runs_alone") is not None
+            or "runs_alone" in cell.get("metadata", {}).get("tags", []))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    """Under pytest-xdist, a test marked runs_alone holds an exclusive lock and every other test
+    """Under pytest-xdist, a test that runs_alone holds an exclusive lock and every other test
     (or notebook cell) a shared one. A gate taken first lets no new shared holder in while a
     runs_alone test waits, so it cannot starve between the other process's tests."""
     locks = item.config.stash.get(_LOCKS, None)
     if not locks:
         return (yield)
     gate, main = locks
-    alone = item.get_closest_marker("runs_alone") is not None
+    alone = runs_alone(item)
     fcntl.flock(gate, fcntl.LOCK_EX)
     fcntl.flock(main, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
     if not alone:

@@ -1,5 +1,6 @@
 """conftest.py's runs_alone marker: under pytest -n 2, no other test runs while a marked one does
 (it measures time); without the marker the two processes do overlap, so the check can fail."""
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -55,3 +56,32 @@ def test_a_runs_alone_test_overlaps_no_other_and_an_unmarked_one_does(tmp_path):
     assert len(alone) == 7 and overlapping(alone) == [], alone
     side_by_side = intervals(tmp_path, "")
     assert overlapping(side_by_side), side_by_side  # the control: the same run, unmarked
+
+
+def root_conftest():
+    spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Cell:
+    """An nbval item as conftest.runs_alone sees it: no marker, a notebook cell."""
+
+    def __init__(self, source, tags):
+        self.cell = {"source": source, "metadata": {"tags": tags}}
+
+    def get_closest_marker(self, name):
+        return None
+
+
+def test_a_notebook_cell_that_measures_a_bubble_is_tagged_runs_alone():
+    runs_alone = root_conftest().runs_alone
+    assert runs_alone(Cell("", ["runs_alone"])) and not runs_alone(Cell("", ["other"]))
+    measuring = [(path.name, cell) for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+                 for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]
+                 if cell["cell_type"] == "code" and "ActionCost(" in "".join(cell["source"])]
+    assert measuring, "no notebook cell measures a bubble under ActionCost"
+    for name, cell in measuring:
+        item = Cell("".join(cell["source"]), cell["metadata"].get("tags", []))
+        assert runs_alone(item), f"{name}: a cell measuring under ActionCost is not tagged runs_alone"
