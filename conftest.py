@@ -43,7 +43,8 @@ def _open_locks(run):
     if run is None or fcntl is None:
         return None
     folder = Path(tempfile.gettempdir())
-    return tuple(open(folder / f"minimt-pytest-{run}.{name}.lock", "a") for name in ("gate", "main"))
+    return tuple(open(folder / f"minimt-pytest-{run}.{name}.lock", "a")
+                 for name in ("gate", "main"))
 
 
 def pytest_configure(config):

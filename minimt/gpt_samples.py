@@ -9,7 +9,6 @@ two look-ups and a slice of the memory-mapped tokens (megatron/core/datasets/gpt
 The same files, sequence length, split, sample count and seed give megatron-core's samples."""
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 

@@ -37,9 +37,11 @@ def test_other(i):
     log, temp = tmp_path / "intervals.jsonl", tmp_path / "tmp"
     log.unlink(missing_ok=True)
     temp.mkdir(exist_ok=True)
+    env = {"INTERVALS": str(log), "TMPDIR": str(temp), "PATH": "/usr/bin:/bin",
+           "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}          # xdist alone: a quick start
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "xdist.plugin", "-n", "2",
-                           "--dist", "loadfile", "-p", "no:cacheprovider", str(tmp_path)], cwd=tmp_path, env={"INTERVALS": str(log), "TMPDIR": str(temp),
-                           "PATH": "/usr/bin:/bin", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}, capture_output=True, text=True, timeout=120)
+                           "--dist", "loadfile", "-p", "no:cacheprovider", str(tmp_path)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert list(temp.glob("minimt-pytest-*")) == []  # the workers' lock files are gone
     return [json.loads(line) for line in log.read_text().splitlines()]
@@ -66,10 +68,10 @@ def root_conftest():
 
 
 class Cell:
-    """An nbval item as conftest.runs_alone sees it: no marker, a notebook cell."""
+    """An nbval item as conftest.runs_alone sees it: no marker, a notebook cell with tags."""
 
-    def __init__(self, source, tags):
-        self.cell = {"source": source, "metadata": {"tags": tags}}
+    def __init__(self, tags):
+        self.cell = {"metadata": {"tags": tags}}
 
     def get_closest_marker(self, name):
         return None
@@ -77,11 +79,12 @@ class Cell:
 
 def test_a_notebook_cell_that_measures_a_bubble_is_tagged_runs_alone():
     runs_alone = root_conftest().runs_alone
-    assert runs_alone(Cell("", ["runs_alone"])) and not runs_alone(Cell("", ["other"]))
-    measuring = [(path.name, cell) for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert runs_alone(Cell(["runs_alone"])) and not runs_alone(Cell(["other"]))
+    notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    measuring = [(path.name, cell) for path in notebooks
                  for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]
                  if cell["cell_type"] == "code" and "ActionCost(" in "".join(cell["source"])]
     assert measuring, "no notebook cell measures a bubble under ActionCost"
     for name, cell in measuring:
-        item = Cell("".join(cell["source"]), cell["metadata"].get("tags", []))
-        assert runs_alone(item), f"{name}: a cell measuring under ActionCost is not tagged runs_alone"
+        assert runs_alone(Cell(cell["metadata"].get("tags", []))), \
+            f"{name}: a cell measuring under ActionCost is not tagged runs_alone"

@@ -36,6 +36,7 @@ from .data_parallel import unique_parameters
 from .fsdp_units import ShardedUnit, blocks, check_fsdp_layout, keeps, unit_groups
 from .zero import SIXTEEN_BIT, moved_error
 
+
 class _GatherBeforeBackward(torch.autograd.Function):
     """Identity forward on a unit's outputs; backward first all-gathers the unit's weights again
     (ZeRO-3 freed them after forward) and prefetches the units the backward reaches next."""
